@@ -16,6 +16,7 @@ Shape legend, used in every comment below:
   A  answer classes                   V  vocabulary size
 """
 import math
+import pickle
 import re
 from dataclasses import dataclass, asdict
 
@@ -154,3 +155,370 @@ def load_image(src, img_h, img_w):
         box = (0, (H - ch) // 2, W, (H - ch) // 2 + ch)
     img = img.resize((img_w, img_h), Image.BILINEAR, box=box, reducing_gap=3.0)
     return np.asarray(img, dtype=np.uint8)
+
+# -----------------------------------------------------------------------------
+# Building blocks
+
+class RMSNorm(nn.Module):
+    """RMSNorm (arXiv 1910.07467) with Gemma's (1 + weight) scale, so a zero-initialised weight is the identity."""
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        # in fp32 even under bf16 autocast: the mean of squares loses too many bits in 8-bit mantissas
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * (1.0 + self.weight.float())).type_as(x)
+
+
+def rope_cache(seq_len, head_dim, theta=10000.0):
+    """RoPE tables (arXiv 2104.09864): cos, sin float32[seq_len, head_dim/2] for positions 0..seq_len-1."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)   # (D/2,)
+    angles = torch.outer(torch.arange(seq_len).float(), inv_freq)                  # (T, D/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each pair (x[i], x[i + D/2]) by its position's angle: x (B, H, T, D), cos/sin (T, D/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)                                             # 2 x (B, H, T, D/2)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)  # (B, H, T, D)
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention; grouped-query when n_kv_head < n_head (GQA, arXiv 2305.13245)."""
+    def __init__(self, width, n_head, n_kv_head, bias=False, dropout=0.0):
+        super().__init__()
+        assert n_head % n_kv_head == 0, f"n_head={n_head} not divisible by n_kv_head={n_kv_head}"
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, width // n_head
+        self.wq = nn.Linear(width, n_head * self.head_dim, bias=bias)
+        self.wkv = nn.Linear(width, 2 * n_kv_head * self.head_dim, bias=bias)
+        self.wo = nn.Linear(n_head * self.head_dim, width, bias=bias)
+        self.dropout = dropout
+
+    def forward(self, x, ctx=None, ctx_idx=None, rope=None, mask=None, probs=None):
+        """x (B, T, C) attends to ctx (N, S, C) (default: x itself). ctx_idx (B,) picks each row's context, so
+        keys and values are projected once per distinct image. mask: 'causal' or bool (T, S), True = may attend.
+        A list passed as `probs` takes the explicit path and receives the attention weights (B, H, T, S)."""
+        ctx = x if ctx is None else ctx
+        B, T, C = x.shape
+        N, S, _ = ctx.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)              # (B, H, T, D)
+        k, v = self.wkv(ctx).view(N, S, 2, self.n_kv_head, self.head_dim).unbind(2)       # 2 x (N, S, Hkv, D)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)                                       # (N, Hkv, S, D)
+        if ctx_idx is not None:
+            k, v = k[ctx_idx], v[ctx_idx]                                                 # (B, Hkv, S, D)
+        if rope is not None:  # positions only mean something when q and k index the same sequence
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)                     # (B, H, S, D)
+        v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)                     # (B, H, S, D)
+        causal = isinstance(mask, str)
+        assert not causal or mask == 'causal', f"unknown mask {mask!r}"
+        p_drop = self.dropout if self.training else 0.0
+        if probs is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
+                                               is_causal=causal, dropout_p=p_drop)            # (B, H, T, D)
+        else:  # the same computation written out, to hand the weights to eval.py and viz.py
+            if causal:
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)                      # (B, H, T, S)
+            if mask is not None:
+                att = att.masked_fill(~mask, float('-inf'))
+            att = att.softmax(dim=-1)
+            probs.append(att)
+            y = F.dropout(att, p_drop) @ v                                                 # (B, H, T, D)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))     # (B, T, C)
+
+
+class MLP(nn.Module):
+    """ViT MLP (fc -> GELU -> proj), or with gated=True Gemma's GeGLU: proj(gelu(gate(x)) * up(x))."""
+    def __init__(self, width, hidden, gated, bias=False, dropout=0.0):
+        super().__init__()
+        self.fc = nn.Linear(width, (2 if gated else 1) * hidden, bias=bias)  # gate and up in one matmul
+        self.proj = nn.Linear(hidden, width, bias=bias)
+        self.gated, self.dropout = gated, nn.Dropout(dropout)
+
+    def forward(self, x):
+        h = self.fc(x)                                                       # (B, T, hidden or 2*hidden)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)                                    # 2 x (B, T, hidden)
+            h = F.gelu(gate, approximate='tanh') * up
+        else:
+            h = F.gelu(h, approximate='tanh')
+        return self.dropout(self.proj(h))                                    # (B, T, C)
+
+# -----------------------------------------------------------------------------
+# Vision encoder (SigLIP-style ViT): patches -> tokens, pre-norm blocks, final LayerNorm, no CLS token
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.vit_width, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.vit_width, cfg.vit_heads, cfg.vit_heads, bias=True, dropout=cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.vit_width, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg.vit_width, cfg.vit_mlp, gated=False, bias=True, dropout=cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, probs=None):
+        x = x + self.drop(self.attn(self.norm1(x), probs=probs))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """uint8[N, Hi, Wi, 3] images -> float[N, P, vit_width] image tokens (arXiv 2010.11929, 2303.15343)."""
+    def __init__(self, cfg, mean=(128.0,) * 3, std=(64.0,) * 3):
+        super().__init__()
+        # normalising inside the model lets the data path move uint8 (4x fewer bytes than float32)
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.patch = nn.Conv2d(3, cfg.vit_width, kernel_size=cfg.patch, stride=cfg.patch)
+        # learned 2-D position embedding, one vector per cell of the (Hi/p, Wi/p) grid, stored flat
+        self.pos = nn.Parameter(torch.randn(1, cfg.n_patches, cfg.vit_width) * 0.02)
+        self.blocks = nn.ModuleList(ViTBlock(cfg) for _ in range(cfg.vit_depth))
+        self.norm = nn.LayerNorm(cfg.vit_width, eps=cfg.norm_eps)
+        self.cfg = cfg
+
+    def forward(self, images, probs=None):
+        N, Hi, Wi, _ = images.shape
+        if (Hi, Wi) != (self.cfg.img_h, self.cfg.img_w):
+            raise ValueError(f"images are {Hi}x{Wi} but the model expects {self.cfg.img_h}x{self.cfg.img_w}: "
+                             f"resize them with tvlm.load_image, or re-run prepare.py with this --img_h/--img_w")
+        x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std      # (N, 3, Hi, Wi)
+        x = self.patch(x.to(self.pos.dtype))                                 # (N, C, Hi/p, Wi/p)
+        x = x.flatten(2).transpose(1, 2) + self.pos                          # (N, P, C), row-major over the grid
+        for block in self.blocks:
+            x = block(x, probs=probs)
+        return self.norm(x)                                                  # (N, P, C)
+
+# -----------------------------------------------------------------------------
+# Text decoder (Gemma-style): scaled embeddings, blocks of causal self-attention with RoPE and GQA,
+# cross-attention to the image tokens, gated MLP; RMSNorm before each, tied LM head.
+
+class DecoderBlock(nn.Module):
+    """x + self_attn(norm(x)) [+ cross_attn(norm(x), image)] + mlp(norm(x)), each a pre-norm residual."""
+    def __init__(self, cfg):
+        super().__init__()
+        C = cfg.dec_width
+        self.norm1 = RMSNorm(C, cfg.norm_eps)
+        self.attn = Attention(C, cfg.dec_heads, cfg.dec_kv_heads, dropout=cfg.dropout)
+        use_cross = cfg.fusion in ('cross', 'both') and not cfg.blind
+        self.norm2 = RMSNorm(C, cfg.norm_eps) if use_cross else None
+        self.cross = Attention(C, cfg.dec_heads, cfg.dec_kv_heads, dropout=cfg.dropout) if use_cross else None
+        self.norm3 = RMSNorm(C, cfg.norm_eps)
+        self.mlp = MLP(C, cfg.dec_mlp, gated=True, dropout=cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, ctx, ctx_idx, rope, mask, out):
+        x = x + self.drop(self.attn(self.norm1(x), rope=rope, mask=mask, probs=out and out['self_attn']))
+        if self.cross is not None:
+            x = x + self.drop(self.cross(self.norm2(x), ctx=ctx, ctx_idx=ctx_idx, probs=out and out['cross_attn']))
+        return x + self.mlp(self.norm3(x))
+
+
+def prefix_lm_mask(P, L, device=None):
+    """bool[L, L], True = may attend: the image prefix sees itself in full, text sees the prefix and its past.
+    For [img img img q q a] (P=3, L=6):
+              i i i q q a
+          i   1 1 1 0 0 0
+          i   1 1 1 0 0 0
+          i   1 1 1 0 0 0
+          q   1 1 1 1 0 0
+          q   1 1 1 1 1 0
+          a   1 1 1 1 1 1
+    Padding needs no mask of its own: pads come after the last real token, and causality hides them."""
+    row = torch.arange(L, device=device).view(L, 1)
+    col = torch.arange(L, device=device).view(1, L)
+    return (col < P) | (col <= row)                                            # (L, L)
+
+
+class Decoder(nn.Module):
+    """int64[B, T] tokens (+ image prefix and/or cross-attention context) -> float[B, T, dec_width] hidden states."""
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dec_width)
+        max_len = cfg.max_q_len + (cfg.n_patches if cfg.fusion in ('prefix', 'both') and not cfg.blind else 0)
+        if cfg.pos == 'learned':
+            self.wpe = nn.Parameter(torch.randn(max_len, cfg.dec_width) * 0.02)
+        else:  # computed once, not per step; not saved, since they follow from the config
+            cos, sin = rope_cache(max_len, cfg.dec_width // cfg.dec_heads, cfg.rope_theta)
+            self.register_buffer('rope_cos', cos, persistent=False)
+            self.register_buffer('rope_sin', sin, persistent=False)
+        self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.dec_depth))
+        self.norm = RMSNorm(cfg.dec_width, cfg.norm_eps)
+
+    def forward(self, tokens, prefix=None, ctx=None, ctx_idx=None, out=None):
+        """prefix: (B, P, C) image tokens put before the text; ctx: (N, P, C) image tokens for cross-attention."""
+        x = self.embed(tokens) * math.sqrt(self.cfg.dec_width)                 # (B, T, C), Gemma's scaling
+        P = 0 if prefix is None else prefix.shape[1]
+        if P:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)                       # (B, P+T, C)
+        L = x.shape[1]
+        rope = None
+        if self.cfg.pos == 'learned':
+            x = x + self.wpe[:L]
+        else:
+            rope = (self.rope_cos[:L], self.rope_sin[:L])                      # 2 x (L, D/2)
+        mask = prefix_lm_mask(P, L, x.device) if P else 'causal'
+        for block in self.blocks:
+            x = block(x, ctx, ctx_idx, rope, mask, out)
+        return self.norm(x)[:, P:]                                             # (B, T, C)
+
+# -----------------------------------------------------------------------------
+# The full model: ViT -> linear projection -> decoder (cross-attention and/or image prefix) -> answer classifier
+
+class TVLM(nn.Module):
+    """Answers a question about an image: uint8[N, Hi, Wi, 3] images + int64[B, T] questions -> float[B, A] logits."""
+    def __init__(self, cfg, tokenizer=None, answers=None, mean=(128.0,) * 3, std=(64.0,) * 3):
+        super().__init__()
+        self.cfg, self.tokenizer, self.answers, self.temperature = cfg, tokenizer, answers, 1.0
+        self.vit = None if cfg.blind else ViT(cfg, mean, std)
+        self.proj = None if cfg.blind else nn.Linear(cfg.vit_width, cfg.dec_width)  # vision width -> text width
+        self.dec = Decoder(cfg)
+        self.head = nn.Linear(cfg.dec_width, cfg.n_answers)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # residual projections scaled down by depth (GPT-2)
+            if name.endswith(('wo.weight', 'mlp.proj.weight')):
+                depth = cfg.vit_depth if name.startswith('vit.') else cfg.dec_depth
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * depth))
+        # zero head (big_vision head_zeroinit): every answer starts equally likely, loss = ln(A) exactly
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, images, tokens, targets=None, image_idx=None, out=None):
+        """images uint8[N, Hi, Wi, 3], tokens int64[B, T] (0 = pad), targets int64[B], image_idx int64[B]
+        (question -> image row; None means N == B) -> (float[B, A] logits, loss or None).
+        A dict passed as `out` takes the explicit attention path and is filled with the attention maps."""
+        cfg = self.cfg
+        if out is not None:
+            out.update(vit_attn=[], self_attn=[], cross_attn=[], grid=(cfg.img_h // cfg.patch, cfg.img_w // cfg.patch))
+        prefix = ctx = None
+        if not cfg.blind:
+            img = self.proj(self.vit(images, probs=out and out['vit_attn']))   # (N, P, C)
+            if cfg.fusion in ('prefix', 'both'):
+                prefix = img if image_idx is None else img[image_idx]          # (B, P, C)
+            if cfg.fusion in ('cross', 'both'):
+                ctx = img                                                      # (N, P, C), gathered per layer
+        h = self.dec(tokens, prefix, ctx, image_idx, out)                      # (B, T, C)
+        # the summary token is the last real one (<eos>): in a causal decoder only it has read the whole question
+        summary = (tokens != Tokenizer.pad_id).sum(1) - 1                      # (B,)
+        if out is not None:
+            out.update(summary_idx=summary, prefix=0 if prefix is None else prefix.shape[1])
+        logits = self.head(h[torch.arange(h.shape[0], device=h.device), summary])  # (B, A)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, images, tokens, max_new_tokens, temperature=1.0, image_idx=None):
+        """Continue unpadded prompts int64[B, T] with the tied LM head: greedy when temperature == 0."""
+        assert (tokens != Tokenizer.pad_id).all(), "generate() takes unpadded prompts of one length"
+        assert tokens.shape[1] + max_new_tokens <= self.cfg.max_q_len, f"prompt + new tokens exceed max_q_len={self.cfg.max_q_len}"
+        img = None if self.cfg.blind else self.proj(self.vit(images))          # (N, P, C)
+        use_prefix = img is not None and self.cfg.fusion in ('prefix', 'both')
+        prefix = (img if image_idx is None else img[image_idx]) if use_prefix else None
+        ctx = img if img is not None and self.cfg.fusion in ('cross', 'both') else None
+        for _ in range(max_new_tokens):
+            h = self.dec(tokens, prefix, ctx, image_idx)[:, -1]                 # (B, C)
+            logits = h @ self.dec.embed.weight.T                               # (B, V), tied to the embedding
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)                          # (B, 1)
+            else:
+                nxt = torch.multinomial((logits / temperature).softmax(-1), 1)  # (B, 1)
+            tokens = torch.cat([tokens, nxt], dim=1)                           # (B, T+1)
+        return tokens
+
+    @classmethod
+    def from_checkpoint(cls, path, device='cpu'):
+        """Load a train.py checkpoint: tensors and plain values only (weights_only=True), so loading runs no code."""
+        try:
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no checkpoint at {path}: train one with `python train.py config/small.py`") from None
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"refusing to load {path}: it holds Python objects, not only tensors and plain values, "
+                             f"so loading it could run code ({str(e).splitlines()[0]})") from None
+        missing = {'model', 'model_args', 'tokenizer', 'answers'} - set(ckpt)
+        if missing:
+            raise ValueError(f"{path} is not a tvlm checkpoint: it lacks {sorted(missing)}")
+        model = cls(TVLMConfig(**ckpt['model_args']), Tokenizer.from_dict(ckpt['tokenizer']), ckpt['answers'])
+        model.load_state_dict(ckpt['model'])  # strict: a missing or renamed weight must fail loudly
+        model.temperature = float(ckpt.get('temperature', 1.0))
+        return model.to(device).eval()
+
+    @torch.no_grad()
+    def answer(self, image, question):
+        """One image (path, PIL image or array, any size or mode) and one question -> (answer, prob, {answer: prob})."""
+        assert self.tokenizer is not None and self.answers is not None, "answer() needs a model from from_checkpoint()"
+        if not question.strip():
+            raise ValueError("the question is empty: ask something like 'Is the light red?'")
+        device = self.head.weight.device
+        img = torch.from_numpy(load_image(image, self.cfg.img_h, self.cfg.img_w)).to(device)  # (Hi, Wi, 3)
+        ids, _ = self.tokenizer.encode(question, self.cfg.max_q_len)
+        logits, _ = self(img[None], torch.from_numpy(ids)[None].to(device))   # (1, A)
+        probs = (logits[0].float() / self.temperature).softmax(-1)             # (A,)
+        best = int(probs.argmax())
+        return self.answers[best], float(probs[best]), dict(zip(self.answers, probs.tolist()))
+
+# -----------------------------------------------------------------------------
+# Training helpers: optimizer, learning-rate schedule, FLOPs (train.py and bench.py use them; tests import them)
+
+def configure_optimizers(model, weight_decay, lr, betas, device_type, lr_scale=None):
+    """AdamW; weight decay on matrices only (not norms, biases); one group per component and decay kind, each
+    carrying 'lr_scale' (from lr_scale={'vit':..,'proj':..,'dec':..,'head':..}) that train.py applies."""
+    lr_scale = lr_scale or {}
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = name.split('.')[0]
+        decay = p.dim() >= 2
+        g = groups.setdefault((part, decay), {'params': [], 'weight_decay': weight_decay if decay else 0.0,
+                                              'lr_scale': lr_scale.get(part, 1.0), 'name': f"{part}{'' if decay else '_nodecay'}"})
+        g['params'].append(p)
+    fused = device_type == 'cuda'  # the fused CUDA kernel; elsewhere the default foreach implementation
+    return torch.optim.AdamW(list(groups.values()), lr=lr, betas=betas, fused=fused)
+
+
+def get_lr(it, warmup_iters, lr_decay_iters, lr, min_lr):
+    """Linear warmup for warmup_iters, then cosine decay to min_lr at lr_decay_iters, then flat."""
+    if it < warmup_iters:
+        return lr * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def flops_per_sample(cfg, questions_per_image=1, text_len=None):
+    """Forward FLOPs per question (2 per multiply-add, matmuls only); the image's share is split between
+    the questions that use it. Multiply by 3 for forward + backward."""
+    T = text_len or cfg.max_q_len
+    P, p, Cv, Cd, Hd = cfg.n_patches, cfg.patch, cfg.vit_width, cfg.dec_width, cfg.dec_width // cfg.dec_heads
+    kv = 2 * cfg.dec_kv_heads * Hd                                   # width of the fused key/value projection
+    image = 0
+    if not cfg.blind:
+        vit_layer = P * (4 * Cv * Cv + 2 * Cv * cfg.vit_mlp) + 2 * P * P * Cv
+        image = 2 * (P * 3 * p * p * Cv + cfg.vit_depth * vit_layer + P * Cv * Cd)
+        if cfg.fusion in ('cross', 'both'):
+            image += 2 * cfg.dec_depth * P * Cd * kv                 # cross keys/values: once per image
+    L = T + (P if cfg.fusion in ('prefix', 'both') and not cfg.blind else 0)
+    dec_layer = L * (2 * Cd * Cd + Cd * kv + 3 * Cd * cfg.dec_mlp) + L * L * Cd   # causal: half of 2*L*L*C
+    if cfg.fusion in ('cross', 'both') and not cfg.blind:
+        dec_layer += T * 2 * Cd * Cd + 2 * T * P * Cd
+    text = 2 * (cfg.dec_depth * dec_layer + Cd * cfg.n_answers)
+    return image / questions_per_image + text
