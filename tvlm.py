@@ -369,6 +369,17 @@ class Decoder(nn.Module):
 # -----------------------------------------------------------------------------
 # The full model: ViT -> linear projection -> decoder (cross-attention and/or image prefix) -> answer classifier
 
+def answer_loss(logits, targets, label_smoothing=0.0, weight=None, focal_gamma=0.0):
+    """Cross-entropy over answers (fp32 for a stable log-softmax), with the options imbalanced real data asks
+    for: label smoothing, per-answer weights (A,), and the focal term (1 - p_true)^gamma (arXiv 1708.02002)."""
+    loss = F.cross_entropy(logits.float(), targets, weight=weight, label_smoothing=label_smoothing, reduction='none')
+    if focal_gamma > 0:
+        p_true = logits.float().softmax(-1).gather(1, targets[:, None]).squeeze(1)   # (B,)
+        loss = loss * (1 - p_true) ** focal_gamma
+    # a weighted mean, as F.cross_entropy's own reduction does, so weights change emphasis, not the scale
+    return loss.sum() / (weight[targets].sum() if weight is not None else len(targets))
+
+
 class TVLM(nn.Module):
     """Answers a question about an image: uint8[N, Hi, Wi, 3] images + int64[B, T] questions -> float[B, A] logits."""
     def __init__(self, cfg, tokenizer=None, answers=None, mean=(128.0,) * 3, std=(64.0,) * 3):
@@ -418,9 +429,7 @@ class TVLM(nn.Module):
         if out is not None:
             out.update(summary_idx=summary, prefix=0 if prefix is None else prefix.shape[1])
         logits = self.head(h[torch.arange(h.shape[0], device=h.device), summary])  # (B, A)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+        loss = None if targets is None else answer_loss(logits, targets, cfg.label_smoothing)
         return logits, loss
 
     @torch.no_grad()

@@ -1,0 +1,63 @@
+"""
+nanoGPT's poor man's configurator, without its holes. A script defines its defaults as plain globals, then runs
+    exec(open('configurator.py').read())
+which applies, in order, every config file and every --key=value named on the command line:
+    python train.py config/small.py --lr=5e-5 --out_dir=out-try
+A config file is plain assignments. A value is read as a Python literal when it is one (--lr=1 is 1.0 because the
+default is a float), else kept as a string (--device=cuda). Unknown keys and wrong types stop with a one-line error.
+It is exec'd, not imported, so it can write the caller's globals; names starting with _ stay private.
+"""
+import sys
+from ast import literal_eval
+from difflib import get_close_matches
+
+# the keys a script lets the command line set: its config_keys if it names them, else its plain-valued globals
+_keys = sorted(globals().get('config_keys') or (k for k, v in globals().items()
+               if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None), tuple, list, dict))))
+
+
+def _override(key, val, where):
+    if key not in _keys:
+        close = get_close_matches(key, _keys, n=3)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ''
+        sys.exit(f"{where}: unknown config key '{key}'; {hint}valid keys: {', '.join(_keys)}")
+    old = globals()[key]
+    if type(old) is float and type(val) is int:
+        val = float(val)                                    # let --lr=1 mean 1.0
+    if type(old) is tuple and type(val) is list:
+        val = tuple(val)
+    if old is not None and type(val) is not type(old):
+        sys.exit(f"{where}: {key} must be {type(old).__name__} like the default {old!r}, got {val!r}")
+    globals()[key] = val
+
+
+for _arg in sys.argv[1:]:
+    if _arg in ('-h', '--help'):
+        print(f"usage: python {sys.argv[0]} [config/FILE.py ...] [--key=value ...]\nkeys and defaults:")
+        for _k in _keys:
+            print(f"  --{_k}={globals()[_k]!r}")
+        sys.exit(0)
+    if _arg.startswith('--'):                               # --key=value, a Python literal if it is one
+        _key, _eq, _raw = _arg[2:].partition('=')
+        if not _eq:
+            sys.exit(f"command line: '{_arg}' needs a value, like --{_key}=...")
+        try:
+            _val = literal_eval(_raw)
+        except (ValueError, SyntaxError):
+            _val = _raw                                     # bare words stay strings: --device=cuda
+        _override(_key, _val, 'command line')
+    elif _arg.endswith('.py'):                              # a config file of plain assignments, own namespace
+        try:
+            _src = open(_arg).read()
+        except OSError as _e:
+            sys.exit(f"cannot read config file {_arg}: {_e.strerror}; the presets are in config/")
+        _ns = {}
+        exec(_src, {}, _ns)
+        print(f"config {_arg}: {', '.join(f'{k}={v!r}' for k, v in _ns.items())}")
+        for _key, _val in _ns.items():
+            _override(_key, _val, _arg)
+    else:
+        _positional = globals().get('_positional')
+        if _positional is None:
+            sys.exit(f"command line: don't know what to do with '{_arg}'; use config/FILE.py or --key=value")
+        _positional.append(_arg)                            # a script that takes plain arguments (viz.py) says so

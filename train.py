@@ -1,0 +1,339 @@
+"""
+Train a tvlm model on a dataset made by prepare.py. Runs on a laptop CPU, one GPU, or many with DDP.
+
+CPU quickstart (the embedded synthetic world):
+$ python prepare.py && python train.py config/small.py
+One GPU, real data:
+$ python train.py config/bdd100k.py
+DDP on 8 GPUs of one node (4 processes on a CPU also work: the backend falls back to gloo):
+$ torchrun --standalone --nproc_per_node=8 train.py config/bdd100k.py
+Resume the run in out_dir where it stopped:
+$ python train.py config/small.py --init_from=resume
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.distributed import init_process_group, destroy_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from prepare import load_meta, open_split, sample_batch, split_batches
+from tvlm import TVLM, TVLMConfig, Tokenizer, answer_loss, configure_optimizers, flops_per_sample, get_lr
+
+# -----------------------------------------------------------------------------
+# defaults: plain globals, overridden by config files and --key=value (configurator.py)
+# I/O
+data_dir = 'data/synthetic'
+out_dir = 'out-small'
+init_from = 'scratch'         # 'scratch' or 'resume' (from out_dir/last.pt)
+eval_interval = 200           # iterations between val evaluations and checkpoints
+log_interval = 20
+eval_max_questions = 4000     # cap on val questions per evaluation (whole images, in file order)
+patience = 0                  # stop after this many evaluations without a better val accuracy; 0 = never
+wandb_log = False             # optional: needs `pip install wandb`
+wandb_project = 'tvlm'
+wandb_run_name = 'run'
+# data
+batch_size = 64               # questions per micro-step, per process
+questions_per_image = 4       # questions share an image in a batch, so the ViT runs once for all of them
+grad_accum = 1                # micro-steps per optimizer step
+augment = False               # photometric jitter: brightness and contrast
+hflip = False                 # mirror images, swapping 'left' and 'right' in questions and answers
+# model: every TVLMConfig field; image size, vocabulary and answers come from the dataset
+patch = 16
+vit_width, vit_depth, vit_heads, vit_mlp = 128, 4, 4, 512
+dec_width, dec_depth, dec_heads, dec_kv_heads, dec_mlp = 128, 2, 4, 2, 512
+fusion = 'cross'              # 'cross', 'prefix' (PaliGemma) or 'both'
+blind = False                 # question-only ablation
+pos = 'rope'                  # 'rope' or 'learned'
+dropout = 0.0
+rope_theta = 10000.0
+norm_eps = 1e-6
+# loss, for imbalanced real data
+label_smoothing = 0.0
+class_weights = False         # weight answers by inverse train frequency
+focal_gamma = 0.0             # > 0: focal loss, down-weights easy examples
+# optimizer and schedule
+lr = 1e-3
+min_lr = 1e-4
+max_iters = 2000
+warmup_iters = 100
+lr_decay_iters = 2000         # cosine from lr to min_lr, ~= max_iters per Chinchilla-style nanoGPT runs
+weight_decay = 0.05
+beta1, beta2 = 0.9, 0.95
+grad_clip = 1.0               # 0 disables
+lr_vit, lr_proj, lr_dec, lr_head = 1.0, 1.0, 1.0, 1.0   # per-component multipliers of lr
+# system
+device = 'auto'               # 'auto' picks cuda, then mps, then cpu
+dtype = 'auto'                # 'float32', 'bfloat16' or 'float16' (GradScaler); auto = bf16 on CUDA if supported
+compile = False               # torch.compile the model
+backend = 'auto'              # DDP backend: nccl on CUDA, gloo on CPU
+peak_flops = 0.0              # the device's peak FLOP/s for MFU (e.g. 312e12 for A100 bf16); 0 = don't report
+seed = 1337
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+config = {k: globals()[k] for k in config_keys}
+# -----------------------------------------------------------------------------
+
+# DDP: torchrun sets RANK; every process runs this same script on its own device and batches
+ddp = int(os.environ.get('RANK', -1)) != -1
+if device == 'auto':
+    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+if ddp:
+    rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    init_process_group(backend=backend if backend != 'auto' else 'nccl' if device.startswith('cuda') else 'gloo')
+    if device.startswith('cuda'):
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+else:
+    rank, local_rank, world_size = 0, 0, 1
+master = rank == 0
+device_type = 'cuda' if device.startswith('cuda') else device
+if dtype == 'auto':
+    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+torch.manual_seed(seed + rank)
+if device_type == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if device_type != 'cuda' or dtype == 'float32' else torch.autocast('cuda', dtype=ptdtype)
+
+# data: memmaps from prepare.py; each rank samples its own batches from its own generator
+meta = load_meta(data_dir)
+train_data, val_data = open_split(data_dir, 'train'), open_split(data_dir, 'val')
+tokenizer = Tokenizer.from_dict(meta['tokenizer'])
+answers, families = meta['answers'], meta['families']
+batch_gen = torch.Generator().manual_seed(seed + rank)
+assert batch_size % questions_per_image == 0, f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}"
+
+
+def flip_tables():
+    """Token and answer permutations that swap 'left' <-> 'right' (identity elsewhere), for hflip."""
+    tok, ans = np.arange(len(tokenizer)), np.arange(len(answers))
+    for a, b in (('left', 'right'), ('right', 'left')):
+        if a in tokenizer.stoi and b in tokenizer.stoi:
+            tok[tokenizer.stoi[a]] = tokenizer.stoi[b]
+        if a in answers and b in answers:
+            ans[answers.index(a)] = answers.index(b)
+    return tok, ans
+
+
+flip_tokens, flip_answers = flip_tables()
+
+
+def to_device(x):
+    x = torch.from_numpy(np.require(x, requirements=['C', 'W']))  # copies only read-only memmap slices
+    # pinned memory lets the copy run asynchronously with the GPU's work (nanoGPT train.py)
+    return x.pin_memory().to(device, non_blocking=True) if device_type == 'cuda' else x.to(device)
+
+
+def get_batch():
+    images, q, a, idx = sample_batch(train_data, batch_size // questions_per_image, questions_per_image, batch_gen)
+    q, a = q.astype(np.int64), a.astype(np.int64)
+    if hflip:  # mirror half of the images; their questions say right where they said left, and vice versa
+        flip = (torch.rand(len(images), generator=batch_gen) < 0.5).numpy()
+        images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+        q = np.where(flip[idx][:, None], flip_tokens[q], q)
+        a = np.where(flip[idx], flip_answers[a], a)
+    images = to_device(images)                                                 # (N, H, W, 3) uint8
+    if augment:  # brightness and contrast jitter per image, on the device so the CPU never builds float images
+        gain, bias = (torch.rand(2, len(images), 1, 1, 1, generator=batch_gen) - 0.5).to(device).unbind(0)
+        mean = images.float().mean(dim=(1, 2, 3), keepdim=True)
+        images = ((images.float() - mean) * (1 + 0.6 * gain) + mean + 60 * bias).clamp(0, 255).to(torch.uint8)
+    q = q[:, :int((q != 0).sum(1).max())]                                     # drop columns that are all padding
+    return images, to_device(q), to_device(a), to_device(idx.astype(np.int64))
+
+
+# model
+model_args = {f.name: globals()[f.name] for f in fields(TVLMConfig) if f.name in globals()}
+model_args.update(img_h=meta['img_h'], img_w=meta['img_w'], vocab_size=len(tokenizer),
+                  max_q_len=meta['max_q_len'], n_answers=len(answers))
+iter_num, best_val_acc, train_time = 0, 0.0, 0.0
+if init_from == 'resume':
+    ckpt_path = os.path.join(out_dir, 'last.pt')
+    if not os.path.exists(ckpt_path):
+        sys.exit(f"--init_from=resume but {ckpt_path} does not exist ---> HINT: train first, or check --out_dir")
+    checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+    model_args = checkpoint['model_args']  # the architecture is the checkpoint's, whatever the config says
+    iter_num, best_val_acc, train_time = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['train_time']
+elif init_from != 'scratch':
+    sys.exit(f"init_from must be 'scratch' or 'resume', got {init_from!r}")
+try:
+    cfg = TVLMConfig(**model_args)
+except ValueError as e:
+    sys.exit(str(e))
+model = TVLM(cfg, tokenizer, answers, mean=meta['mean'], std=meta['std'])
+if init_from == 'resume':
+    model.load_state_dict(checkpoint['model'])
+model.to(device)
+raw_model = model  # the plain module: what gets saved, evaluated, and counted
+if master:
+    print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters, fusion={cfg.fusion}, blind={cfg.blind}, "
+          f"{cfg.n_patches} image tokens, device={device}, dtype={dtype}, world_size={world_size}")
+
+weight = None
+if class_weights:  # inverse frequency, normalised so a balanced dataset gets all ones
+    counts = np.bincount(np.asarray(train_data['answers']), minlength=len(answers)).astype(np.float64)
+    weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(answers), dtype=torch.float32, device=device)
+scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
+optimizer = configure_optimizers(raw_model, weight_decay, lr, (beta1, beta2), device_type,
+                                 lr_scale={'vit': lr_vit, 'proj': lr_proj, 'dec': lr_dec, 'head': lr_head})
+if init_from == 'resume':
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    scaler.load_state_dict(checkpoint['scaler'])
+    torch.set_rng_state(checkpoint['rng']['torch'])
+    if world_size == 1:
+        batch_gen.set_state(checkpoint['rng']['batch'])
+    else:  # only rank 0's stream is saved: give every rank a fresh one, so no rank replays its old batches
+        batch_gen.manual_seed(seed + rank + 1_000_003 * iter_num)
+    checkpoint = None  # free the memory
+if compile:
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+
+
+@torch.no_grad()
+def evaluate():
+    """Val loss, accuracy and accuracy per question family, over whole images in file order."""
+    raw_model.eval()
+    loss_sum, correct, fam_correct, fam_total = 0.0, 0, np.zeros(len(families)), np.zeros(len(families))
+    n = 0
+    for q_lo, q_hi, images, idx in split_batches(val_data, 4 * batch_size):
+        if n >= eval_max_questions:
+            break
+        q = val_data['questions'][q_lo:q_hi].astype(np.int64)
+        a = torch.from_numpy(val_data['answers'][q_lo:q_hi].astype(np.int64)).to(device)
+        with ctx:
+            logits, _ = raw_model(to_device(images), to_device(q[:, :int((q != 0).sum(1).max())]),
+                                  image_idx=to_device(idx.astype(np.int64)))
+        loss_sum += F.cross_entropy(logits.float(), a, reduction='sum').item()
+        hit = (logits.argmax(-1) == a).cpu().numpy()
+        fam = val_data['family'][q_lo:q_hi]
+        correct += int(hit.sum())
+        np.add.at(fam_correct, fam, hit)
+        np.add.at(fam_total, fam, 1)
+        n += q_hi - q_lo
+    raw_model.train()
+    per_family = {f'val_acc_{f}': float(c / t) for f, c, t in zip(families, fam_correct, fam_total) if t}
+    return {'val_loss': loss_sum / n, 'val_acc': correct / n, **per_family}  # plain floats: weights_only loads them
+
+
+def save_checkpoint(name):
+    """Everything needed to resume or to answer, as tensors and plain values (weights_only=True loads it);
+    written to a temporary file and renamed, so a crash mid-save never leaves a half-written checkpoint."""
+    ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+            'model_args': asdict(cfg), 'iter_num': iter_num, 'best_val_acc': best_val_acc, 'train_time': train_time,
+            'config': config, 'rng': {'torch': torch.get_rng_state(), 'batch': batch_gen.get_state()},
+            'tokenizer': tokenizer.to_dict(), 'answers': answers, 'families': families,
+            'data_dir': os.path.abspath(data_dir), 'temperature': 1.0, 'n_params': raw_model.num_params()}
+    path = os.path.join(out_dir, name)
+    torch.save(ckpt, path + '.tmp')
+    os.replace(path + '.tmp', path)
+
+
+def log(record):
+    with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
+        f.write(json.dumps(record) + '\n')
+    if wandb_log:
+        wandb.log(record, step=record['iter'])
+
+
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    if wandb_log:
+        import wandb  # optional extra, imported only when asked for
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+flops_per_step = 3 * flops_per_sample(cfg, questions_per_image) * batch_size * grad_accum * world_size
+evals_since_best, t0 = 0, time.time()
+try:
+    while True:
+        for group in optimizer.param_groups:
+            group['lr'] = get_lr(iter_num, warmup_iters, lr_decay_iters, lr, min_lr) * group['lr_scale']
+        if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > 0:
+            metrics = evaluate()  # on every rank, so all take the same early-stopping decision
+            if ddp:  # ...from rank 0's numbers, in case GPU nondeterminism makes the ranks' differ
+                shared = [metrics]
+                torch.distributed.broadcast_object_list(shared, src=0)
+                metrics = shared[0]
+            is_best = metrics['val_acc'] > best_val_acc
+            best_val_acc = max(best_val_acc, metrics['val_acc'])
+            evals_since_best = 0 if is_best else evals_since_best + 1
+            if master:
+                fam = ', '.join(f"{k[8:]} {v:.3f}" for k, v in metrics.items() if k.startswith('val_acc_'))
+                print(f"eval {iter_num}: val loss {metrics['val_loss']:.4f}, val acc {metrics['val_acc']:.4f}"
+                      f"{' (best)' if is_best else ''} [{fam}], {train_time / 60:.1f} min")
+                log({'kind': 'eval', 'iter': iter_num, 'time': train_time, **metrics})
+                if is_best:
+                    save_checkpoint('ckpt.pt')
+                save_checkpoint('last.pt')
+            if patience and evals_since_best >= patience:
+                if master:
+                    print(f"early stop: no better val accuracy in {patience} evaluations")
+                break
+            t0 = time.time()  # evaluation time is not training time
+        if iter_num >= max_iters:
+            break
+
+        loss_sum, hits, seen = 0.0, 0, 0
+        for micro_step in range(grad_accum):
+            images, q, a, idx = get_batch()
+            # gradients are averaged across ranks only on the last micro-step, not on every one
+            sync = model.no_sync() if ddp and micro_step < grad_accum - 1 else nullcontext()
+            with sync, ctx:
+                logits, _ = model(images, q, image_idx=idx)
+                loss = answer_loss(logits, a, label_smoothing, weight, focal_gamma) / grad_accum
+            with sync:
+                scaler.scale(loss).backward()
+            loss_sum += loss.item()
+            hits += (logits.argmax(-1) == a).sum().item()
+            seen += len(a)
+        if not math.isfinite(loss_sum):
+            sys.exit(f"loss is {loss_sum} at iteration {iter_num}: stopping; the last good checkpoints in {out_dir} "
+                     f"are untouched ---> HINT: lower --lr, keep --grad_clip on, or try --dtype=float32")
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip).item()
+        else:
+            grad_norm = float('nan')
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        t1 = time.time()
+        dt, t0 = t1 - t0, t1
+        train_time += dt
+        iter_num += 1
+        if master and iter_num % log_interval == 0:
+            qps = batch_size * grad_accum * world_size / dt
+            mfu = f", mfu {100 * flops_per_step / dt / peak_flops:.1f}%" if peak_flops else ''
+            print(f"iter {iter_num}: loss {loss_sum:.4f}, acc {hits / seen:.3f}, lr {optimizer.param_groups[0]['lr']:.1e}, "
+                  f"grad {grad_norm:.2f}, {dt * 1000:.1f}ms, {qps:,.0f} q/s, {qps / questions_per_image:,.0f} img/s{mfu}")
+            log({'kind': 'train', 'iter': iter_num, 'loss': loss_sum, 'acc': hits / seen, 'lr': optimizer.param_groups[0]['lr'],
+                 'grad_norm': grad_norm, 'ms': dt * 1000, 'samples_per_s': qps,
+                 'mfu': flops_per_step / dt / peak_flops if peak_flops else None})
+except KeyboardInterrupt:
+    if master:
+        save_checkpoint('last.pt')
+        print(f"\ninterrupted at iteration {iter_num}: saved {out_dir}/last.pt; continue with --init_from=resume")
+    sys.exit(130)
+
+if master:
+    print(f"done: best val acc {best_val_acc:.4f}, {train_time / 60:.1f} min of training; best checkpoint {out_dir}/ckpt.pt")
+if ddp:
+    # a cheap end-of-run proof that DDP kept the replicas identical: compare every rank's weights to rank 0's
+    flat = torch.cat([p.detach().flatten().float() for p in raw_model.parameters()])
+    ref = flat.clone()
+    torch.distributed.broadcast(ref, src=0)
+    diff = torch.tensor([(flat - ref).abs().max().item()], device=flat.device)
+    torch.distributed.all_reduce(diff, op=torch.distributed.ReduceOp.MAX)
+    if master:
+        print(f"ddp: max parameter difference across {world_size} ranks = {diff.item():.3g}")
+    destroy_process_group()
