@@ -1,0 +1,4 @@
+# Ablation: PaliGemma's image-prefix fusion only: image tokens before the question, full attention over them
+# $ python train.py config/small.py config/ablate_prefix.py
+out_dir = 'out-ablate-prefix'
+fusion = 'prefix'
