@@ -1,0 +1,326 @@
+"""
+See what a tvlm model looks at, and how its training went. Every mode saves one PNG (--out, default viz.png).
+
+$ python viz.py photo.jpg "Can I turn right?"                   # answer, top-3, attention per decoder layer
+$ python viz.py photo.jpg "Is the light red?" --per_word=True    # one panel per question word
+$ python viz.py photo.jpg "Is the light red?" --rollout=True     # maps followed back through the ViT
+$ python viz.py --data=data/synthetic --split=val --idx=12       # a dataset question: boxes, truth, prediction
+$ python viz.py --data=data/synthetic --random=8                 # eight random questions in a grid
+$ python viz.py --log=out-small/                                 # loss, accuracy and lr from train.py's log.jsonl
+
+The heatmap is the attention of the summary token (the question's <eos>, the position the answer is read from)
+over the image patches, averaged over heads: cross-attention for fusion='cross', the text->image block of the
+self-attention for fusion='prefix', both for 'both'. Attention rollout (Abnar & Zuidema, arXiv 2005.00928)
+carries a map from the ViT's output tokens back to its input patches. Attention shows where the model looked,
+not why it answered: read the maps as hints, not proof. Without --ckpt, the newest out-*/ckpt.pt is used.
+"""
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure state, so importing viz is harmless
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+from tvlm import TVLM, load_image
+
+PANEL_W = 3.0    # inches per image panel; at DPI 100, four panels make a 1200 px wide figure
+DPI = 100
+MAX_COLS = 4
+HEAT = dict(cmap='jet', alpha=0.45)
+
+# -----------------------------------------------------------------------------
+# Attention maps: from the model's `out` dict to one (gh, gw) grid per layer and text position
+
+
+def heatmap_to_pixels(att, img_h, img_w):
+    """float[gh, gw] patch weights -> float[img_h, img_w], bilinear. With align_corners=False each patch's
+    value sits at the centre of the pixel rectangle the patch covered, so the map lands where the patch was."""
+    att = torch.as_tensor(np.asarray(att), dtype=torch.float32)[None, None]            # (1, 1, gh, gw)
+    return F.interpolate(att, size=(img_h, img_w), mode='bilinear', align_corners=False)[0, 0].numpy()
+
+
+def attention_rollout(vit_attn):
+    """Attention rollout (arXiv 2005.00928): list of float[H, P, P] per ViT layer -> float[P, P]; row i says how
+    much output token i draws on each input patch. The identity stands for the residual connection."""
+    R = None
+    for a in vit_attn:
+        a = a.float().mean(0)                                                          # (P, P), heads averaged
+        a = a + torch.eye(a.shape[0], device=a.device)
+        a = a / a.sum(-1, keepdim=True)                                                # rows sum to 1 again
+        R = a if R is None else a @ R                                                  # (P, P)
+    return R
+
+
+@torch.no_grad()
+def attend(model, img, ids, rollout=False):
+    """uint8[Hi, Wi, 3] image at the model's size and int64[T] question ids -> dict with probs float[A], the
+    summary position, the text tokens, and layers: [(name, float[T, gh, gw])], heads averaged."""
+    cfg = model.cfg
+    if cfg.blind:
+        raise ValueError("this checkpoint is a blind (question-only) model: it never looks at the image")
+    device = model.head.weight.device
+    out = {}
+    logits, _ = model(torch.tensor(img)[None].to(device), torch.tensor(ids)[None].to(device), out=out)  # copies: memmaps are read-only
+    T, P, (gh, gw) = len(ids), out['prefix'], out['grid']
+    # the last T rows are the text: fusion='both' also returns cross-attention rows for the image prefix
+    maps = [(f'cross-attn {i}', a[0, :, -T:]) for i, a in enumerate(out['cross_attn'])]   # (H, T, P) each
+    maps += [(f'self-attn {i}', a[0, :, P:, :P]) for i, a in enumerate(out['self_attn']) if P]
+    layers = [(name, a.float().mean(0)) for name, a in maps]                           # (T, P) each
+    if rollout:  # (T, P) @ (P, P): attention on the ViT's outputs, re-expressed on its input patches
+        R = attention_rollout([a[0] for a in out['vit_attn']])
+        layers = [(name, a @ R) for name, a in layers]
+    n = int(out['summary_idx'][0]) + 1
+    return {'probs': (logits[0].float() / model.temperature).softmax(-1).cpu(),        # as model.answer() does
+            'summary': n - 1, 'words': [model.tokenizer.itos[i] for i in ids[:n]],
+            'layers': [(name, a.view(T, gh, gw).cpu().numpy()) for name, a in layers]}
+
+
+def top_answers(model, probs, k=3):
+    p, i = probs.topk(min(k, len(probs)))
+    return [(model.answers[j], float(q)) for q, j in zip(p, i)]
+
+# -----------------------------------------------------------------------------
+# Drawing
+
+
+def grid(n, aspect, title_lines=2):
+    """A Figure with n image panels of aspect img_h / img_w, MAX_COLS to a row, room for a suptitle."""
+    cols = min(n, MAX_COLS)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(cols * PANEL_W, rows * (PANEL_W * aspect + 0.4) + 0.25 * title_lines), dpi=DPI,
+                 layout='constrained')
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    return fig, axes[:n]
+
+
+def overlay(ax, img, att, title=''):
+    """Draw uint8[h, w, 3] img and float[gh, gw] attention upsampled onto exactly the same h x w pixel grid."""
+    heat = heatmap_to_pixels(att, *img.shape[:2])
+    ax.imshow(img)
+    ax.imshow(heat, vmin=0, vmax=heat.max() or 1, **HEAT)  # same shape as img, so the same extent
+    ax.set_title(title, fontsize=9)
+
+
+def draw_boxes(ax, boxes, labels, referent):
+    """x1,y1,x2,y2 pixel boxes; the referents, the boxes that decide the answer, drawn thick and red."""
+    for (x1, y1, x2, y2), label, ref in zip(boxes, labels, referent):
+        color, lw = ('red', 2.0) if ref else ('white', 0.8)
+        # pixel i covers [i - 0.5, i + 0.5] in imshow's coordinates, so a box edge at x is drawn at x - 0.5
+        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color=color, lw=lw))
+        ax.text(x1 - 0.5, y1 - 1.5, label, color=color, fontsize=6, va='bottom')
+
+
+def save(fig, path):
+    fig.savefig(path)
+    w, h = Image.open(path).size
+    print(f"saved {path} ({w}x{h} px, {os.path.getsize(path) / 1024:.0f} KB)")
+
+# -----------------------------------------------------------------------------
+# The three pictures
+
+
+def explain(model, image, question, per_word=False, rollout=False):
+    """Any image (path, PIL image or array) + question -> (Figure, top-3 [(answer, prob)]): the model's input,
+    then the summary token's attention per decoder layer and averaged, or (per_word) each word's average."""
+    cfg = model.cfg
+    ids, _ = model.tokenizer.encode(question, cfg.max_q_len)
+    r = attend(model, load_image(image, cfg.img_h, cfg.img_w), ids, rollout)
+    # load_image again at k times the size: the same centre crop with more pixels, so the display is sharp
+    # and the heatmap, spread over that crop, covers exactly the region the patches saw
+    k = -(-round(PANEL_W * DPI) // cfg.img_w)
+    show = load_image(image, k * cfg.img_h, k * cfg.img_w)
+    avg = np.mean([m for _, m in r['layers']], axis=0)                                # (T, gh, gw)
+    how = ' via rollout' if rollout else ''
+    if per_word:  # <bos> is skipped: it reads nothing, so its map is the same for every question
+        panels = [(w + (' (summary)' if t == r['summary'] else '') + how, avg[t]) for t, w in enumerate(r['words']) if t]
+    else:
+        s = r['summary']
+        panels = [(f'{name}{how}' + (f', {m[s].sum():.0%} on image' if m[s].sum() < 0.995 else ''), m[s])
+                  for name, m in r['layers']] + [(f'layer average{how}', avg[s])]
+    top = top_answers(model, r['probs'])
+    fig, axes = grid(len(panels) + (not per_word), cfg.img_h / cfg.img_w)
+    if not per_word:
+        axes[0].imshow(show)
+        axes[0].set_title('model input (centre crop)', fontsize=9)
+    for ax, (title, att) in zip(axes[(not per_word):], panels):
+        overlay(ax, show, att, title)
+    alts = ', '.join(f'{a} {p:.0%}' for a, p in top[1:])
+    fig.suptitle(f'Q: {question}\nA: {top[0][0]} ({top[0][1]:.0%}; then {alts})', fontsize=11)
+    return fig, top
+
+
+def check_dataset(model, meta, data_dir):
+    """Exit with a hint when the dataset and the checkpoint do not speak the same tokens, answers or image size."""
+    hint = "---> HINT: pass the --ckpt trained on this dataset, or the --data it was trained on"
+    if meta['tokenizer']['itos'] != model.tokenizer.itos:
+        sys.exit(f"{data_dir} was made with another tokenizer than the checkpoint ({len(meta['tokenizer']['itos'])} "
+                 f"vs {len(model.tokenizer)} words) {hint}")
+    if list(meta['answers']) != list(model.answers):
+        sys.exit(f"{data_dir} has other answer classes than the checkpoint {hint}")
+    if (meta['img_h'], meta['img_w']) != (model.cfg.img_h, model.cfg.img_w):
+        sys.exit(f"{data_dir} stores {meta['img_h']}x{meta['img_w']} images, the checkpoint expects "
+                 f"{model.cfg.img_h}x{model.cfg.img_w} {hint}")
+
+
+def show_questions(model, meta, arrays, rows, split=''):
+    """Dataset question rows -> Figure: per question, the image with its ground-truth boxes (referents in red)
+    and the summary token's layer-averaged attention; the titles hold question, truth and prediction."""
+    fig, axes = grid(2 * len(rows), meta['img_h'] / meta['img_w'], title_lines=0)
+    for j, ax_box, ax_heat in zip(rows, axes[0::2], axes[1::2]):
+        i = int(arrays['image_idx'][j])
+        img = np.asarray(arrays['images'][i])                                         # (Hi, Wi, 3)
+        ids = arrays['questions'][j].astype(np.int64)
+        r = attend(model, img, ids)
+        lo, hi = arrays['box_offsets'][i], arrays['box_offsets'][i + 1]
+        refs = set(arrays['referents'][arrays['ref_offsets'][j]:arrays['ref_offsets'][j + 1]].tolist())
+        labels = [meta['box_classes'][c] for c in arrays['box_class'][lo:hi]]
+        ax_box.imshow(img)
+        draw_boxes(ax_box, arrays['boxes'][lo:hi], labels, [b in refs for b in range(lo, hi)])
+        question = model.tokenizer.decode(ids.tolist())
+        ax_box.set_title(f"{question}\n[{meta['families'][arrays['family'][j]]}, {split} #{j}]", fontsize=8)
+        truth = meta['answers'][arrays['answers'][j]]
+        (pred, p), = top_answers(model, r['probs'], k=1)
+        att = np.mean([m[r['summary']] for _, m in r['layers']], axis=0)            # (gh, gw)
+        overlay(ax_heat, img, att, f"truth {truth}, predicted {pred} ({p:.0%})")
+        ax_heat.title.set_color('green' if pred == truth else 'red')
+        draw_boxes(ax_heat, arrays['boxes'][sorted(refs)], [''] * len(refs), [True] * len(refs))
+    return fig
+
+
+def read_log(path):
+    """train.py's log.jsonl -> (train records, eval records), sorted by iteration. A resumed run logs some
+    iterations again, so the later line wins; a half-written last line (a run still writing) is skipped."""
+    recs = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            recs[r['kind'], r['iter']] = r
+    by_kind = lambda kind: [recs[k] for k in sorted(recs) if k[0] == kind]
+    return by_kind('train'), by_kind('eval')
+
+
+def plot_log(path):
+    """log.jsonl -> Figure of three panels: loss, accuracy (train, val, val per family), learning rate."""
+    train, evals = read_log(path)
+    if not train and not evals:
+        raise ValueError(f"{path} has no records yet: train.py logs every log_interval iterations")
+    fig = Figure(figsize=(13, 3.6), dpi=DPI, layout='constrained')
+    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+    it = lambda rs: [r['iter'] for r in rs]
+    ax_loss.plot(it(train), [r['loss'] for r in train], lw=0.8, alpha=0.6, label='train (batch)')
+    ax_loss.plot(it(evals), [r['val_loss'] for r in evals], 'o-', lw=1.5, label='val')
+    ax_acc.plot(it(train), [r['acc'] for r in train], lw=0.8, alpha=0.6, label='train (batch)')
+    ax_acc.plot(it(evals), [r['val_acc'] for r in evals], 'o-', lw=2, color='black', label='val')
+    for fam in dict.fromkeys(k for r in evals for k in r if k.startswith('val_acc_')):  # the dataset's family order
+        ax_acc.plot(it(evals), [r.get(fam, np.nan) for r in evals], '--', lw=1, label=fam[8:])
+    ax_lr.plot(it(train), [r['lr'] for r in train], color='tab:purple')
+    for ax, title in ((ax_loss, 'loss'), (ax_acc, 'accuracy'), (ax_lr, 'learning rate')):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel('iteration')
+        ax.grid(alpha=0.3)
+    ax_loss.legend(fontsize=8)
+    ax_acc.legend(fontsize=7, ncol=2)
+    ax_acc.set_ylim(0, 1)
+    ax_lr.ticklabel_format(axis='y', style='sci', scilimits=(0, 0))
+    fig.suptitle(f'{path}', fontsize=10)
+    return fig
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def find_checkpoint():
+    """The newest out-*/ckpt.pt under the current directory: the quickstart run writes out-small/ckpt.pt."""
+    found = sorted(glob.glob('out-*/ckpt.pt'), key=os.path.getmtime)
+    if not found:
+        sys.exit("no --ckpt given and no out-*/ckpt.pt here ---> HINT: train one with "
+                 "`python prepare.py && python train.py config/small.py`")
+    print(f"using {found[-1]}, the newest out-*/ckpt.pt (pick another with --ckpt=PATH)")
+    return found[-1]
+
+
+def load_model(path, device):
+    if not os.path.isfile(path):
+        sys.exit(f"no checkpoint at {path} ---> HINT: train one with `python prepare.py && python train.py config/small.py`")
+    try:
+        return TVLM.from_checkpoint(path, device)
+    except (ValueError, RuntimeError, OSError) as e:  # not a checkpoint, or not a tvlm one
+        sys.exit(f"cannot load {path}: {str(e).splitlines()[0]}")
+
+
+def check_image(path):
+    """Decode the file once up front, so a bad image fails before the checkpoint loads, with a one-line reason."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, Image.DecompressionBombError) as e:
+        reason = e.strerror or str(e).splitlines()[0]
+        sys.exit(f"cannot read image {path}: {reason} ---> HINT: pass a JPEG or PNG file")
+
+
+if __name__ == '__main__':
+    ckpt = ''             # default: the newest out-*/ckpt.pt
+    out = 'viz.png'
+    per_word = False      # one panel per question word instead of one per decoder layer
+    rollout = False       # carry the maps back through the ViT (attention rollout)
+    data = ''             # a prepared dataset, e.g. data/synthetic: show its questions
+    split = 'val'
+    idx = 0               # question row of the split
+    random = 0            # > 0: that many random questions of the split, in a grid
+    seed = 0
+    log = ''              # an out_dir (or its log.jsonl): plot the training curves
+    device = 'cpu'
+    config_keys = ['ckpt', 'out', 'per_word', 'rollout', 'data', 'split', 'idx', 'random', 'seed', 'log', 'device']
+    _positional = []      # image and question; configurator.py appends the arguments that are not --key=value
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+
+    if log:
+        path = os.path.join(log, 'log.jsonl') if os.path.isdir(log) else log
+        if not os.path.isfile(path):
+            sys.exit(f"no training log at {path} ---> HINT: pass the out_dir of a train.py run, e.g. --log=out-small/")
+        try:
+            save(plot_log(path), out)
+        except (ValueError, KeyError) as e:
+            sys.exit(f"cannot plot {path}: {e}")
+        sys.exit(0)
+    if not data:
+        if len(_positional) != 2:
+            sys.exit('usage: python viz.py IMAGE "QUESTION" [--ckpt=PATH] [--out=viz.png] (or --data=DIR, --log=DIR)')
+        image, question = _positional
+        check_image(image)
+        if not question.strip():
+            sys.exit("the question is empty ---> HINT: ask something like \"Is the light red?\"")
+    model = load_model(ckpt or find_checkpoint(), device)
+    if data:
+        from prepare import load_meta, open_split  # imported here: the other modes don't need a dataset
+        meta = load_meta(data)
+        check_dataset(model, meta, data)
+        arrays = open_split(data, split)
+        n = len(arrays['answers'])
+        if random:
+            rows = np.random.default_rng(seed).choice(n, size=min(random, n), replace=False)
+        elif not 0 <= idx < n:
+            sys.exit(f"--idx={idx} is out of range: the {split} split of {data} has {n} questions")
+        else:
+            rows = [idx]
+        save(show_questions(model, meta, arrays, sorted(rows), split), out)
+    else:
+        unknown = [w for w in model.tokenizer.split(question) if w not in model.tokenizer.stoi]
+        if unknown:
+            print(f"words the model never saw, read as <unk>: {' '.join(unknown)}")
+        try:
+            fig, top = explain(model, image, question, per_word, rollout)
+        except ValueError as e:
+            sys.exit(str(e))
+        print(f"Q: {question}\nA: {top[0][0]} ({top[0][1]:.1%})    top-3: " + ', '.join(f'{a} {p:.1%}' for a, p in top))
+        save(fig, out)
