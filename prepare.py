@@ -682,7 +682,7 @@ def decode_split(path, items, cfg, pool, skipped, stats):
     if len(kept) < len(items):                          # skipped images: copy the kept rows to a shorter file
         short = np.lib.format.open_memmap(path + '.short', mode='w+', dtype=np.uint8, shape=(len(kept), h, w, 3))
         for i in range(0, len(kept), 256):
-            short[i:i + 256] = images[i:i + 256]
+            short[i:i + 256] = images[i:min(i + 256, len(kept))]
         short.flush()
         del images, short
         os.replace(path + '.short', path)

@@ -1,0 +1,355 @@
+"""prepare.py: BDD100K fixtures in every label format round-trip, the question rules, bad input, atomicity,
+determinism, and the synthetic renderer drawing what it labels. Fixtures are written into tmp_path."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import prepare  # noqa: E402
+from prepare import ANSWERS, BOX_CLASSES, TEMPLATES  # noqa: E402
+
+H, W = 144, 256   # stored size of the rule table below
+
+
+def cfg(**kw):
+    c = dict(bdd_root='', out='', max_images=0, weather='', timeofday='', img_h=36, img_w=64, max_q_len=16,
+             seed=1, workers=1, force=False, synth_train=6, synth_val=3)
+    c.update(kw)
+    return c
+
+
+def write_jpeg(path, size=(640, 360), seed=0):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, quality=85)
+
+
+def load(out, split, name):
+    return np.load(os.path.join(out, f'{split}_{name}.npy'), mmap_mode='r')
+
+# -----------------------------------------------------------------------------
+# fixtures in the official formats (../shared/BDD100K_FORMAT.md)
+
+CAR = {'x1': 64.0, 'y1': 36.0, 'x2': 320.0, 'y2': 216.0}          # at 640x360 -> (6.4, 3.6, 32, 21.6) at 64x36
+LIGHT = {'x1': 600.0, 'y1': 0.0, 'x2': 700.0, 'y2': 50.0}         # sticks out of the 640 wide frame: clipped
+
+
+def frames_2018(names):
+    return [{'name': n + '.jpg', 'attributes': {'weather': 'clear', 'scene': 'city street', 'timeofday': 'night'},
+             'timestamp': 10000,
+             'labels': None if i == 1 else [
+                 {'category': 'car', 'id': 4, 'attributes': {'occluded': False, 'truncated': False, 'trafficLightColor': 'none'},
+                  'manualShape': True, 'manualAttributes': True, 'box2d': CAR},
+                 {'category': 'traffic light', 'id': 5, 'attributes': {'trafficLightColor': 'red'}, 'box2d': LIGHT},
+                 {'category': 'motor', 'id': 6, 'attributes': {}, 'box2d': {'x1': 10, 'y1': 10, 'x2': 10, 'y2': 50}},
+                 {'category': 'drivable area', 'id': 7, 'attributes': {'areaType': 'direct'},
+                  'poly2d': [{'vertices': [[0, 300], [640, 300], [320, 200]], 'types': 'LLL', 'closed': True}]},
+                 {'category': 'lane', 'id': 8, 'attributes': {'laneDirection': 'parallel', 'laneType': 'road curb'},
+                  'poly2d': [{'vertices': [[100, 300], [200, 250]], 'types': 'LL', 'closed': False}]},
+                 {'category': 'flying saucer', 'id': 9, 'box2d': CAR}]}
+            for i, n in enumerate(names)]
+
+
+def make_tree(root, fmt, train=('aaaa0001-00000001', 'aaaa0002-00000002', 'aaaa0003-00000003'), val=('bbbb0001-00000001',)):
+    """A BDD100K tree in one label format; returns the names per BDD split."""
+    for split, names in (('train', train), ('val', val)):
+        for i, n in enumerate(names):
+            write_jpeg(os.path.join(root, 'images', '100k', split, n + '.jpg'), seed=i)
+        frames = frames_2018(names)
+        lab = os.path.join(root, 'labels')
+        if fmt == '2018':
+            os.makedirs(lab, exist_ok=True)
+            json.dump(frames, open(os.path.join(lab, f'bdd100k_labels_images_{split}.json'), 'w'))
+        elif fmt == 'legacy':
+            os.makedirs(os.path.join(lab, '100k', split), exist_ok=True)
+            for fr in frames:
+                objs = [dict(l, poly2d=[[v[0], v[1], 'L'] for v in l['poly2d'][0]['vertices']]) if 'poly2d' in l else l
+                        for l in fr['labels'] or []]
+                doc = {'name': fr['name'][:-4], 'attributes': fr['attributes'],
+                       'frames': [{'timestamp': 10000, 'index': 0, 'objects': objs}]}
+                json.dump(doc, open(os.path.join(lab, '100k', split, fr['name'][:-4] + '.json'), 'w'))
+        else:  # det_20: 2020 names, string ids, R/G/NA, ignored classes, null poly2d/box3d, {"frames": [...]}
+            os.makedirs(os.path.join(lab, 'det_20'), exist_ok=True)
+            for fr in frames:
+                fr['labels'] = None if fr['labels'] is None else [
+                    {'id': str(k), 'category': c, 'attributes': {'occluded': False, 'trafficLightColor': col},
+                     'box2d': b, 'poly2d': None, 'box3d': None}
+                    for k, (c, col, b) in enumerate([('other vehicle', 'NA', CAR), ('traffic light', 'R', LIGHT),
+                                                     ('motorcycle', 'NA', {'x1': 10, 'y1': 10, 'x2': 10, 'y2': 50}),
+                                                     ('flying saucer', 'NA', CAR)])]
+            json.dump({'frames': frames, 'config': {}}, open(os.path.join(lab, 'det_20', f'det_{split}.json'), 'w'))
+    return train, val
+
+
+@pytest.mark.parametrize('fmt', ['2018', 'legacy', 'det_20'])
+def test_every_label_format_round_trips(tmp_path, fmt):
+    root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
+    train, val = make_tree(root, fmt)
+    prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    meta = json.load(open(os.path.join(out, 'meta.json')))
+    assert meta['source_format'] == fmt and meta['img_h'] == 36 and meta['img_w'] == 64
+    names = {s: json.load(open(os.path.join(out, f'{s}_names.json'))) for s in ('train', 'val', 'test')}
+    assert names['test'] == list(val) and sorted(names['train'] + names['val']) == sorted(train)
+    images = load(out, 'test', 'images')
+    assert images.shape == (1, 36, 64, 3) and images.dtype == np.uint8
+    boxes, cls, off = load(out, 'test', 'boxes'), load(out, 'test', 'box_class'), load(out, 'test', 'box_offsets')
+    # the car scaled by the decoded size (640x360 -> 64x36); the light clipped; the degenerate motorcycle and
+    # the unknown category dropped; the polygons never become boxes
+    np.testing.assert_allclose(boxes, [[6.4, 3.6, 32, 21.6], [60, 0, 64, 5]], atol=1e-4)
+    assert [BOX_CLASSES[c] for c in cls] == ['car', 'traffic light'] and list(off) == [0, 2]
+    assert meta['skipped']["unknown category 'flying saucer'"] == 3 and meta['skipped']['degenerate box'] == 3   # frame 1 has labels: null
+    q, a, t = load(out, 'test', 'questions'), load(out, 'test', 'answers'), load(out, 'test', 'template')
+    assert q.shape == (len(a), 16) and q.dtype == np.uint16 and (q[:, 0] == 2).all()
+    asked = {meta['templates'][ti]: ANSWERS[ai] for ti, ai in zip(t, a)}
+    assert asked.get('Is it night?', 'yes') == 'yes' and asked.get('Is there a car?', 'yes') == 'yes'
+    qo, ro = load(out, 'train', 'q_offsets'), load(out, 'train', 'ref_offsets')
+    assert qo[-1] == len(load(out, 'train', 'answers')) == len(ro) - 1
+    assert (np.diff(load(out, 'train', 'image_idx')) >= 0).all(), "questions must be sorted by image"
+    refs = load(out, 'train', 'referents')
+    assert len(refs) == ro[-1] and (refs < len(load(out, 'train', 'boxes'))).all()
+
+# -----------------------------------------------------------------------------
+# the question rules, on hand-built scenes at 144x256 (horizon y=64.8, close y>=84.96, far y<79.2)
+
+def obj(cls, x, y, h, w=None, colour='none'):
+    """A box with footprint (x, y) and height h."""
+    w = h if w is None else w
+    return (x - w / 2, y - h, x + w / 2, y, BOX_CLASSES.index(cls), prepare.COLOURS.index(colour))
+
+
+def lane_x(u, y):
+    return W / 2 + u * prepare.SLOPE * (y - prepare.HORIZON * H)
+
+
+def answers(objs, **attrs):
+    b = np.asarray([o[:4] for o in objs], dtype=np.float32).reshape(-1, 4)
+    cls = np.asarray([o[4] for o in objs], dtype=np.int16)
+    col = np.asarray([o[5] for o in objs], dtype=np.int8)
+    return {TEMPLATES[t][1]: a for t, a, _ in prepare.candidates(b, cls, col, attrs, H, W)}
+
+
+CLOSE_Y = 110
+SCENES = [  # (what, objects, attributes, {question: answer, or None when it must be skipped})
+    ('empty road by day', [], {'timeofday': 'daytime', 'weather': 'clear'},
+     {'Is there a pedestrian?': 'no', 'How many cars are close?': '0', 'Is the road ahead clear?': 'yes',
+      'Is the left lane clear?': 'yes', 'Should I stop?': 'no', 'Is it safe to go straight?': 'yes',
+      'Can I safely turn left?': 'yes', 'What color is the traffic light?': None, 'Is it night?': 'no',
+      'Is it raining?': 'no'}),
+    ('car ahead', [obj('car', lane_x(0, CLOSE_Y), CLOSE_Y, 40)], {},
+     {'Is the road ahead clear?': 'no', 'Should I stop?': 'yes', 'Is it safe to go straight?': 'no',
+      'Can I safely turn right?': 'yes', 'Is there a car?': 'yes', 'How many cars are close?': '1'}),
+    ('car in the left lane', [obj('car', lane_x(-2, CLOSE_Y), CLOSE_Y, 40)], {},
+     {'Is the left lane clear?': 'no', 'Is there a car on the left?': 'yes', 'Is the road ahead clear?': 'yes',
+      'Can I safely turn left?': 'no', 'Is there a car on the right?': 'no', 'Is the right lane clear?': 'yes'}),
+    ('pedestrian on the right sidewalk', [obj('pedestrian', lane_x(4, CLOSE_Y), CLOSE_Y, 40, 12)], {},
+     {'Is the right lane clear?': 'yes', 'Can I safely turn right?': 'no', 'Is there a pedestrian?': 'yes',
+      'How many pedestrians are close?': '1', 'Is there a car on the right?': 'no'}),
+    ('car on the ego-lane edge', [obj('car', lane_x(-1, CLOSE_Y), CLOSE_Y, 40)], {},
+     {'Is the road ahead clear?': None, 'Is the left lane clear?': None, 'Should I stop?': None,
+      'Is the right lane clear?': 'yes', 'How many cars are close?': '1'}),
+    ('car between far and close', [obj('car', W / 2, 82, 20)], {},
+     {'How many cars are close?': None, 'Is the road ahead clear?': None, 'Is there a car?': 'yes'}),
+    ('far car ahead does not block', [obj('car', W / 2, 72, 12)], {},
+     {'Is the road ahead clear?': 'yes', 'How many cars are close?': '0', 'Is there a car?': 'yes'}),
+    ('seven close cars', [obj('car', lane_x(u, CLOSE_Y), CLOSE_Y, 30, 8) for u in (-6, -4.5, -2, 0, 2, 4.5, 6)], {},
+     {'How many cars are close?': 'more than 5'}),
+    ('tiny, unsure and visible pedestrians', [obj('pedestrian', 20, 70, 4)], {}, {'Is there a pedestrian?': 'no'}),
+    ('unsure pedestrian', [obj('pedestrian', 20, 70, 8)], {}, {'Is there a pedestrian?': None}),
+    ('red light', [obj('traffic light', 128, 40, 12, 5, 'red')], {},
+     {'What color is the traffic light?': 'red', 'Is the light red?': 'yes', 'Is the light green?': 'no',
+      'Should I stop?': 'yes', 'Is it safe to go straight?': 'no', 'Can I safely turn left?': 'no'}),
+    ('green light, clear road', [obj('traffic light', 128, 40, 12, 5, 'green')], {},
+     {'What color is the traffic light?': 'green', 'Is the light red?': 'no', 'Should I stop?': 'no',
+      'Is it safe to go straight?': 'yes', 'Can I safely turn right?': 'yes'}),
+    ('yellow light, clear road', [obj('traffic light', 128, 40, 12, 5, 'yellow')], {},
+     {'What color is the traffic light?': 'yellow', 'Should I stop?': None, 'Is it safe to go straight?': 'no'}),
+    ('yellow light, car ahead', [obj('traffic light', 128, 40, 12, 5, 'yellow'), obj('car', W / 2, CLOSE_Y, 40)], {},
+     {'Should I stop?': 'yes', 'Is it safe to go straight?': 'no'}),
+    ('lights disagree', [obj('traffic light', 100, 40, 12, 5, 'red'), obj('traffic light', 150, 40, 12, 5, 'green')], {},
+     {'What color is the traffic light?': None, 'Is the light red?': None, 'Should I stop?': None}),
+    ('a tiny light of another colour is ignored', [obj('traffic light', 100, 40, 12, 5, 'red'),
+                                                   obj('traffic light', 150, 40, 3, 1, 'green')], {},
+     {'What color is the traffic light?': 'red'}),
+    ('only a small light', [obj('traffic light', 100, 40, 6, 2, 'green')], {},
+     {'What color is the traffic light?': None, 'Is it safe to go straight?': None}),
+    ('unlit light is no light', [obj('traffic light', 100, 40, 12, 5, 'none')], {},
+     {'What color is the traffic light?': None, 'Is it safe to go straight?': 'yes'}),
+    ('night, rain', [], {'timeofday': 'night', 'weather': 'rainy'}, {'Is it night?': 'yes', 'Is it raining?': 'yes'}),
+    ('dusk, snow', [], {'timeofday': 'dawn/dusk', 'weather': 'snowy'}, {'Is it night?': None, 'Is it raining?': None}),
+    ('fog is not rain', [], {'weather': 'foggy'}, {'Is it raining?': 'no'}),
+    ('cyclist and truck', [obj('rider', 200, 100, 30, 10), obj('truck', 60, 75, 30)], {},
+     {'Is there a cyclist?': 'yes', 'Are there any trucks?': 'yes', 'Is there a bus?': 'no'}),
+]
+
+
+@pytest.mark.parametrize('what, objs, attrs, expected', SCENES, ids=[s[0] for s in SCENES])
+def test_question_rules(what, objs, attrs, expected):
+    got = answers(objs, **attrs)
+    for q, a in expected.items():
+        assert got.get(q) == a, f"{what}: {q!r} -> {got.get(q)!r}, expected {a!r}"
+
+
+def test_referents_are_the_deciding_boxes():
+    objs = [obj('car', lane_x(0, CLOSE_Y), CLOSE_Y, 40), obj('pedestrian', 20, 70, 4), obj('traffic light', 128, 40, 12, 5, 'red')]
+    b = np.asarray([o[:4] for o in objs], dtype=np.float32)
+    cands = prepare.candidates(b, np.asarray([o[4] for o in objs]), np.asarray([o[5] for o in objs]), {}, H, W)
+    refs = {TEMPLATES[t][1]: list(r) for t, _, r in cands}
+    assert refs['Is the road ahead clear?'] == [0] and refs['What color is the traffic light?'] == [2]
+    assert refs['Is it night?'] == [] if 'Is it night?' in refs else True
+
+
+def test_balancing_keeps_answers_even_within_a_template():
+    rng, counts = np.random.default_rng(0), np.zeros((len(TEMPLATES), len(ANSWERS)), dtype=np.int64)
+    t = [q for _, q in TEMPLATES].index('Is there a car?')
+    for i in range(400):   # "yes" is 9x more common than "no" in the images
+        prepare.choose_questions([(t, 'yes' if i % 10 else 'no', np.zeros(0))], counts, rng)
+    yes, no = counts[t, ANSWERS.index('yes')], counts[t, ANSWERS.index('no')]
+    assert no == 40 and yes <= no + 2 * prepare.SLACK + 1
+
+# -----------------------------------------------------------------------------
+# bad input, atomic output, reuse, determinism
+
+
+def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path):
+    root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
+    train, _ = make_tree(root, '2018')
+    d = os.path.join(root, 'images', '100k', 'train')
+    os.remove(os.path.join(d, train[0] + '.jpg'))
+    data = open(os.path.join(d, train[1] + '.jpg'), 'rb').read()
+    open(os.path.join(d, train[1] + '.jpg'), 'wb').write(data[:len(data) // 3])   # truncated JPEG
+    prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    meta = json.load(open(os.path.join(out, 'meta.json')))
+    assert meta['skipped']['missing image'] == 1 and meta['skipped']['corrupt image'] == 1
+    kept = json.load(open(os.path.join(out, 'train_names.json'))) + json.load(open(os.path.join(out, 'val_names.json')))
+    assert kept == [train[2]]
+    n = meta['counts']['train']['images']
+    assert load(out, 'train', 'images').shape[0] == n == len(load(out, 'train', 'box_offsets')) - 1
+
+
+@pytest.mark.parametrize('text, what', [('[{"name": "x.jpg", "labels": [', 'malformed JSON at line 1'),
+                                        ('{"name": 3}', 'expected a list of frames'),
+                                        ('[{"name": "x.jpg", "labels": [{"category": "car", "box2d": {"x1": 1}}]}]',
+                                         'box2d needs numbers')])
+def test_malformed_labels_give_one_clear_line(tmp_path, text, what):
+    lab = tmp_path / 'bdd' / 'labels'
+    lab.mkdir(parents=True)
+    (lab / 'bdd100k_labels_images_train.json').write_text(text)
+    with pytest.raises(prepare.LabelError, match=what) as e:
+        prepare.load_frames(str(tmp_path / 'bdd'), cfg(), {})
+    assert 'bdd100k_labels_images_train.json' in str(e.value)
+
+
+def test_malformed_labels_exit_without_traceback(tmp_path):
+    lab = tmp_path / 'bdd' / 'labels' / 'det_20'
+    lab.mkdir(parents=True)
+    (lab / 'det_train.json').write_text('[{oops')
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'prepare.py'), f'--bdd_root={tmp_path / "bdd"}',
+                        f'--out={tmp_path / "out"}'], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert r.stderr.strip().count('\n') == 0 and 'det_train.json: malformed JSON' in r.stderr
+
+
+def test_interrupted_write_leaves_no_dataset(tmp_path, monkeypatch):
+    root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
+    make_tree(root, '2018')
+
+    def boom(arrays):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare, 'summarize', boom)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    assert not os.path.exists(out) and glob.glob(out + '*') == []
+
+
+def test_rerun_reuses_unless_forced(tmp_path, capsys):
+    root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
+    make_tree(root, '2018')
+    prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    stamp = os.stat(os.path.join(out, 'meta.json')).st_mtime_ns
+    prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    assert 'reusing' in capsys.readouterr().out and os.stat(os.path.join(out, 'meta.json')).st_mtime_ns == stamp
+    prepare.build(cfg(out=out, force=True), root, 'bdd100k', 'bdd100k')
+    assert 'reusing' not in capsys.readouterr().out
+
+
+def test_filters_and_cap(tmp_path):
+    root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
+    make_tree(root, '2018')
+    prepare.build(cfg(out=out, timeofday='daytime'), root, 'bdd100k', 'bdd100k')   # every fixture frame is night
+    meta = json.load(open(os.path.join(out, 'meta.json')))
+    assert sum(c['images'] for c in meta['counts'].values()) == 0 and meta['skipped']['filtered out'] == 4
+    _, splits = prepare.load_frames(root, cfg(max_images=2), {})
+    assert len(splits['train']) + len(splits['val']) == 2 and len(splits['test']) == 1
+
+
+def test_same_seed_gives_byte_identical_output(tmp_path, monkeypatch):
+    dirs = []
+    for run, workers in enumerate((1, 2)):               # and the worker count does not matter
+        monkeypatch.setattr(prepare, '__file__', str(tmp_path / f'run{run}' / 'prepare.py'))
+        dirs.append(prepare.run(cfg(workers=workers, seed=7)))
+    files = sorted(os.listdir(dirs[0]))
+    assert files == sorted(os.listdir(dirs[1])) and 'train_images.npy' in files
+    for f in files:
+        assert open(os.path.join(dirs[0], f), 'rb').read() == open(os.path.join(dirs[1], f), 'rb').read(), f
+    jpegs = [sorted(glob.glob(str(tmp_path / f'run{r}' / 'data' / 'synthetic_bdd' / 'images' / '100k' / '*' / '*.jpg')))
+             for r in (0, 1)]
+    assert len(jpegs[0]) == 9 and [open(p, 'rb').read() for p in jpegs[0]] == [open(p, 'rb').read() for p in jpegs[1]]
+
+# -----------------------------------------------------------------------------
+# the synthetic renderer draws what it labels
+
+
+def overlap(a, b):
+    return min(a['x2'], b['x2']) > max(a['x1'], b['x1']) and min(a['y2'], b['y2']) > max(a['y1'], b['y1'])
+
+
+def test_renderer_lit_colour_is_inside_the_light_box(tmp_path):
+    for split in ('train', 'val'):
+        os.makedirs(tmp_path / 'images' / '100k' / split)
+    checked = 0
+    for i in range(40):
+        frame = prepare.render_frame((str(tmp_path), 'train', i, 3))
+        img = np.asarray(Image.open(tmp_path / 'images' / '100k' / 'train' / frame['name']), dtype=np.float32)
+        assert img.shape == (prepare.RH, prepare.RW, 3)
+        assert frame['attributes']['timeofday'] in ('daytime', 'dawn/dusk', 'night')
+        for k, lab in enumerate(frame['labels']):      # labels run far to near, as drawn
+            b, colour = lab['box2d'], lab['attributes']['trafficLightColor']
+            if lab['category'] != 'traffic light' or colour == 'none' or b['y2'] - b['y1'] < 20 or b['x1'] <= 0:
+                continue
+            if any(overlap(b, nearer['box2d']) for nearer in frame['labels'][k + 1:]):
+                continue                                 # partly hidden by something nearer: lamps may be covered
+            x1, y1, x2, y2 = (int(round(b[k])) for k in ('x1', 'y1', 'x2', 'y2'))
+            thirds = [img[y1 + k * (y2 - y1) // 3: y1 + (k + 1) * (y2 - y1) // 3, x1:x2].mean((0, 1)) for k in range(3)]
+            lit = int(np.argmax([t.sum() for t in thirds]))   # the bright lamp is the lit one
+            assert ['red', 'yellow', 'green'][lit] == colour, f"frame {i}: {colour} light lit at lamp {lit}"
+            rgb = thirds[lit]
+            assert {'red': rgb[0] > rgb[2] + 40, 'yellow': rgb[0] > rgb[2] + 40 and rgb[1] > rgb[2] + 40,
+                    'green': rgb[1] > rgb[0] + 20}[colour], f"frame {i}: lamp colour {rgb} is not {colour}"
+            checked += 1
+    assert checked >= 10
+
+
+def test_renderer_boxes_cover_their_objects(tmp_path):
+    """A labelled car's box is where its tail lights are: its lower half is much redder than the road beside it."""
+    os.makedirs(tmp_path / 'images' / '100k' / 'train')
+    seen = 0
+    for i in range(30):
+        frame = prepare.render_frame((str(tmp_path), 'train', i, 5))
+        img = np.asarray(Image.open(tmp_path / 'images' / '100k' / 'train' / frame['name']), dtype=np.float32)
+        for k, lab in enumerate(frame['labels']):
+            b = lab['box2d']
+            hidden = any(overlap(b, nearer['box2d']) for nearer in frame['labels'][k + 1:])
+            if lab['category'] == 'car' and b['y2'] - b['y1'] > 40 and not lab['attributes']['truncated'] and not hidden:
+                x1, y1, x2, y2 = (int(round(b[k])) for k in ('x1', 'y1', 'x2', 'y2'))
+                rows = img[y1 + (y2 - y1) * 6 // 10: y1 + (y2 - y1) * 8 // 10, x1:x2]
+                redness = (rows[..., 0] - rows[..., 1:].mean(-1)).max()
+                assert redness > 60, f"frame {i}: no tail light inside car box {b}"
+                seen += 1
+    assert seen >= 10
