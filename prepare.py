@@ -55,6 +55,7 @@ import zlib
 from multiprocessing import Pool
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from tvlm import Tokenizer, load_image
@@ -79,6 +80,7 @@ config_keys = ['bdd_root', 'out', 'max_images', 'weather', 'timeofday', 'img_h',
                'seed', 'workers', 'force', 'synth_train', 'synth_val']
 
 VERSION = 'prepare-1'
+FORMAT_VERSION = 1            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green']
 FAMILIES = ['exist', 'count', 'spatial', 'light', 'safety', 'scene']
@@ -766,7 +768,7 @@ def build(cfg, root, name, source):
         mean = stats[0] / np.maximum(stats[2], 1)
         std = np.sqrt(np.maximum(stats[1] / np.maximum(stats[2], 1) - mean ** 2, 0))
         counts, dist, blind = summarize(arrays)
-        meta = {'format_version': 1, 'generator_version': VERSION, 'source': source, 'source_format': fmt,
+        meta = {'format_version': FORMAT_VERSION, 'generator_version': VERSION, 'source': source, 'source_format': fmt,
                 'tokenizer': tok.to_dict(), 'max_q_len': cfg['max_q_len'], 'answers': ANSWERS, 'families': FAMILIES,
                 'templates': [q for _, q in TEMPLATES], 'template_family': [f for f, _ in TEMPLATES],
                 'box_classes': BOX_CLASSES, 'img_h': cfg['img_h'], 'img_w': cfg['img_w'],
@@ -830,3 +832,54 @@ if __name__ == '__main__':
         run({k: globals()[k] for k in config_keys})
     except LabelError as e:
         sys.exit(f"error: {e}")
+
+# -----------------------------------------------------------------------------
+# Reading a prepared dataset: train.py, eval.py, viz.py and bench.py all come through here
+
+SPLIT_ARRAYS = ('images', 'boxes', 'box_class', 'box_offsets', 'questions', 'answers', 'family', 'template',
+                'image_idx', 'q_offsets', 'referents', 'ref_offsets')
+
+
+def load_meta(data_dir):
+    """The dataset's meta.json; a clear error when prepare.py has not (completely) run."""
+    path = os.path.join(data_dir, 'meta.json')
+    if not os.path.exists(path):
+        sys.exit(f"no prepared dataset at {data_dir} (no meta.json) ---> HINT: run `python prepare.py` first")
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get('format_version') != FORMAT_VERSION:
+        sys.exit(f"{data_dir} was written by another prepare.py (format {meta.get('format_version')}, "
+                 f"expected {FORMAT_VERSION}) ---> HINT: re-run `python prepare.py --force=True`")
+    return meta
+
+
+def open_split(data_dir, split):
+    """{name: read-only memmap} for one split; nothing is read into RAM until indexed."""
+    return {name: np.load(os.path.join(data_dir, f'{split}_{name}.npy'), mmap_mode='r') for name in SPLIT_ARRAYS}
+
+
+def sample_batch(arrays, n_images, questions_per_image, generator):
+    """A random training batch: n_images images, then questions_per_image of each image's questions (with
+    replacement, so an image with fewer questions still fills its share). All numpy: images uint8
+    (n_images, H, W, 3), questions (B, T), answers (B,), image_idx (B,) into the batch's images."""
+    counts = np.diff(arrays['q_offsets'])                                      # (N,) questions per image
+    has_q = np.flatnonzero(counts)
+    pick = np.sort(has_q[torch.randint(len(has_q), (n_images,), generator=generator).numpy()])  # file order reads
+    offset = torch.rand(n_images, questions_per_image, generator=generator).numpy() * counts[pick, None]
+    rows = (arrays['q_offsets'][pick, None] + offset.astype(np.int64)).ravel()  # (B,) question rows
+    return (arrays['images'][pick], arrays['questions'][rows], arrays['answers'][rows],
+            np.repeat(np.arange(n_images), questions_per_image))
+
+
+def split_batches(arrays, max_questions, max_images=None):
+    """Every question of a split in file order, whole images at a time, about max_questions per batch.
+    Yields (q_lo, q_hi, images (n, H, W, 3), image_idx (q_hi - q_lo,) into those n images)."""
+    q_off = arrays['q_offsets']
+    n_img = len(q_off) - 1 if max_images is None else min(max_images, len(q_off) - 1)
+    lo = 0
+    while lo < n_img:
+        hi = int(np.searchsorted(q_off, q_off[lo] + max_questions, side='right')) - 1
+        hi = min(n_img, max(hi, lo + 1))                                       # at least one image per batch
+        q_lo, q_hi = int(q_off[lo]), int(q_off[hi])
+        yield q_lo, q_hi, arrays['images'][lo:hi], arrays['image_idx'][q_lo:q_hi] - lo
+        lo = hi
