@@ -1,0 +1,551 @@
+"""
+Evaluate a trained tvlm checkpoint on a split of its dataset: classification, calibration, grounding, baselines,
+robustness and error analysis, printed as a report and written to eval.json and PNGs beside the checkpoint.
+
+$ python eval.py --ckpt=out-small/ckpt.pt                      # test split; writes out-small/eval.json + PNGs
+$ python eval.py --ckpt=out-small/ckpt.pt --blind_ckpt=out-ablate-blind/ckpt.pt --split=val --out=eval-val
+$ python eval.py --compare=True out-small out-ablate-prefix    # one table of the runs' eval.json headlines
+
+The metric functions are pure numpy (no scikit-learn) and importable: tests/test_eval.py checks them by hand.
+Calibration follows Guo et al. 2017 (arXiv 1706.04599); the fitted temperature is stored in the checkpoint,
+so TVLM.answer() reports calibrated probabilities.
+"""
+import io
+import json
+import os
+import sys
+
+import matplotlib
+matplotlib.use('Agg')  # files only: no display on a server or in CI
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
+
+from prepare import load_meta, open_split, split_batches
+from tvlm import TVLM
+
+# -----------------------------------------------------------------------------
+# defaults: plain globals, overridden by --key=value (configurator.py)
+ckpt = 'out-small/ckpt.pt'
+split = 'test'
+out = ''                  # where eval.json and the PNGs go; '' = beside the checkpoint
+data_dir = ''             # '' = the dataset the checkpoint was trained on
+blind_ckpt = ''           # a question-only model (config/ablate_blind.py) to measure what the image adds
+compare = False           # True: the positional arguments are run dirs whose eval.json go into one table
+robust_max = 500          # questions (whole images, in file order) for the robustness and flip runs
+batch_questions = 256
+save_temperature = True   # write the temperature fitted on val into the checkpoint
+device = 'auto'
+seed = 1337
+config_keys = ['ckpt', 'split', 'out', 'data_dir', 'blind_ckpt', 'compare', 'robust_max', 'batch_questions',
+               'save_temperature', 'device', 'seed']
+
+N_BINS = 15                                 # equal-width confidence bins for ECE, as in Guo et al.
+HIGH_CONF, LOW_CONF = 0.9, 0.5              # an error is confident above HIGH_CONF, a guess below LOW_CONF
+ROBUSTNESS = {'noise': (8, 16, 32),         # Gaussian sigma, 0-255 scale
+              'brightness': (0.5, 0.75, 1.5),   # pixel gain
+              'contrast': (0.5, 0.75, 1.5),     # gain around each image's mean
+              'occlusion': (0.1, 0.25, 0.5),    # share of patch cells painted grey
+              'jpeg': (50, 20, 10)}             # re-compression quality
+
+# -----------------------------------------------------------------------------
+# Classification metrics: y, pred int[N] answer ids; scores float[N]
+
+
+def confusion_matrix(y, pred, n):
+    """int[n, n] counts, rows = truth, columns = prediction."""
+    return np.bincount(n * np.asarray(y) + np.asarray(pred), minlength=n * n).reshape(n, n)
+
+
+def classification(y, pred, n):
+    """Accuracy, balanced accuracy, macro and weighted precision/recall/F1, per-answer table and confusion.
+    An undefined ratio (no predictions, no support) counts 0, as scikit-learn's zero_division=0 does; macro
+    averages run over the answers seen in truth or predictions, balanced accuracy over those in truth."""
+    cm = confusion_matrix(y, pred, n)
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    ratio = lambda a, b: np.divide(a, b, out=np.zeros(n), where=b > 0)
+    precision, recall = ratio(tp, predicted), ratio(tp, support)
+    f1 = ratio(2 * precision * recall, precision + recall)
+    seen, w = (support > 0) | (predicted > 0), support / support.sum()
+    return {'n': int(len(y)), 'accuracy': tp.sum() / len(y), 'balanced_accuracy': recall[support > 0].mean(),
+            'macro_precision': precision[seen].mean(), 'macro_recall': recall[seen].mean(), 'macro_f1': f1[seen].mean(),
+            'weighted_precision': w @ precision, 'weighted_recall': w @ recall, 'weighted_f1': w @ f1,
+            'per_answer': {'precision': precision, 'recall': recall, 'f1': f1, 'support': support},
+            'confusion': cm}
+
+
+def auc(positive, score):
+    """AUC-ROC = P(a random positive outscores a random negative), ties counting 1/2 (Mann-Whitney U)."""
+    positive = np.asarray(positive, bool)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float('nan')
+    _, inv, counts = np.unique(score, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inv]                       # 1-based, tied scores share the mean
+    return (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def yes_no(positive, score):
+    """Yes/no figures: positive bool[N] (truth is 'yes'), score float[N] = P(yes) / (P(yes) + P(no)), i.e. the
+    model's choice between the two answers its question allows; predicted 'yes' when score > 0.5."""
+    positive, said_yes = np.asarray(positive, bool), np.asarray(score) > 0.5
+    tp, fn = int((positive & said_yes).sum()), int((positive & ~said_yes).sum())
+    fp, tn = int((~positive & said_yes).sum()), int((~positive & ~said_yes).sum())
+    return {'n': len(positive), 'tp': tp, 'fn': fn, 'fp': fp, 'tn': tn,
+            'sensitivity': tp / (tp + fn) if tp + fn else float('nan'),
+            'specificity': tn / (tn + fp) if tn + fp else float('nan'), 'auc': auc(positive, score)}
+
+
+def full_report(y, probs, answers):
+    """classification() of the argmax, plus yes_no() on the questions whose truth is yes or no."""
+    res = classification(y, probs.argmax(1), len(answers))
+    if 'yes' in answers and 'no' in answers:
+        yes, no = answers.index('yes'), answers.index('no')
+        m = (y == yes) | (y == no)
+        if m.any():
+            res['yes_no'] = yes_no(y[m] == yes, probs[m, yes] / np.maximum(probs[m, yes] + probs[m, no], 1e-12))
+    return res
+
+# -----------------------------------------------------------------------------
+# Calibration: confidence = the top answer's probability
+
+
+def softmax(logits, T=1.0):
+    z = logits / T
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def nll(logits, y, T=1.0):
+    """Mean negative log-likelihood of the true answers under softmax(logits / T)."""
+    z = logits / T
+    m = z.max(1)
+    return float(np.mean(m + np.log(np.exp(z - m[:, None]).sum(1)) - z[np.arange(len(y)), y]))
+
+
+def calibration(conf, correct, n_bins=N_BINS):
+    """ECE (count-weighted mean |accuracy - confidence| over equal-width bins) and MCE (the worst bin)."""
+    b = np.minimum((np.asarray(conf) * n_bins).astype(int), n_bins - 1)
+    count = np.bincount(b, minlength=n_bins)
+    acc = np.bincount(b, correct, n_bins) / np.maximum(count, 1)
+    mean_conf = np.bincount(b, conf, n_bins) / np.maximum(count, 1)
+    gap = np.abs(acc - mean_conf)
+    return {'ece': float(count @ gap / count.sum()), 'mce': float(gap[count > 0].max()),
+            'bins': {'count': count, 'accuracy': acc, 'confidence': mean_conf}}
+
+
+def fit_temperature(logits, y, lo=0.05, hi=20.0, steps=60):
+    """The T that minimises NLL(logits / T): NLL is convex in 1/T, hence unimodal in log T, so a golden-section
+    search on log T over [lo, hi] finds it without gradients."""
+    a, b, g = np.log(lo), np.log(hi), (np.sqrt(5) - 1) / 2
+    for _ in range(steps):
+        c, d = b - g * (b - a), a + g * (b - a)
+        if nll(logits, y, np.exp(c)) < nll(logits, y, np.exp(d)):
+            b = d
+        else:
+            a = c
+    return float(np.exp((a + b) / 2))
+
+# -----------------------------------------------------------------------------
+# Grounding: does the summary token look at the objects that decide the answer?
+
+
+def box_shares(boxes, img_h, img_w, patch):
+    """float[Hi/p, Wi/p]: the share of each patch cell covered by the union of boxes float[M, 4] (x1, y1, x2, y2 in
+    stored-image pixels), measured on the pixel grid (a pixel counts when its centre is inside a box)."""
+    ys, xs = np.arange(img_h) + 0.5, np.arange(img_w) + 0.5
+    in_y = (ys >= boxes[:, 1:2]) & (ys < boxes[:, 3:4])                      # (M, Hi)
+    in_x = (xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])                      # (M, Wi)
+    inside = (in_y[:, :, None] & in_x[:, None, :]).any(0)                    # (Hi, Wi)
+    return inside.reshape(img_h // patch, patch, img_w // patch, patch).mean((1, 3))
+
+
+def grounding(maps, shares):
+    """maps float[Q, P] attention over patches (rows sum to 1), shares float[Q, P] patch share inside the referent
+    boxes. Uniform attention puts exactly the boxes' area share inside them: that is the baseline of the ratio."""
+    Q, P = maps.shape
+    inside, base = (maps * shares).sum(1), shares.mean(1)                    # (Q,), (Q,)
+    entropy = -(maps * np.log(np.maximum(maps, 1e-12))).sum(1)               # (Q,) nats
+    return {'n': Q, 'inside': inside.mean(), 'baseline': base.mean(), 'ratio': inside.mean() / base.mean(),
+            'pointing': (shares[np.arange(Q), maps.argmax(1)] > 0).mean(),  # the top patch touches a referent box
+            'pointing_chance': (shares > 0).mean(), 'entropy': entropy.mean(), 'entropy_uniform': np.log(P)}
+
+
+def summary_attention(out):
+    """float[B, L, P]: the summary token's attention to the image in each decoder layer, heads averaged. Under prefix
+    fusion it is the image columns of the summary row, renormalised, since the rest of that row goes to text."""
+    s = out['summary_idx']
+    b = torch.arange(len(s), device=s.device)
+    if out['cross_attn']:
+        maps = [a[b, :, s] for a in out['cross_attn']]                       # L x (B, H, P)
+    else:
+        maps = [a[b, :, out['prefix'] + s, :out['prefix']] for a in out['self_attn']]  # L x (B, H, P)
+    m = torch.stack(maps, 1).float().mean(2)                                  # (B, L, P)
+    return (m / m.sum(-1, keepdim=True)).cpu().numpy()
+
+# -----------------------------------------------------------------------------
+# Robustness: image perturbations and the left-right mirror
+
+
+def perturb(images, kind, strength, rng, patch):
+    """uint8[N, Hi, Wi, 3] -> the same images corrupted by `kind` at `strength` (see ROBUSTNESS)."""
+    if kind == 'jpeg':
+        def jpeg(im):
+            buf = io.BytesIO()
+            Image.fromarray(im).save(buf, format='JPEG', quality=strength)
+            return np.asarray(Image.open(buf).convert('RGB'))
+        return np.stack([jpeg(im) for im in images])
+    x = images.astype(np.float32)
+    if kind == 'noise':
+        x = x + rng.normal(0.0, strength, x.shape)
+    elif kind == 'brightness':
+        x = x * strength
+    elif kind == 'contrast':
+        mean = x.mean((1, 2, 3), keepdims=True)
+        x = (x - mean) * strength + mean
+    elif kind == 'occlusion':
+        N, Hi, Wi, _ = x.shape
+        cells = rng.random((N, Hi // patch, Wi // patch)) < strength                  # (N, Hi/p, Wi/p)
+        x[cells.repeat(patch, 1).repeat(patch, 2)] = 128.0
+    else:
+        raise ValueError(f"unknown perturbation {kind!r}; known: {', '.join(ROBUSTNESS)}")
+    return x.clip(0, 255).round().astype(np.uint8)
+
+
+def flip_tables(tokenizer, answers):
+    """Token and answer permutations that swap 'left' <-> 'right' (identity elsewhere), as train.py's hflip uses."""
+    tok, ans = np.arange(len(tokenizer)), np.arange(len(answers))
+    for a, b in (('left', 'right'), ('right', 'left')):
+        if a in tokenizer.stoi and b in tokenizer.stoi:
+            tok[tokenizer.stoi[a]] = tokenizer.stoi[b]
+        if a in answers and b in answers:
+            ans[answers.index(a)] = answers.index(b)
+    return tok, ans
+
+# -----------------------------------------------------------------------------
+# Loading and batched inference
+
+
+def load(ckpt_path, data_dir, device):
+    """(model, checkpoint dict, meta, data_dir), with one-line errors for the mistakes a user can make."""
+    if not os.path.isfile(ckpt_path):
+        sys.exit(f"no checkpoint at {ckpt_path} ---> HINT: train one with `python train.py config/small.py`, "
+                 f"or pass --ckpt=out-DIR/ckpt.pt")
+    ck = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+    data_dir = data_dir or ck.get('data_dir', 'data/synthetic')
+    meta = load_meta(data_dir)
+    args = ck['model_args']
+    for what, ours, theirs in (('tokenizer', ck['tokenizer'], meta['tokenizer']), ('answers', ck['answers'], meta['answers']),
+                               ('image size', (args['img_h'], args['img_w']), (meta['img_h'], meta['img_w']))):
+        if ours != theirs:
+            sys.exit(f"{ckpt_path} does not fit the dataset {data_dir}: their {what} differ ---> HINT: pass "
+                     f"--data_dir=<the dataset it was trained on>, or retrain on this one")
+    return TVLM.from_checkpoint(ckpt_path, device), ck, meta, data_dir
+
+
+@torch.no_grad()
+def predict(model, arrays, batch_questions, max_images=None, transform=None, attn=False):
+    """float32[Q, A] logits for the questions of the first max_images images (all by default), whole images per
+    batch so the ViT runs once per image; transform(images, questions) may alter both. With attn=True, also the
+    summary token's attention to the image, float32[Q, L, P] (None for a blind model)."""
+    dev = next(model.parameters()).device
+    attn = attn and not model.cfg.blind
+    logits, maps = [], []
+    for q_lo, q_hi, images, idx in split_batches(arrays, batch_questions, max_images):
+        images, q = np.asarray(images), arrays['questions'][q_lo:q_hi].astype(np.int64)
+        if transform is not None:
+            images, q = transform(images, q)
+        q = q[:, :int((q != 0).sum(1).max())]                                  # drop columns that are all padding
+        out = {} if attn else None
+        lg, _ = model(torch.from_numpy(np.ascontiguousarray(images)).to(dev), torch.from_numpy(q).to(dev),
+                      image_idx=torch.from_numpy(idx.astype(np.int64)).to(dev), out=out)
+        logits.append(lg.float().cpu().numpy())
+        if attn:
+            maps.append(summary_attention(out))
+    return np.concatenate(logits), (np.concatenate(maps) if attn else None)
+
+# -----------------------------------------------------------------------------
+# The report's sections: each takes the predictions, returns plain numbers for eval.json, and draws its plot
+
+
+def by_family(hit, fam, families):
+    return {f: {'n': int((fam == i).sum()), 'accuracy': hit[fam == i].mean()} for i, f in enumerate(families) if (fam == i).any()}
+
+
+def calibration_section(logits, y, val_logits, val_y, out_dir):
+    """ECE, MCE and NLL before and after temperature scaling (T fitted on val), and reliability.png."""
+    T = fit_temperature(val_logits, val_y)
+    res = {'temperature': T}
+    for name, t in (('before', 1.0), ('after', T)):
+        p = softmax(logits, t)
+        res[name] = {**calibration(p.max(1), p.argmax(1) == y), 'nll': nll(logits, y, t)}
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    centres = (np.arange(N_BINS) + 0.5) / N_BINS
+    for ax, name in zip(axes, ('before', 'after')):
+        bins = res[name]['bins']
+        ax.bar(centres, bins['accuracy'], width=1 / N_BINS, edgecolor='k', alpha=0.7, label='accuracy in bin')
+        ax.plot([0, 1], [0, 1], 'r--', label='perfectly calibrated')
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='confidence',
+               title=f"T = {1.0 if name == 'before' else T:.2f}: ECE {res[name]['ece']:.3f}, NLL {res[name]['nll']:.3f}")
+    axes[0].set_ylabel('accuracy')
+    axes[0].legend(loc='upper left')
+    save_fig(fig, os.path.join(out_dir, 'reliability.png'))
+    return res
+
+
+def grounding_section(maps, arrays, cfg):
+    """grounding() of the layer-averaged maps and of each layer, over the questions that have referent boxes."""
+    ref_off, refs, boxes = np.asarray(arrays['ref_offsets']), np.asarray(arrays['referents']), np.asarray(arrays['boxes'])
+    has = np.flatnonzero(np.diff(ref_off[:len(maps) + 1]) > 0)
+    if len(has) == 0:
+        return None
+    shares = np.stack([box_shares(boxes[refs[ref_off[j]:ref_off[j + 1]]], cfg.img_h, cfg.img_w, cfg.patch).ravel()
+                       for j in has])                                         # (Qr, P)
+    res = grounding(maps[has].mean(1), shares)
+    res['per_layer'] = [grounding(maps[has, l], shares) for l in range(maps.shape[1])]
+    return res
+
+
+def majority_by_template(train_template, train_answers, template, n_templates, n_answers):
+    """Question-only baseline: each template's most frequent train answer (the overall one for unseen templates)."""
+    counts = np.zeros((n_templates, n_answers), np.int64)
+    np.add.at(counts, (np.asarray(train_template, np.int64), np.asarray(train_answers, np.int64)), 1)
+    guess = counts.argmax(1)
+    guess[counts.sum(1) == 0] = counts.sum(0).argmax()
+    return guess[np.asarray(template, np.int64)]
+
+
+def baseline_section(y, fam, pred, arrays, train, meta, blind_logits):
+    """Majority-per-template and (given) blind-model accuracy, and how far the model is above each."""
+    guess = majority_by_template(train['template'], train['answers'], arrays['template'], len(meta['templates']), len(meta['answers']))
+    acc = (pred == y).mean()
+    res = {'majority': {'accuracy': (guess == y).mean(), 'gap': acc - (guess == y).mean(),
+                        'per_family': by_family(guess == y, fam, meta['families'])}}
+    if blind_logits is not None:
+        hit = blind_logits.argmax(1) == y
+        res['blind'] = {'accuracy': hit.mean(), 'gap': acc - hit.mean(), 'per_family': by_family(hit, fam, meta['families'])}
+    return res
+
+
+def robustness_section(model, arrays, logits, robust_max, batch_questions, seed, out_dir):
+    """Accuracy under each perturbation on the first ~robust_max questions, flip consistency, robustness.png."""
+    q_off = arrays['q_offsets']
+    n_img = max(1, int(np.searchsorted(q_off, robust_max, side='right')) - 1)
+    nq, rng, p = int(q_off[n_img]), np.random.default_rng(seed), model.cfg.patch
+    y = arrays['answers'][:nq].astype(np.int64)
+    res = {'n': nq, 'clean': (logits[:nq].argmax(1) == y).mean(), 'accuracy': {}}
+    for kind, strengths in ROBUSTNESS.items():
+        res['accuracy'][kind] = {str(s): (predict(model, arrays, batch_questions, n_img, lambda im, q: (
+            perturb(im, kind, s, rng, p), q))[0].argmax(1) == y).mean() for s in strengths}
+    # a mirrored scene asks the mirrored question: left and right swap in the question and in the answer
+    tok, ans = flip_tables(model.tokenizer, model.answers)
+    flipped = predict(model, arrays, batch_questions, n_img, lambda im, q: (im[:, :, ::-1], tok[q]))[0].argmax(1)
+    agree, sided = flipped == ans[logits[:nq].argmax(1)], (tok[arrays['questions'][:nq]] != arrays['questions'][:nq]).any(1)
+    res['flip'] = {'consistency': agree.mean(), 'n_left_right': int(sided.sum()),
+                   'consistency_left_right': agree[sided].mean() if sided.any() else float('nan'),
+                   'accuracy': (flipped == ans[y]).mean()}
+    fig, axes = plt.subplots(1, len(ROBUSTNESS), figsize=(3.2 * len(ROBUSTNESS), 3), sharey=True)
+    for ax, (kind, accs) in zip(axes, res['accuracy'].items()):
+        ax.plot(range(len(accs) + 1), [res['clean'], *accs.values()], 'o-')
+        ax.set(xticks=range(len(accs) + 1), xticklabels=['clean', *accs], title=kind, ylim=(0, 1))
+    axes[0].set_ylabel(f'accuracy ({nq} questions)')
+    save_fig(fig, os.path.join(out_dir, 'robustness.png'))
+    return res
+
+
+def confidence_errors(conf, correct, high=HIGH_CONF, low=LOW_CONF):
+    """Shares of the errors made with confidence >= high and < low, and the error rate within each band."""
+    wrong, hi, lo = ~np.asarray(correct, bool), conf >= high, conf < low
+    rate = lambda m: wrong[m].mean() if m.any() else float('nan')
+    return {'n_errors': int(wrong.sum()), 'high_conf_share': hi[wrong].mean() if wrong.any() else float('nan'),
+            'low_conf_share': lo[wrong].mean() if wrong.any() else float('nan'),
+            'high_conf_error_rate': rate(hi), 'low_conf_error_rate': rate(lo)}
+
+
+def error_section(y, probs, maps, arrays, model, names, out_dir, k=10, gallery=8):
+    """The most confident errors, confidence_errors(), and failures.png: the worst cases with their attention."""
+    conf, pred = probs.max(1), probs.argmax(1)
+    wrong = np.flatnonzero(pred != y)
+    worst = wrong[np.argsort(-conf[wrong], kind='stable')][:k]
+    img_idx = arrays['image_idx']
+    cases = [{'question_idx': int(j), 'image': names[img_idx[j]], 'question': model.tokenizer.decode(arrays['questions'][j]),
+              'truth': model.answers[y[j]], 'prediction': model.answers[pred[j]], 'confidence': conf[j]} for j in worst]
+    res = {**confidence_errors(conf, pred == y), 'most_confident': cases}
+    if len(worst):
+        plot_gallery(cases[:gallery], arrays, maps, model.cfg, os.path.join(out_dir, 'failures.png'))
+    return res
+
+
+def plot_gallery(cases, arrays, maps, cfg, path):
+    cols = min(4, len(cases))
+    rows = -(-len(cases) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    extent = (0, cfg.img_w, cfg.img_h, 0)
+    ref_off, refs, boxes = arrays['ref_offsets'], arrays['referents'], arrays['boxes']
+    for ax, c in zip(axes.flat, cases):
+        j = c['question_idx']
+        ax.imshow(arrays['images'][arrays['image_idx'][j]], extent=extent)
+        if maps is not None:  # layers averaged, on the patch grid, stretched over the image
+            heat = maps[j].mean(0).reshape(cfg.img_h // cfg.patch, cfg.img_w // cfg.patch)  # (Hi/p, Wi/p)
+            ax.imshow(heat, extent=extent, cmap='jet', alpha=0.45, interpolation='bilinear')
+        for x1, y1, x2, y2 in boxes[refs[ref_off[j]:ref_off[j + 1]]]:
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor='lime', linewidth=1.5))
+        ax.set_title(f"{c['image']}: {c['question']}\ntruth {c['truth']}, said {c['prediction']} ({c['confidence']:.2f})", fontsize=8)
+    for ax in axes.flat:
+        ax.axis('off')
+    save_fig(fig, path)
+
+
+def save_fig(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+# -----------------------------------------------------------------------------
+# Putting it together
+
+
+def plain(x):
+    """numpy values -> Python ones, NaN -> None, so eval.json stays strict JSON."""
+    if isinstance(x, dict):
+        return {str(k): plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [plain(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    return int(x) if isinstance(x, (np.integer, np.bool_)) else x
+
+
+def write_atomic(path, save):
+    """save(tmp_path), then rename: a crash never leaves a half-written checkpoint or eval.json."""
+    save(path + '.tmp')
+    os.replace(path + '.tmp', path)
+
+
+def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=500, batch_questions=256,
+             save_temperature=True, device='cpu', seed=1337):
+    """Every section for one checkpoint on one split -> the eval.json dict; writes eval.json and the PNGs to out."""
+    model, ck, meta, data_dir = load(ckpt, data_dir, device)
+    arrays, val, train = (open_split(data_dir, s) for s in (split, 'val', 'train'))
+    out = out or os.path.dirname(os.path.abspath(ckpt))
+    os.makedirs(out, exist_ok=True)
+    y, fam = arrays['answers'].astype(np.int64), arrays['family'].astype(np.int64)
+    logits, maps = predict(model, arrays, batch_questions, attn=True)
+    probs = softmax(logits)
+    res = {'ckpt': ckpt, 'split': split, 'data_dir': data_dir, 'n_questions': len(y), 'n_images': len(arrays['q_offsets']) - 1,
+           'n_params': model.num_params(), 'train_time': ck.get('train_time'), 'iter_num': ck.get('iter_num'),
+           'model_args': ck['model_args'], 'answers': meta['answers'], 'families': meta['families']}
+    res['classification'] = {**full_report(y, probs, meta['answers']), 'per_family': {
+        f: full_report(y[fam == i], probs[fam == i], meta['answers']) for i, f in enumerate(meta['families']) if (fam == i).any()}}
+    val_logits = logits if split == 'val' else predict(model, val, batch_questions)[0]
+    res['calibration'] = calibration_section(logits, y, val_logits, val['answers'].astype(np.int64), out)
+    if save_temperature:  # TVLM.from_checkpoint reads it, so model.answer() gives calibrated probabilities
+        ck['temperature'] = res['calibration']['temperature']
+        write_atomic(ckpt, lambda tmp: torch.save(ck, tmp))
+    res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg)
+    blind_logits = predict(load(blind_ckpt, data_dir, device)[0], arrays, batch_questions)[0] if blind_ckpt else None
+    res['baselines'] = baseline_section(y, fam, probs.argmax(1), arrays, train, meta, blind_logits)
+    res['robustness'] = robustness_section(model, arrays, logits, robust_max, batch_questions, seed, out)
+    names_path = os.path.join(data_dir, f'{split}_names.json')
+    names = json.load(open(names_path)) if os.path.exists(names_path) else [str(i) for i in range(res['n_images'])]
+    res['errors'] = error_section(y, probs, maps, arrays, model, names, out)
+    res['plots'] = [f for f in ('reliability.png', 'robustness.png', 'failures.png') if os.path.exists(os.path.join(out, f))]
+    res = plain(res)
+    write_atomic(os.path.join(out, 'eval.json'), lambda tmp: json.dump(res, open(tmp, 'w'), indent=1, allow_nan=False))
+    return res
+
+
+def fmt(x, spec='.3f'):
+    return '-' if x is None else format(x, spec)
+
+
+def print_report(r):
+    answers, c = r['answers'], r['classification']
+    print(f"\n{r['ckpt']} on {r['split']}: {r['n_questions']:,} questions about {r['n_images']:,} images, "
+          f"{r['n_params'] / 1e6:.2f}M parameters")
+    print(f"overall: accuracy {fmt(c['accuracy'])}, balanced accuracy {fmt(c['balanced_accuracy'])}, "
+          f"macro P/R/F1 {fmt(c['macro_precision'])}/{fmt(c['macro_recall'])}/{fmt(c['macro_f1'])}, weighted F1 {fmt(c['weighted_f1'])}")
+    w = max(len(a) for a in answers)
+    print(f"\nper answer:\n  {'answer':<{w}} {'n':>6} {'prec':>6} {'recall':>6} {'f1':>6}")
+    pa = c['per_answer']
+    for i, a in enumerate(answers):
+        print(f"  {a:<{w}} {pa['support'][i]:>6} {fmt(pa['precision'][i]):>6} {fmt(pa['recall'][i]):>6} {fmt(pa['f1'][i]):>6}")
+    short = [a[:5] for a in answers]
+    print(f"\nconfusion (rows truth, columns prediction):\n  {'':<{w}} " + ' '.join(f"{a:>5}" for a in short))
+    for a, row in zip(answers, c['confusion']):
+        print(f"  {a:<{w}} " + ' '.join(f"{v:>5}" for v in row))
+    yn = c.get('yes_no')
+    if yn:
+        print(f"\nyes/no ({yn['n']:,} questions): sensitivity {fmt(yn['sensitivity'])}, specificity {fmt(yn['specificity'])}, "
+              f"AUC {fmt(yn['auc'])}; TP {yn['tp']}, FN {yn['fn']}, FP {yn['fp']}, TN {yn['tn']}")
+    b = r['baselines']
+    print(f"\nper family:\n  {'family':<8} {'n':>6} {'acc':>6} {'bal':>6} {'AUC':>6} {'major':>6}" + (f" {'blind':>6}" if 'blind' in b else ''))
+    for f, fc in c['per_family'].items():
+        auc_ = fc['yes_no']['auc'] if 'yes_no' in fc else None
+        blind = f" {fmt(b['blind']['per_family'][f]['accuracy']):>6}" if 'blind' in b else ''
+        print(f"  {f:<8} {fc['n']:>6} {fmt(fc['accuracy']):>6} {fmt(fc['balanced_accuracy']):>6} {fmt(auc_):>6} "
+              f"{fmt(b['majority']['per_family'][f]['accuracy']):>6}{blind}")
+    print_sections(r)
+
+
+def print_sections(r):
+    cal, g, b, rob, e = r['calibration'], r['grounding'], r['baselines'], r['robustness'], r['errors']
+    print(f"\ncalibration: ECE {fmt(cal['before']['ece'])} -> {fmt(cal['after']['ece'])}, MCE {fmt(cal['before']['mce'])} -> "
+          f"{fmt(cal['after']['mce'])}, NLL {fmt(cal['before']['nll'])} -> {fmt(cal['after']['nll'])} (temperature {cal['temperature']:.2f}, fitted on val)")
+    if g:
+        print(f"grounding ({g['n']:,} questions with referents): {fmt(g['inside'])} of the attention inside the boxes, "
+              f"which cover {fmt(g['baseline'])} -> ratio {fmt(g['ratio'], '.2f')}x; pointing game {fmt(g['pointing'])} "
+              f"(chance {fmt(g['pointing_chance'])}); entropy {fmt(g['entropy'], '.2f')} nats (uniform {fmt(g['entropy_uniform'], '.2f')})")
+        print('  per layer: ' + ', '.join(f"{l}: ratio {fmt(x['ratio'], '.2f')}x, pointing {fmt(x['pointing'], '.2f')}"
+                                          for l, x in enumerate(g['per_layer'])))
+    print(f"baselines: majority answer per template {fmt(b['majority']['accuracy'])} (gap {fmt(b['majority']['gap'], '+.3f')})"
+          + (f", blind model {fmt(b['blind']['accuracy'])} (gap {fmt(b['blind']['gap'], '+.3f')})" if 'blind' in b else ''))
+    print(f"robustness ({rob['n']} questions, clean {fmt(rob['clean'])}): " + '; '.join(
+        f"{k} " + ' '.join(f"{s}:{fmt(a, '.2f')}" for s, a in accs.items()) for k, accs in rob['accuracy'].items()))
+    fl = rob['flip']
+    print(f"flip consistency {fmt(fl['consistency'])} (left/right questions {fmt(fl['consistency_left_right'])}, "
+          f"n={fl['n_left_right']}), accuracy on mirrored images {fmt(fl['accuracy'])}")
+    print(f"errors: {e['n_errors']:,}; {fmt(e['high_conf_share'])} of them at confidence >= {HIGH_CONF}, "
+          f"{fmt(e['low_conf_share'])} below {LOW_CONF}; most confident:")
+    for c in e['most_confident']:
+        print(f"  {c['confidence']:.3f}  {c['image']}: {c['question']!r} truth {c['truth']}, said {c['prediction']}")
+    print(f"wrote eval.json, {', '.join(r['plots'])}")
+
+
+def compare_runs(dirs, out_dir):
+    """One table of the headline numbers of several runs' eval.json (run eval.py on each first)."""
+    rows = []
+    for d in dirs:
+        path = d if d.endswith('.json') else os.path.join(d, 'eval.json')
+        if not os.path.isfile(path):
+            sys.exit(f"no {path} ---> HINT: run `python eval.py --ckpt={os.path.join(d, 'ckpt.pt')}` first")
+        r = json.load(open(path))
+        g, blind = r['grounding'], r['baselines'].get('blind')
+        rows.append({'run': d, 'accuracy': r['classification']['accuracy'],
+                     **{f: fc['accuracy'] for f, fc in r['classification']['per_family'].items()},
+                     'ece': r['calibration']['before']['ece'], 'grounding_ratio': g and g['ratio'],
+                     'blind_gap': blind and blind['gap'], 'params_M': r['n_params'] / 1e6,
+                     'train_min': r['train_time'] and r['train_time'] / 60})
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+    w = max(len(d) for d in dirs)
+    print(f"{'run':<{w}} " + ' '.join(f"{c[:9]:>9}" for c in cols[1:]))
+    for row in rows:
+        print(f"{row['run']:<{w}} " + ' '.join(f"{fmt(row.get(c), '.3f'):>9}" for c in cols[1:]))
+    path = os.path.join(out_dir or '.', 'ablation.json')
+    write_atomic(path, lambda tmp: json.dump(plain(rows), open(tmp, 'w'), indent=1, allow_nan=False))
+    print(f"wrote {path}")
+    return rows
+
+
+if __name__ == '__main__':
+    _positional = []  # run dirs for --compare=True
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if compare:
+        compare_runs(_positional or sys.exit("--compare=True needs run dirs: python eval.py --compare=True out-a out-b"), out)
+    elif _positional:
+        sys.exit(f"unexpected arguments {_positional}: run dirs go with --compare=True")
+    else:
+        print_report(evaluate(ckpt, split, out, data_dir, blind_ckpt, robust_max, batch_questions, save_temperature, device, seed))

@@ -1,0 +1,273 @@
+"""eval.py: every metric against hand-worked numbers, then an end-to-end run on a tiny dataset and checkpoint."""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+import eval as ev
+from tvlm import TVLM, TVLMConfig, Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# -----------------------------------------------------------------------------
+# classification
+
+
+def test_classification_by_hand_with_an_absent_class():
+    # answer 3 occurs neither in truth nor in predictions; answer 2 is never predicted
+    c = ev.classification(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), 4)
+    assert c['confusion'].tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    np.testing.assert_allclose(c['per_answer']['precision'], [1 / 2, 2 / 3, 0, 0])
+    np.testing.assert_allclose(c['per_answer']['recall'], [1 / 2, 1, 0, 0])
+    np.testing.assert_allclose(c['per_answer']['f1'], [1 / 2, 0.8, 0, 0])
+    assert c['accuracy'] == pytest.approx(0.6)
+    assert c['balanced_accuracy'] == pytest.approx(0.5)                  # (1/2 + 1 + 0) / 3: answer 3 left out
+    assert c['macro_precision'] == pytest.approx((1 / 2 + 2 / 3) / 3)
+    assert c['macro_recall'] == pytest.approx(0.5)
+    assert c['macro_f1'] == pytest.approx((0.5 + 0.8) / 3)
+    assert c['weighted_precision'] == pytest.approx(0.4 * 1 / 2 + 0.4 * 2 / 3)
+    assert c['weighted_recall'] == pytest.approx(0.6)                    # always equals accuracy
+    assert c['weighted_f1'] == pytest.approx(0.4 * 0.5 + 0.4 * 0.8)
+
+
+def test_constant_predictor():
+    c = ev.classification(np.array([0, 1, 1, 0]), np.array([1, 1, 1, 1]), 2)
+    assert (c['accuracy'], c['balanced_accuracy']) == (0.5, 0.5)
+    np.testing.assert_allclose(c['per_answer']['precision'], [0, 0.5])
+    assert c['macro_f1'] == pytest.approx(1 / 3)
+    yn = ev.yes_no(np.array([1, 1, 0, 0]), np.full(4, 0.9))
+    assert (yn['tp'], yn['fn'], yn['fp'], yn['tn']) == (2, 0, 2, 0)
+    assert (yn['sensitivity'], yn['specificity'], yn['auc']) == (1.0, 0.0, 0.5)  # all ties: AUC exactly 1/2
+
+
+def test_yes_no_by_hand():
+    yn = ev.yes_no(np.array([1, 1, 0, 0]), np.array([0.9, 0.4, 0.6, 0.1]))
+    assert (yn['tp'], yn['fn'], yn['fp'], yn['tn']) == (1, 1, 1, 1)
+    assert (yn['sensitivity'], yn['specificity']) == (0.5, 0.5)
+    assert yn['auc'] == pytest.approx(3 / 4)                            # 0.4 < 0.6 is the one misordered pair
+
+
+def test_auc_matches_brute_force_pair_count():
+    rng = np.random.default_rng(0)
+    pos, score = rng.random(300) < 0.3, rng.integers(0, 10, 300) / 10     # few distinct scores: many ties
+    p, n = score[pos], score[~pos]
+    brute = ((p[:, None] > n[None]).sum() + 0.5 * (p[:, None] == n[None]).sum()) / (len(p) * len(n))
+    assert ev.auc(pos, score) == pytest.approx(brute, abs=1e-12)
+    assert np.isnan(ev.auc(np.ones(3, bool), np.arange(3)))              # undefined without a negative
+
+# -----------------------------------------------------------------------------
+# calibration
+
+
+def test_ece_by_hand_and_on_synthetic_sets():
+    c = ev.calibration(np.array([0.95, 0.95, 0.05, 0.05]), np.array([1, 0, 0, 0]))
+    assert c['ece'] == pytest.approx((2 * 0.45 + 2 * 0.05) / 4) and c['mce'] == pytest.approx(0.45)
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.3, 1.0, 200_000)
+    assert ev.calibration(conf, rng.random(conf.shape) < conf)['ece'] < 0.01     # right as often as it says
+    over = ev.calibration(np.full(10_000, 0.99), rng.random(10_000) < 0.6)
+    assert over['ece'] == pytest.approx(0.39, abs=0.02) and over['mce'] == pytest.approx(over['ece'])
+
+
+def test_temperature_scaling_recovers_overconfidence():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1.5, (5000, 6))
+    y = np.array([rng.choice(6, p=p) for p in ev.softmax(base)])          # labels drawn from softmax(base)
+    logits = 5.0 * base                                                  # a model 5x too sure of itself
+    T = ev.fit_temperature(logits, y)
+    assert T == pytest.approx(5.0, rel=0.1)
+    assert ev.nll(logits, y, T) < ev.nll(logits, y) - 0.5
+
+# -----------------------------------------------------------------------------
+# grounding, baselines, errors, perturbations
+
+
+def test_box_shares_are_overlap_fractions():
+    s = ev.box_shares(np.array([[8.0, 0.0, 24.0, 16.0]]), 32, 48, 16)      # half of cell (0, 0), half of (0, 1)
+    np.testing.assert_allclose(s, [[0.5, 0.5, 0], [0, 0, 0]])
+    s = ev.box_shares(np.array([[0.0, 0.0, 16.0, 16.0], [8.0, 0.0, 16.0, 32.0]]), 32, 48, 16)   # union, not sum
+    np.testing.assert_allclose(s, [[1, 0, 0], [0.5, 0, 0]])
+
+
+def test_grounding_on_hand_made_maps():
+    shares = np.array([[1.0, 0, 0, 0, 0, 0]])                            # the box is one of six cells
+    g = ev.grounding(np.array([[1.0, 0, 0, 0, 0, 0]]), shares)           # all attention inside the box
+    assert g['inside'] == 1.0 and g['baseline'] == pytest.approx(1 / 6)
+    assert g['ratio'] == pytest.approx(6.0) and g['pointing'] == 1.0 and g['entropy'] == pytest.approx(0.0)
+    assert g['pointing_chance'] == pytest.approx(1 / 6)
+    u = ev.grounding(np.full((1, 6), 1 / 6), shares)                      # uniform attention: the baseline itself
+    assert u['ratio'] == pytest.approx(1.0) and u['entropy'] == pytest.approx(np.log(6))
+    off = ev.grounding(np.array([[0, 0, 0, 0, 0, 1.0]]), shares)
+    assert off['ratio'] == 0.0 and off['pointing'] == 0.0
+
+
+def test_majority_by_template():
+    guess = ev.majority_by_template([0, 0, 0, 1, 1], [1, 1, 0, 2, 2], [0, 1, 2], n_templates=3, n_answers=3)
+    assert guess.tolist() == [1, 2, 1]                                   # template 2 unseen: overall majority
+
+
+def test_confidence_errors():
+    e = ev.confidence_errors(np.array([0.95, 0.95, 0.3, 0.7]), np.array([0, 1, 0, 1]))
+    assert e['n_errors'] == 2 and (e['high_conf_share'], e['low_conf_share']) == (0.5, 0.5)
+    assert (e['high_conf_error_rate'], e['low_conf_error_rate']) == (0.5, 1.0)
+
+
+def test_perturbations():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (2, 32, 48, 3)).astype(np.uint8)
+    assert (ev.perturb(img, 'occlusion', 1.0, rng, 16) == 128).all()
+    assert (ev.perturb(img, 'occlusion', 0.0, rng, 16) == img).all()
+    assert (ev.perturb(img, 'brightness', 0.5, rng, 16) == np.round(img * 0.5)).all()
+    assert (ev.perturb(img, 'contrast', 0.0, rng, 16) == np.round(img.mean((1, 2, 3), keepdims=True))).all()
+    assert np.abs(ev.perturb(img, 'noise', 16, rng, 16).astype(float) - img).mean() > 5
+    jpg = ev.perturb(img, 'jpeg', 90, rng, 16)
+    assert jpg.shape == img.shape and jpg.dtype == np.uint8
+    with pytest.raises(ValueError, match='unknown perturbation'):
+        ev.perturb(img, 'blur', 1, rng, 16)
+
+
+def test_flip_tables_swap_left_and_right():
+    tok = Tokenizer.build(['is the left lane clear?', 'is the right lane clear?'])
+    t, a = ev.flip_tables(tok, ['yes', 'no', 'left', 'right'])
+    assert t[tok.stoi['left']] == tok.stoi['right'] and t[tok.stoi['right']] == tok.stoi['left']
+    assert t[tok.stoi['lane']] == tok.stoi['lane'] and a.tolist() == [0, 1, 3, 2]
+
+# -----------------------------------------------------------------------------
+# end to end: a tiny dataset in the CONTRACT.md format, a tiny model trained for a moment
+
+
+QUESTIONS = [('exist', 'Is there a car?'), ('spatial', 'Is there a car on the left?'), ('count', 'How many cars are there?')]
+ANSWERS = ['yes', 'no', '0', '1', '2']                                  # '2' never occurs: an absent class
+
+
+def make_dataset(root, n=(48, 16, 24), H=32, W=48, answers=ANSWERS, seed=0):
+    """Each image holds at most one bright 16x16 'car' on a patch cell; the questions ask about it, and its box
+    is the referent of the questions it decides."""
+    rng = np.random.default_rng(seed)
+    tok = Tokenizer.build([q for _, q in QUESTIONS] + ['right'])        # 'right': the flipped left question
+    families = ['exist', 'count', 'spatial']
+    os.makedirs(root, exist_ok=True)
+    for split, N in zip(('train', 'val', 'test'), n):
+        images = rng.integers(0, 60, (N, H, W, 3)).astype(np.uint8)
+        cell = rng.integers(-2, 6, N)                                     # < 0: no car
+        boxes = np.array([[16 * (c % 3), 16 * (c // 3), 16 * (c % 3) + 16, 16 * (c // 3) + 16] for c in cell if c >= 0], np.float32)
+        has, left = cell >= 0, (cell >= 0) & (cell % 3 == 0)
+        for i, c in enumerate(cell):
+            if c >= 0:
+                images[i, 16 * (c // 3):16 * (c // 3) + 16, 16 * (c % 3):16 * (c % 3) + 16] = 230
+        a = np.stack([np.where(has, 0, 1), np.where(left, 0, 1), np.where(has, 3, 2)], 1).ravel()
+        box_row = np.cumsum(has) - 1                                      # image -> its box row
+        refs = [[box_row[i]] if (has[i] and j != 1) or (left[i] and j == 1) else [] for i in range(N) for j in range(3)]
+        arrays = {'images': images, 'boxes': boxes.reshape(-1, 4), 'box_class': np.zeros(has.sum(), np.int16),
+                  'box_offsets': np.concatenate([[0], np.cumsum(has)]).astype(np.int64),
+                  'questions': np.tile(np.stack([tok.encode(q, 10)[0] for _, q in QUESTIONS]), (N, 1)).astype(np.uint16),
+                  'answers': a.astype(np.int16), 'family': np.tile([families.index(f) for f, _ in QUESTIONS], N).astype(np.uint8),
+                  'template': np.tile(np.arange(3), N).astype(np.int16), 'image_idx': np.repeat(np.arange(N), 3).astype(np.int32),
+                  'q_offsets': np.arange(0, 3 * N + 1, 3).astype(np.int64),
+                  'referents': np.array([r for rs in refs for r in rs], np.int32),
+                  'ref_offsets': np.concatenate([[0], np.cumsum([len(r) for r in refs])]).astype(np.int64)}
+        for k, v in arrays.items():
+            np.save(os.path.join(root, f'{split}_{k}.npy'), v)
+        json.dump([f'{split}-{i:04d}' for i in range(N)], open(os.path.join(root, f'{split}_names.json'), 'w'))
+    meta = {'format_version': 1, 'tokenizer': tok.to_dict(), 'max_q_len': 10, 'answers': answers, 'families': families,
+            'templates': [q for _, q in QUESTIONS], 'box_classes': ['car'], 'img_h': H, 'img_w': W,
+            'mean': [40.0] * 3, 'std': [60.0] * 3}
+    json.dump(meta, open(os.path.join(root, 'meta.json'), 'w'))
+    return root
+
+
+def make_checkpoint(path, data_dir, steps=40, **kw):
+    """Train a tiny TVLM on the whole train split for a few steps; save it as train.py's save_checkpoint does."""
+    torch.manual_seed(0)
+    meta = json.load(open(os.path.join(data_dir, 'meta.json')))
+    tok = Tokenizer.from_dict(meta['tokenizer'])
+    cfg = TVLMConfig(img_h=32, img_w=48, patch=16, vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64, dec_width=32,
+                     dec_depth=2, dec_heads=2, dec_kv_heads=1, dec_mlp=64, vocab_size=len(tok), max_q_len=10,
+                     n_answers=len(meta['answers']), **kw)
+    model = TVLM(cfg, tok, meta['answers'], mean=meta['mean'], std=meta['std'])
+    load = lambda k: torch.from_numpy(np.load(os.path.join(data_dir, f'train_{k}.npy')).astype(np.int64))
+    images, q, a, idx = torch.from_numpy(np.load(os.path.join(data_dir, 'train_images.npy'))), load('questions'), load('answers'), load('image_idx')
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        _, loss = model(images, q, a, image_idx=idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ckpt = {'model': model.state_dict(), 'optimizer': opt.state_dict(), 'model_args': asdict(cfg), 'iter_num': steps,
+            'best_val_acc': 0.0, 'train_time': 1.5, 'config': {}, 'tokenizer': tok.to_dict(), 'answers': meta['answers'],
+            'families': meta['families'], 'data_dir': os.path.abspath(data_dir), 'temperature': 1.0,
+            'n_params': model.num_params()}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp('eval')
+    data = make_dataset(str(root / 'data'))
+    return {'root': root, 'data': data, 'ckpt': make_checkpoint(str(root / 'out-cross' / 'ckpt.pt'), data),
+            'blind': make_checkpoint(str(root / 'out-blind' / 'ckpt.pt'), data, blind=True)}
+
+
+def test_end_to_end_writes_every_section_and_plot(run):
+    r = ev.evaluate(run['ckpt'], blind_ckpt=run['blind'], robust_max=30, batch_questions=20)
+    out = os.path.dirname(run['ckpt'])
+    saved = json.load(open(os.path.join(out, 'eval.json')))
+    assert saved == r
+    for key in ('classification', 'calibration', 'grounding', 'baselines', 'robustness', 'errors'):
+        assert saved[key], f"eval.json has no {key} section"
+    c = saved['classification']
+    assert c['n'] == 72 and set(c['per_family']) == {'exist', 'count', 'spatial'} and 'yes_no' in c
+    assert c['per_answer']['support'][ANSWERS.index('2')] == 0
+    assert len(saved['grounding']['per_layer']) == 2 and saved['grounding']['n'] > 0
+    assert saved['baselines']['blind']['gap'] == pytest.approx(c['accuracy'] - saved['baselines']['blind']['accuracy'])
+    assert set(saved['robustness']['accuracy']) == set(ev.ROBUSTNESS) and saved['robustness']['n'] == 30
+    assert 0 <= saved['robustness']['flip']['consistency'] <= 1 and saved['robustness']['flip']['n_left_right'] == 10
+    for png in ('reliability.png', 'robustness.png', 'failures.png'):
+        assert png in saved['plots'] and os.path.getsize(os.path.join(out, png)) > 1000
+    # the fitted temperature went into the checkpoint, where answer() finds it
+    assert TVLM.from_checkpoint(run['ckpt']).temperature == pytest.approx(saved['calibration']['temperature'])
+
+
+def test_prefix_fusion_attention_is_a_distribution_over_patches(run):
+    ckpt = make_checkpoint(str(run['root'] / 'out-prefix' / 'ckpt.pt'), run['data'], steps=2, fusion='prefix')
+    model = TVLM.from_checkpoint(ckpt)
+    logits, maps = ev.predict(model, ev.open_split(run['data'], 'test'), 20, attn=True)
+    assert logits.shape == (72, len(ANSWERS)) and maps.shape == (72, 2, 6)
+    np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)
+    assert ev.predict(TVLM.from_checkpoint(run['blind']), ev.open_split(run['data'], 'test'), 20, attn=True)[1] is None
+
+
+def test_compare_table(run, tmp_path):
+    for ckpt in (run['ckpt'], run['blind']):
+        ev.evaluate(ckpt, robust_max=10, save_temperature=False)
+    dirs = [os.path.dirname(run['ckpt']), os.path.dirname(run['blind'])]
+    rows = ev.compare_runs(dirs, str(tmp_path))
+    assert [r['run'] for r in rows] == dirs and rows[1]['grounding_ratio'] is None   # blind: nothing to ground
+    assert json.load(open(tmp_path / 'ablation.json')) == json.loads(json.dumps(rows))
+    with pytest.raises(SystemExit, match='run `python eval.py'):
+        ev.compare_runs([str(tmp_path / 'nowhere')], str(tmp_path))
+
+
+def test_clear_errors(run, tmp_path):
+    with pytest.raises(SystemExit, match='no checkpoint at'):
+        ev.evaluate(str(tmp_path / 'missing.pt'))
+    other = make_dataset(str(tmp_path / 'other'), n=(3, 3, 3), answers=['yes', 'no', 'none', 'one', 'two'])
+    with pytest.raises(SystemExit, match='answers differ'):
+        ev.evaluate(run['ckpt'], data_dir=other)
+
+
+def test_script_end_to_end(run, tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f"--ckpt={run['ckpt']}", f'--out={tmp_path}',
+           '--robust_max=12', '--save_temperature=False']
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert 'grounding' in res.stdout and 'per family' in res.stdout and (tmp_path / 'eval.json').exists()
+    res = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), 'out-x'], capture_output=True, text=True)
+    assert res.returncode == 1 and 'run dirs go with --compare=True' in res.stderr
