@@ -1,0 +1,239 @@
+"""viz.py on tiny fixtures: heatmap geometry, rollout, every mode's PNG, odd image inputs, one-line CLI errors."""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import viz  # noqa: E402
+from tvlm import TVLM, TVLMConfig, Tokenizer  # noqa: E402
+
+QUESTIONS = ['is the light red?', 'is there a car on the left?', 'how many cars are close?']
+TOK = Tokenizer.build(QUESTIONS)
+ANSWERS = ['yes', 'no', '0', '1', '2']
+H, W = 32, 48        # non-square, a 4 x 6 grid of 8-pixel patches
+
+
+def tiny_model(fusion='cross', seed=0):
+    cfg = TVLMConfig(img_h=H, img_w=W, patch=8, vit_width=32, vit_depth=2, vit_heads=2, vit_mlp=64, dec_width=32,
+                     dec_depth=2, dec_heads=4, dec_kv_heads=2, dec_mlp=64, vocab_size=len(TOK), max_q_len=12,
+                     n_answers=len(ANSWERS), fusion=fusion)
+    torch.manual_seed(seed)
+    model = TVLM(cfg, TOK, ANSWERS).eval()
+    for p in model.parameters():  # larger than the real init, so attention is peaked and answers are not uniform
+        nn.init.normal_(p, std=0.3)
+    return model
+
+
+def save_checkpoint(model, path):
+    """The keys train.py's save_checkpoint writes that loading needs, plus a few plain ones."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({'model': model.state_dict(), 'model_args': asdict(model.cfg), 'tokenizer': model.tokenizer.to_dict(),
+                'answers': model.answers, 'families': ['exist', 'count'], 'temperature': 1.0, 'iter_num': 0}, path)
+
+
+def write_dataset(d, tok=TOK, n=6, seed=0):
+    """A contract-format split 'val' with n images, 2 boxes and 2 questions each; question 0 of each image has
+    the image's first box as its referent."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(d, exist_ok=True)
+    ids = np.stack([tok.encode(QUESTIONS[j % 2], 12)[0] for j in range(2 * n)])
+    arrays = dict(images=rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
+                  boxes=np.tile(np.array([[2, 3, 20, 17], [30, 8, 46, 30]], np.float32), (n, 1)),
+                  box_class=np.tile(np.array([0, 1], np.int16), n), box_offsets=np.arange(0, 2 * n + 1, 2),
+                  questions=ids.astype(np.uint16), answers=np.tile(np.array([0, 1], np.int16), n),
+                  family=np.tile(np.array([0, 1], np.uint8), n), template=np.tile(np.array([0, 1], np.int16), n),
+                  image_idx=np.repeat(np.arange(n), 2).astype(np.int32), q_offsets=np.arange(0, 2 * n + 1, 2),
+                  referents=np.arange(0, 2 * n, 2).astype(np.int32),
+                  ref_offsets=np.concatenate([[0], np.repeat(np.arange(1, n + 1), 2)]).astype(np.int64))
+    for name, a in arrays.items():
+        np.save(os.path.join(d, f'val_{name}.npy'), a)
+    meta = dict(format_version=1, tokenizer=tok.to_dict(), answers=ANSWERS, families=['exist', 'count'],
+                box_classes=['car', 'pedestrian'], img_h=H, img_w=W, max_q_len=12, mean=[128.0] * 3, std=[64.0] * 3)
+    with open(os.path.join(d, 'meta.json'), 'w') as f:
+        json.dump(meta, f)
+    return meta, {name: np.load(os.path.join(d, f'val_{name}.npy'), mmap_mode='r') for name in arrays}
+
+
+def png_size(fig, path):
+    fig.savefig(path)
+    assert os.path.getsize(path) > 1000, f"{path} is nearly empty"
+    return Image.open(path).size
+
+# -----------------------------------------------------------------------------
+# Geometry: a patch's attention lands on that patch's pixels
+
+
+@pytest.mark.parametrize('i, j', [(0, 0), (0, 5), (3, 0), (3, 5), (1, 2), (2, 4)])
+def test_heatmap_peak_lies_in_the_patch_rectangle(i, j):
+    """All mass on patch (i, j) of a 4 x 6 grid over a 40 x 90 image: every pixel at the maximum lies in rows
+    10i..10i+9 and columns 15j..15j+14, and the map falls off outside the rectangle."""
+    att = np.zeros((4, 6))
+    att[i, j] = 1.0
+    heat = viz.heatmap_to_pixels(att, 40, 90)
+    assert heat.shape == (40, 90)
+    ys, xs = np.nonzero(heat >= heat.max() - 1e-6)
+    assert (10 * i <= ys).all() and (ys < 10 * i + 10).all(), f"peak rows {ys.min()}..{ys.max()} outside patch row {i}"
+    assert (15 * j <= xs).all() and (xs < 15 * j + 15).all(), f"peak cols {xs.min()}..{xs.max()} outside patch col {j}"
+    inside = heat[10 * i:10 * i + 10, 15 * j:15 * j + 15].sum()
+    assert inside > 0.5 * heat.sum(), f"only {inside / heat.sum():.0%} of the heat is on the patch"
+
+
+def test_uniform_attention_gives_a_flat_heatmap():
+    heat = viz.heatmap_to_pixels(np.full((3, 5), 1 / 15), 30, 70)
+    np.testing.assert_allclose(heat, 1 / 15, rtol=1e-5)
+
+
+def test_overlay_puts_the_heatmap_on_the_image_pixel_grid():
+    img = np.zeros((40, 90, 3), np.uint8)
+    att = np.zeros((4, 6))
+    att[3, 5] = 1.0
+    ax = Figure().subplots()
+    viz.overlay(ax, img, att, 'x')
+    shown, heat = ax.images
+    assert shown.get_extent() == heat.get_extent(), "heatmap and image must span the same pixels"
+    y, x = np.unravel_index(np.argmax(heat.get_array()), (40, 90))
+    assert y >= 30 and x >= 75, f"bottom-right patch's heat peaks at ({y}, {x})"
+
+
+def test_attention_rollout_matches_the_paper():
+    """One layer: (mean over heads + I) / 2 for row-stochastic attention; two layers: the product, later on the left."""
+    torch.manual_seed(0)
+    a1, a2 = torch.rand(2, 3, 5, 5).softmax(-1)                        # (H, P, P) each
+    step = lambda a: (a.mean(0) + torch.eye(5)) / 2
+    torch.testing.assert_close(viz.attention_rollout([a1]), step(a1))
+    R = viz.attention_rollout([a1, a2])
+    torch.testing.assert_close(R, step(a2) @ step(a1))
+    torch.testing.assert_close(R.sum(-1), torch.ones(5))
+
+# -----------------------------------------------------------------------------
+# Attention maps from the model
+
+
+@pytest.mark.parametrize('fusion', ['cross', 'prefix', 'both'])
+def test_attend_reads_the_text_rows(fusion):
+    """Maps are (T, gh, gw) per layer; the summary's map depends on the question (the image rows of a prefix
+    would not), and under prefix fusion part of its attention goes to text, so less than all is on the image."""
+    model = tiny_model(fusion)
+    img = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    r1, r2 = (viz.attend(model, img, TOK.encode(q, 12)[0]) for q in QUESTIONS[:2])
+    assert [n for n, _ in r1['layers']] == {'cross': ['cross-attn 0', 'cross-attn 1'], 'prefix': ['self-attn 0', 'self-attn 1'],
+                                           'both': ['cross-attn 0', 'cross-attn 1', 'self-attn 0', 'self-attn 1']}[fusion]
+    assert r1['words'] == ['<bos>', 'is', 'the', 'light', 'red', '?', '<eos>'] and r1['summary'] == 6
+    for (name, m1), (_, m2) in zip(r1['layers'], r2['layers']):
+        assert m1.shape == (12, 4, 6)
+        s1, s2 = m1[r1['summary']], m2[r2['summary']]
+        assert np.abs(s1 - s2).max() > 1e-3, f"{name}: the summary's map ignores the question"
+        mass = s1.sum()
+        assert (0.0 < mass < 0.999) if name.startswith('self') else abs(mass - 1) < 1e-5, f"{name}: mass {mass}"
+    torch.testing.assert_close(r1['probs'].sum(), torch.tensor(1.0))
+
+# -----------------------------------------------------------------------------
+# The three pictures: each mode writes a PNG of the expected size
+
+
+@pytest.mark.parametrize('kw, size', [({}, (1200, 290)), ({'per_word': True}, (1200, 530)),
+                                      ({'rollout': True}, (1200, 290))])
+def test_explain_png_size(tmp_path, kw, size):
+    """32x48 input, panels 300 px wide and 240 px tall: input + 2 layers + average = 4 panels in a row;
+    per word: is the light red ? <eos> = 6 panels in two rows."""
+    fig, top = viz.explain(tiny_model(), np.zeros((H, W, 3), np.uint8), 'Is the light red?', **kw)
+    assert png_size(fig, tmp_path / 'h.png') == size
+    assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
+
+
+@pytest.mark.parametrize('mode, ext', [('RGB', 'jpg'), ('RGB', 'png'), ('RGBA', 'png'), ('L', 'png'), ('P', 'png')])
+def test_any_image_mode_and_aspect(tmp_path, mode, ext):
+    """A tall 120x50 picture in any mode: centre-cropped to the model's aspect, shown at 7x the model's size."""
+    rgb = np.random.default_rng(1).integers(0, 256, (120, 50, 3), dtype=np.uint8)
+    path = tmp_path / f'img.{ext}'
+    Image.fromarray(rgb).convert(mode).save(path)
+    model = tiny_model()
+    fig, top = viz.explain(model, str(path), 'is there a car on the left?')
+    assert fig.axes[0].images[0].get_array().shape == (7 * H, 7 * W, 3), "input panel is not the model's crop"
+    assert top[0][0] in ANSWERS and abs(sum(model.answer(str(path), 'is there a car on the left?')[2].values()) - 1) < 1e-5
+
+
+def test_dataset_panels_boxes_and_size(tmp_path):
+    """Two panels per question; the box panel has every ground-truth box, the referent in red."""
+    meta, arrays = write_dataset(tmp_path / 'data')
+    model = tiny_model()
+    fig = viz.show_questions(model, meta, arrays, [0], 'val')
+    assert png_size(fig, tmp_path / 'one.png') == (600, 240)
+    boxes = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
+    assert len(boxes) == 2 and [p.get_edgecolor()[:3] for p in boxes] == [(1.0, 0.0, 0.0), (1.0, 1.0, 1.0)]
+    assert fig.axes[0].texts[0].get_text() == 'car'
+    assert png_size(viz.show_questions(model, meta, arrays, [0, 3, 4, 9], 'val'), tmp_path / 'four.png') == (1200, 480)
+
+
+def test_dataset_from_another_tokenizer_is_refused(tmp_path, capsys):
+    meta, _ = write_dataset(tmp_path / 'data', tok=Tokenizer.build(QUESTIONS + ['is it raining?']))
+    with pytest.raises(SystemExit) as e:
+        viz.check_dataset(tiny_model(), meta, 'data/x')
+    assert 'another tokenizer' in str(e.value) and 'HINT' in str(e.value) and '\n' not in str(e.value)
+
+
+def test_log_plot_size_and_resumed_runs(tmp_path):
+    """A resumed run logs iteration 40 again and the later line wins; a half-written last line is skipped."""
+    lines = [dict(kind='train', iter=it, loss=2.0 - it / 100, acc=it / 100, lr=1e-3) for it in (20, 40, 60)]
+    lines += [dict(kind='eval', iter=40, val_loss=1.5, val_acc=0.5, val_acc_exist=0.6, val_acc_count=0.3),
+              dict(kind='train', iter=40, loss=9.0, acc=0.1, lr=1e-3)]
+    path = tmp_path / 'log.jsonl'
+    path.write_text(''.join(json.dumps(r) + '\n' for r in lines) + '{"kind": "tra')
+    train, evals = viz.read_log(path)
+    assert [r['iter'] for r in train] == [20, 40, 60] and train[1]['loss'] == 9.0 and len(evals) == 1
+    assert png_size(viz.plot_log(str(path)), tmp_path / 'curves.png') == (1300, 360)
+
+# -----------------------------------------------------------------------------
+# The command line: the runs start at once (importing torch dominates their time), each test checks one
+
+
+@pytest.fixture(scope='module')
+def cli(tmp_path_factory):
+    d = tmp_path_factory.mktemp('cli')
+    save_checkpoint(tiny_model(seed=1), str(d / 'out-old' / 'ckpt.pt'))
+    save_checkpoint(tiny_model(seed=2), str(d / 'out-new' / 'ckpt.pt'))
+    os.utime(d / 'out-old' / 'ckpt.pt', (1e9, 1e9))                     # make "newest" unambiguous
+    Image.fromarray(np.zeros((90, 160), np.uint8)).save(d / 'grey.png')
+    (d / 'broken.jpg').write_text('not a jpeg')
+    runs = {'ok': (d, ['grey.png', 'Is the light red?', '--out=h.png']),
+            'empty_question': (d, ['grey.png', '  ']),
+            'broken_image': (d, ['broken.jpg', 'Is the light red?']),
+            'missing_ckpt': (d, ['grey.png', 'Is the light red?', '--ckpt=out-none/ckpt.pt'])}
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}  # four processes on a small CI machine: no thread oversubscription
+    procs = {k: subprocess.Popen([sys.executable, os.path.join(ROOT, 'viz.py'), *args], cwd=cwd, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for k, (cwd, args) in runs.items()}
+    return d, {k: (p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for k, p in procs.items()}
+
+
+def test_cli_default_checkpoint_and_png(cli):
+    d, runs = cli
+    code, stdout, stderr = runs['ok']
+    assert code == 0, stderr
+    assert 'using out-new/ckpt.pt' in stdout and 'top-3:' in stdout
+    assert Image.open(d / 'h.png').size == (1200, 290)
+
+
+def test_no_checkpoint_says_how_to_train_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        viz.find_checkpoint()
+    assert 'python prepare.py && python train.py config/small.py' in str(e.value) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('case, words', [('empty_question', 'question is empty'), ('broken_image', 'cannot read image'),
+                                         ('missing_ckpt', 'no checkpoint at out-none/ckpt.pt')])
+def test_cli_errors_are_one_line(cli, case, words):
+    code, stdout, stderr = cli[1][case]
+    assert code == 1, f"exit code {code}: {stderr}"
+    assert words in stderr and len(stderr.strip().splitlines()) == 1, stderr
