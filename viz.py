@@ -15,6 +15,7 @@ carries a map from the ViT's output tokens back to its input patches. Attention 
 not why it answered: read the maps as hints, not proof. Without --ckpt, the newest out-*/ckpt.pt is used.
 """
 import glob
+import io
 import json
 import os
 import sys
@@ -31,7 +32,6 @@ from tvlm import TVLM, load_image
 PANEL_W = 3.0    # inches per image panel; at DPI 100, four panels make a 1200 px wide figure
 DPI = 100
 MAX_COLS = 4
-HEAT = dict(cmap='jet', alpha=0.45)
 
 # -----------------------------------------------------------------------------
 # Attention maps: from the model's `out` dict to one (gh, gw) grid per layer and text position
@@ -103,23 +103,29 @@ def grid(n, aspect, title_lines=2):
 def overlay(ax, img, att, title=''):
     """Draw uint8[h, w, 3] img and float[gh, gw] attention upsampled onto exactly the same h x w pixel grid."""
     heat = heatmap_to_pixels(att, *img.shape[:2])
+    heat = heat / (heat.max() or 1)
     ax.imshow(img)
-    ax.imshow(heat, vmin=0, vmax=heat.max() or 1, **HEAT)  # same shape as img, so the same extent
+    # opacity follows attention, so unattended pixels stay as they were; same shape as img, so the same extent
+    ax.imshow(heat, cmap='inferno', vmin=0, vmax=1, alpha=0.8 * heat)
     ax.set_title(title, fontsize=9)
 
 
 def draw_boxes(ax, boxes, labels, referent):
-    """x1,y1,x2,y2 pixel boxes; the referents, the boxes that decide the answer, drawn thick and red."""
+    """x1,y1,x2,y2 pixel boxes; the referents, the boxes that decide the answer, drawn thick and cyan."""
     for (x1, y1, x2, y2), label, ref in zip(boxes, labels, referent):
-        color, lw = ('red', 2.0) if ref else ('white', 0.8)
+        color, lw = ('cyan', 2.0) if ref else ('white', 0.8)
         # pixel i covers [i - 0.5, i + 0.5] in imshow's coordinates, so a box edge at x is drawn at x - 0.5
         ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color=color, lw=lw))
         ax.text(x1 - 0.5, y1 - 1.5, label, color=color, fontsize=6, va='bottom')
 
 
 def save(fig, path):
-    fig.savefig(path)
-    w, h = Image.open(path).size
+    """Save as a 256-colour PNG: photos under heatmaps compress badly, and a palette makes them ~3x smaller."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png')
+    img = Image.open(buf).convert('RGB').quantize(256)
+    img.save(path, optimize=True)
+    w, h = img.size
     print(f"saved {path} ({w}x{h} px, {os.path.getsize(path) / 1024:.0f} KB)")
 
 # -----------------------------------------------------------------------------
@@ -170,7 +176,7 @@ def check_dataset(model, meta, data_dir):
 
 
 def show_questions(model, meta, arrays, rows, split=''):
-    """Dataset question rows -> Figure: per question, the image with its ground-truth boxes (referents in red)
+    """Dataset question rows -> Figure: per question, the image with its ground-truth boxes (referents in cyan)
     and the summary token's layer-averaged attention; the titles hold question, truth and prediction."""
     fig, axes = grid(2 * len(rows), meta['img_h'] / meta['img_w'], title_lines=0)
     for j, ax_box, ax_heat in zip(rows, axes[0::2], axes[1::2]):
