@@ -154,7 +154,7 @@ def load_image(src, img_h, img_w):
         ch = round(W * img_h / img_w)
         box = (0, (H - ch) // 2, W, (H - ch) // 2 + ch)
     img = img.resize((img_w, img_h), Image.BILINEAR, box=box, reducing_gap=3.0)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
 
 # -----------------------------------------------------------------------------
 # Building blocks
@@ -310,10 +310,12 @@ class DecoderBlock(nn.Module):
         self.mlp = MLP(C, cfg.dec_mlp, gated=True, dropout=cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, ctx, ctx_idx, rope, mask, out):
+    def forward(self, x, ctx, ctx_idx, rope, mask, out, P=0):
         x = x + self.drop(self.attn(self.norm1(x), rope=rope, mask=mask, probs=out and out['self_attn']))
-        if self.cross is not None:
-            x = x + self.drop(self.cross(self.norm2(x), ctx=ctx, ctx_idx=ctx_idx, probs=out and out['cross_attn']))
+        if self.cross is not None:  # only text rows ask the image; under 'both' the first P rows are the image
+            t = x[:, P:]                                                       # (B, T, C)
+            t = t + self.drop(self.cross(self.norm2(t), ctx=ctx, ctx_idx=ctx_idx, probs=out and out['cross_attn']))
+            x = torch.cat([x[:, :P], t], dim=1) if P else t                    # (B, P+T, C)
         return x + self.mlp(self.norm3(x))
 
 
@@ -363,7 +365,7 @@ class Decoder(nn.Module):
             rope = (self.rope_cos[:L], self.rope_sin[:L])                      # 2 x (L, D/2)
         mask = prefix_lm_mask(P, L, x.device) if P else 'causal'
         for block in self.blocks:
-            x = block(x, ctx, ctx_idx, rope, mask, out)
+            x = block(x, ctx, ctx_idx, rope, mask, out, P)
         return self.norm(x)[:, P:]                                             # (B, T, C)
 
 # -----------------------------------------------------------------------------
@@ -458,9 +460,11 @@ class TVLM(nn.Module):
             ckpt = torch.load(path, map_location=device, weights_only=True)
         except FileNotFoundError:
             raise FileNotFoundError(f"no checkpoint at {path}: train one with `python train.py config/small.py`") from None
-        except pickle.UnpicklingError as e:
+        except pickle.UnpicklingError:
             raise ValueError(f"refusing to load {path}: it holds Python objects, not only tensors and plain values, "
-                             f"so loading it could run code ({str(e).splitlines()[0]})") from None
+                             f"so loading it could run code; tvlm checkpoints never do") from None
+        except (EOFError, KeyError, RuntimeError) as e:
+            raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt? {type(e).__name__})") from None
         missing = {'model', 'model_args', 'tokenizer', 'answers'} - set(ckpt)
         if missing:
             raise ValueError(f"{path} is not a tvlm checkpoint: it lacks {sorted(missing)}")

@@ -60,9 +60,6 @@ def encode(questions, max_len=12):
     return torch.from_numpy(np.stack([TOK.encode(q, max_len)[0] for q in questions]))  # (B, T)
 
 
-# fusion='both' runs cross-attention over the image-prefix rows too (DecoderBlock.forward), so its maps are
-# (B, H, P+T, P), not the contract's (B, H, T, P), and it spends FLOPs flops_per_sample does not count
-BOTH_CROSSES_PREFIX = pytest.mark.xfail(strict=True, reason="fusion='both' cross-attends from image-prefix rows too")
 
 
 def image_inputs(model, imgs):
@@ -288,7 +285,7 @@ def test_fast_path_equals_explicit_path(kw):
     assert (toks[torch.arange(3), out['summary_idx']] == Tokenizer.eos_id).all()
 
 
-@pytest.mark.parametrize('fusion', ['cross', pytest.param('both', marks=BOTH_CROSSES_PREFIX)])
+@pytest.mark.parametrize('fusion', ['cross', 'both'])
 def test_cross_attention_probs_sum_to_one_over_image_tokens(fusion):
     """Cross-attention maps are (B, H, T, P) and each text row is a distribution over the image tokens."""
     model, out = make_model(fusion=fusion), {}
@@ -597,7 +594,7 @@ def test_get_lr_warmup_cosine_floor():
 
 
 @pytest.mark.parametrize('kw', [dict(fusion='cross'), dict(fusion='prefix'),
-                                pytest.param(dict(fusion='both'), marks=BOTH_CROSSES_PREFIX),
+                                dict(fusion='both'),
                                 dict(fusion='prefix', pos='learned'), dict(blind=True)],
                          ids=['cross', 'prefix', 'both', 'prefix-learned', 'blind'])
 def test_flops_per_sample_matches_flop_counter(kw):
