@@ -82,6 +82,8 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
 
+sys.stdout.reconfigure(line_buffering=True)  # show progress live even when piped into tee or a file
+
 # DDP: torchrun sets RANK; every process runs this same script on its own device and batches
 ddp = int(os.environ.get('RANK', -1)) != -1
 if device == 'auto':
