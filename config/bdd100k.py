@@ -6,7 +6,7 @@
 data_dir = 'data/bdd100k'
 out_dir = 'out-bdd100k'
 patch = 16
-vit_width, vit_depth, vit_heads, vit_mlp = 768, 6, 12, 3072
+vit_width, vit_depth, vit_heads, vit_mlp = 768, 6, 12, 2048
 dec_width, dec_depth, dec_heads, dec_kv_heads, dec_mlp = 512, 4, 8, 2, 2048
 fusion = 'cross'
 dropout = 0.1
