@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from prepare import load_meta, open_split, sample_batch, split_batches
+from prepare import load_meta, mirror_tables, open_split, sample_batch, split_batches
 from tvlm import TVLM, TVLMConfig, Tokenizer, answer_loss, configure_optimizers, flops_per_sample, get_lr
 
 # -----------------------------------------------------------------------------
@@ -116,18 +116,7 @@ batch_gen = torch.Generator().manual_seed(seed + rank)
 assert batch_size % questions_per_image == 0, f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}"
 
 
-def flip_tables():
-    """Token and answer permutations that swap 'left' <-> 'right' (identity elsewhere), for hflip."""
-    tok, ans = np.arange(len(tokenizer)), np.arange(len(answers))
-    for a, b in (('left', 'right'), ('right', 'left')):
-        if a in tokenizer.stoi and b in tokenizer.stoi:
-            tok[tokenizer.stoi[a]] = tokenizer.stoi[b]
-        if a in answers and b in answers:
-            ans[answers.index(a)] = answers.index(b)
-    return tok, ans
-
-
-flip_tokens, flip_answers = flip_tables()
+flip_tokens, flip_answers = mirror_tables(tokenizer, answers)
 
 
 def to_device(x):

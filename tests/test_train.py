@@ -1,0 +1,241 @@
+"""train.py and configurator.py: the configurator in-process, train.py as a subprocess with a tiny model."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, TINY_MODEL
+from tvlm import TVLM, TVLMConfig, answer_loss, configure_optimizers
+
+
+def run_train(args, out_dir, data_dir, check=True, runner=None, env_extra=None):
+    """Run train.py (or a wrapper `runner` script that patches something first) with a tiny model."""
+    cmd = [sys.executable] + (['-c', runner] if runner else [os.path.join(ROOT, 'train.py')])
+    cmd += [f'--data_dir={data_dir}', f'--out_dir={out_dir}', *TINY_MODEL, '--batch_size=12',
+            '--questions_per_image=3', '--log_interval=5', '--warmup_iters=2', '--device=cpu', *args]
+    env = dict(os.environ, OMP_NUM_THREADS='1', **(env_extra or {}))
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def read_log(out_dir, kind):
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        return [r for r in map(json.loads, f) if r['kind'] == kind]
+
+# -----------------------------------------------------------------------------
+# configurator
+
+
+def configure(monkeypatch, argv, **defaults):
+    """exec configurator.py into a namespace of defaults, as train.py does, with sys.argv = ['train.py', *argv]."""
+    monkeypatch.setattr(sys, 'argv', ['train.py', *argv])
+    ns = dict(defaults, config_keys=list(defaults))
+    exec(open(os.path.join(ROOT, 'configurator.py')).read(), ns)
+    return ns
+
+
+def test_configurator_applies_files_then_flags_with_types(monkeypatch, tmp_path):
+    """A config file runs first, then --key=value; ints widen to float defaults; bare words stay strings."""
+    cfg_file = tmp_path / 'c.py'
+    cfg_file.write_text("lr = 0.5\nout_dir = 'from-file'\nmax_iters = 7\n")
+    ns = configure(monkeypatch, [str(cfg_file), '--lr=1', '--device=cuda', '--compile=True', '--name=a=b'],
+                   lr=1e-3, out_dir='out', max_iters=100, device='cpu', compile=False, name='x')
+    assert ns['lr'] == 1.0 and type(ns['lr']) is float
+    assert (ns['out_dir'], ns['max_iters'], ns['device'], ns['compile'], ns['name']) == ('from-file', 7, 'cuda', True, 'a=b')
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--learning_rat=0.1'], "unknown config key 'learning_rat'; did you mean 'learning_rate'"),
+    (['--max_iters=3.5'], "max_iters must be int like the default 100, got 3.5"),
+    (['--compile=yes'], "compile must be bool like the default False, got 'yes'"),
+    (['--max_iters'], "'--max_iters' needs a value"),
+    (['notaconfig'], "don't know what to do with 'notaconfig'"),
+])
+def test_configurator_errors_are_one_line_and_name_the_fix(monkeypatch, argv, message):
+    """User mistakes end in a one-line SystemExit that says what was wrong."""
+    with pytest.raises(SystemExit) as e:
+        configure(monkeypatch, argv, learning_rate=1e-3, max_iters=100, compile=False)
+    assert message in str(e.value) and '\n' not in str(e.value)
+
+
+def test_configurator_rejects_unknown_key_in_config_file(monkeypatch, tmp_path):
+    """A typo in a config file is caught too, naming the file (nanoGPT silently accepted it)."""
+    cfg_file = tmp_path / 'typo.py'
+    cfg_file.write_text("max_iter = 5\n")
+    with pytest.raises(SystemExit, match=r"typo.py: unknown config key 'max_iter'; did you mean 'max_iters'"):
+        configure(monkeypatch, [str(cfg_file)], max_iters=100)
+
+
+def test_configurator_help_lists_keys(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        configure(monkeypatch, ['--help'], lr=1e-3, max_iters=100)
+    assert e.value.code == 0
+    assert '--lr=0.001' in capsys.readouterr().out
+
+# -----------------------------------------------------------------------------
+# learning
+
+
+def test_tiny_model_overfits_one_batch(toy_data):
+    """The llm.c sanity check: 8 fixed questions are memorised to zero error within 150 steps."""
+    torch.manual_seed(0)
+    cfg = TVLMConfig(img_h=32, img_w=48, patch=8, vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64, dec_width=32,
+                     dec_depth=1, dec_heads=2, dec_kv_heads=1, dec_mlp=64, vocab_size=20, max_q_len=8, n_answers=5)
+    model = TVLM(cfg)
+    images = torch.randint(0, 256, (4, 32, 48, 3), dtype=torch.uint8)
+    tokens = torch.randint(4, 20, (8, 8))
+    targets = torch.randint(0, 5, (8,))
+    idx = torch.arange(8) // 2
+    opt = configure_optimizers(model, 0.0, 3e-3, (0.9, 0.95), 'cpu')
+    for _ in range(150):
+        logits, loss = model(images, tokens, targets, image_idx=idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 and (logits.argmax(-1) == targets).all()
+
+
+def test_answer_loss_options():
+    """Weights re-weight the mean, focal loss shrinks confident examples' share, smoothing raises a perfect loss."""
+    logits = torch.tensor([[4.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1])
+    plain = answer_loss(logits, y)
+    torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(logits, y))
+    w = torch.tensor([1.0, 3.0])
+    torch.testing.assert_close(answer_loss(logits, y, weight=w), torch.nn.functional.cross_entropy(logits, y, weight=w))
+    assert answer_loss(logits, y, focal_gamma=2.0) < plain
+    assert answer_loss(torch.tensor([[50.0, -50.0]]), torch.tensor([0]), label_smoothing=0.1) > 1.0
+
+
+def test_loss_falls_and_checkpoints_load(toy_data, tmp_path):
+    """60 iterations on the toy set take val loss well under ln(2) and write a loadable best checkpoint."""
+    out = str(tmp_path / 'out')
+    run_train(['--max_iters=60', '--eval_interval=30', '--lr=3e-3'], out, toy_data)
+    evals = read_log(out, 'eval')
+    assert [e['iter'] for e in evals] == [30, 60]
+    assert evals[-1]['val_loss'] < 0.5 * math.log(2) and evals[-1]['val_acc'] > 0.8
+    assert len(read_log(out, 'train')) == 12
+    model = TVLM.from_checkpoint(os.path.join(out, 'ckpt.pt'))
+    assert model.answers == ['yes', 'no']
+
+
+def test_resume_equals_straight_run(toy_data, tmp_path):
+    """10 iterations, resume, 10 more = 20 straight, bit for bit (dropout, flips and jitter included)."""
+    common = ['--eval_interval=10', '--dropout=0.1', '--hflip=True', '--augment=True', '--lr_decay_iters=20']
+    run_train(common + ['--max_iters=20'], str(tmp_path / 'a'), toy_data)
+    run_train(common + ['--max_iters=10'], str(tmp_path / 'b'), toy_data)
+    run_train(common + ['--max_iters=20', '--init_from=resume'], str(tmp_path / 'b'), toy_data)
+    a = torch.load(tmp_path / 'a' / 'last.pt', weights_only=True)
+    b = torch.load(tmp_path / 'b' / 'last.pt', weights_only=True)
+    assert a['iter_num'] == b['iter_num'] == 20
+    for k in a['model']:
+        assert torch.equal(a['model'][k], b['model'][k]), k
+
+
+CRASH_ON_THIRD_SAVE = """
+import runpy, sys, torch
+real_save, calls = torch.save, [0]
+def flaky_save(obj, f, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 3:  # the power goes out halfway through writing the second eval's checkpoint
+        with open(f, 'wb') as fh:
+            fh.write(b'half a checkpoint')
+        raise OSError('simulated crash during save')
+    return real_save(obj, f, *args, **kwargs)
+torch.save = flaky_save
+sys.argv = ['train.py'] + sys.argv[1:]
+runpy.run_path('train.py', run_name='__main__')
+"""
+
+
+def test_crash_during_save_keeps_previous_checkpoint(toy_data, tmp_path):
+    """A save that dies midway leaves the previous ckpt.pt and last.pt whole and loadable."""
+    out = str(tmp_path / 'out')
+    p = run_train(['--max_iters=20', '--eval_interval=5', '--lr=1e-5'], out, toy_data, check=False, runner=CRASH_ON_THIRD_SAVE)
+    assert p.returncode != 0 and 'simulated crash during save' in p.stderr
+    last = torch.load(os.path.join(out, 'last.pt'), weights_only=True)
+    assert last['iter_num'] == 5
+    TVLM.from_checkpoint(os.path.join(out, 'ckpt.pt'))
+
+
+NAN_AFTER_12_STEPS = """
+import runpy, sys, torch, tvlm
+real_loss, calls = tvlm.answer_loss, [0]
+def loss_that_explodes(*args, **kwargs):
+    calls[0] += 1
+    loss = real_loss(*args, **kwargs)
+    return loss * float('nan') if calls[0] > 12 else loss
+tvlm.answer_loss = loss_that_explodes
+sys.argv = ['train.py'] + sys.argv[1:]
+runpy.run_path('train.py', run_name='__main__')
+"""
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(toy_data, tmp_path):
+    out = str(tmp_path / 'out')
+    p = run_train(['--max_iters=50', '--eval_interval=10'], out, toy_data, check=False, runner=NAN_AFTER_12_STEPS)
+    assert p.returncode == 1
+    assert 'loss is nan at iteration 12' in p.stderr and 'HINT' in p.stderr
+    assert torch.load(os.path.join(out, 'last.pt'), weights_only=True)['iter_num'] == 10
+
+
+def test_ddp_two_processes_on_cpu_stay_identical(toy_data, tmp_path):
+    """torchrun with 2 gloo processes: rank 0 checks every rank's weights against its own at the end."""
+    out = str(tmp_path / 'out')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(ROOT, 'train.py'), f'--data_dir={toy_data}', f'--out_dir={out}', *TINY_MODEL,
+           '--batch_size=12', '--questions_per_image=3', '--max_iters=12', '--eval_interval=6', '--grad_accum=2',
+           '--device=cpu']
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert 'world_size=2' in p.stdout
+    assert 'max parameter difference across 2 ranks = 0' in p.stdout
+    assert torch.load(os.path.join(out, 'last.pt'), weights_only=True)['iter_num'] == 12
+
+
+def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
+    p = run_train(['--max_iters=1'], str(tmp_path / 'o'), str(tmp_path / 'nowhere'), check=False)
+    assert p.returncode == 1 and 'run `python prepare.py` first' in p.stderr.strip().splitlines()[-1]
+    p = run_train(['--init_from=resume'], str(tmp_path / 'empty'), toy_data, check=False)
+    assert p.returncode == 1 and 'last.pt does not exist' in p.stderr
+    p = run_train(['--vit_heads=3'], str(tmp_path / 'o'), toy_data, check=False)
+    assert p.returncode == 1 and 'vit_width=32 not divisible by vit_heads=3' in p.stderr
+
+# -----------------------------------------------------------------------------
+# the flip augmentation
+
+
+def test_hflip_swaps_left_and_right_consistently():
+    """Mirroring a scene and swapping left/right in each question gives exactly the answers prepare.py's rules
+    give the mirrored scene, for every template, on random scenes: so hflip makes only correct examples."""
+    import prepare
+    from tvlm import Tokenizer
+    tok = Tokenizer.build(q for _, q in prepare.TEMPLATES)
+    flip_tok, flip_ans = prepare.mirror_tables(tok, prepare.ANSWERS)
+    H, W = 144, 256
+    template_of = {tuple(tok.encode(q, 16)[0]): t for t, (_, q) in enumerate(prepare.TEMPLATES)}
+    mirrored_template = {t: template_of[tuple(flip_tok[list(ids)])] for ids, t in template_of.items()}
+    assert prepare.TEMPLATES[mirrored_template[prepare.TEMPLATES.index(('spatial', 'Is the left lane clear?'))]][1] \
+        == 'Is the right lane clear?'
+    rng = np.random.default_rng(0)
+    compared = 0
+    for _ in range(300):
+        M = rng.integers(1, 12)
+        x1, y1 = rng.uniform(0, W - 10, M), rng.uniform(0.3 * H, H - 10, M)
+        boxes = np.stack([x1, y1, x1 + rng.uniform(4, 80, M), y1 + rng.uniform(4, 60, M)], 1).clip(0, [W, H, W, H])
+        cls = rng.integers(0, len(prepare.BOX_CLASSES), M)
+        colour = rng.integers(0, 4, M) * (rng.random() < 0.5)
+        attrs = {'timeofday': 'night', 'weather': 'rainy'}
+        mirrored = np.stack([W - boxes[:, 2], boxes[:, 1], W - boxes[:, 0], boxes[:, 3]], 1)
+        before = {t: prepare.ANSWERS.index(a) for t, a, _ in prepare.candidates(boxes, cls, colour, attrs, H, W)}
+        after = {t: prepare.ANSWERS.index(a) for t, a, _ in prepare.candidates(mirrored, cls, colour, attrs, H, W)}
+        assert {mirrored_template[t]: flip_ans[a] for t, a in before.items()} == after
+        compared += len(before)
+    assert compared > 1000
