@@ -79,7 +79,7 @@ synth_val = 500           # synthetic frames rendered into BDD's val (our test)
 config_keys = ['bdd_root', 'out', 'max_images', 'weather', 'timeofday', 'img_h', 'img_w', 'max_q_len',
                'seed', 'workers', 'force', 'synth_train', 'synth_val']
 
-VERSION = 'prepare-1'
+VERSION = 'prepare-2'
 FORMAT_VERSION = 1            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green']
@@ -119,7 +119,7 @@ EXIST_CLASS = {'Is there a pedestrian?': 'pedestrian', 'Is there a car?': 'car',
                'Is there a bus?': 'bus', 'Is there a cyclist?': 'rider', 'Is there a traffic sign?': 'traffic sign'}
 MAX_SHARE = {'What color is the traffic light?': 0.45, 'How many cars are close?': 0.3,   # of a template's
              'How many pedestrians are close?': 0.3}     # questions one answer may take; yes/no: 0.5
-SLACK = 10                                  # ...plus this many, so the first images are not starved
+SLACK = 3                                   # ...plus this many, so the first images are not starved
 
 
 def tri(v, lo, hi):
@@ -883,3 +883,16 @@ def split_batches(arrays, max_questions, max_images=None):
         q_lo, q_hi = int(q_off[lo]), int(q_off[hi])
         yield q_lo, q_hi, arrays['images'][lo:hi], arrays['image_idx'][q_lo:q_hi] - lo
         lo = hi
+
+
+def mirror_tables(tokenizer, answers):
+    """Token and answer permutations that swap 'left' and 'right' (identity elsewhere). The question rules are
+    symmetric about the image's vertical midline, so a mirrored image with these swaps applied to its question
+    and answer is another correct example (train.py's hflip; eval.py's consistency check)."""
+    tok, ans = np.arange(len(tokenizer)), np.arange(len(answers))
+    for a, b in (('left', 'right'), ('right', 'left')):
+        if a in tokenizer.stoi and b in tokenizer.stoi:
+            tok[tokenizer.stoi[a]] = tokenizer.stoi[b]
+        if a in answers and b in answers:
+            ans[answers.index(a)] = answers.index(b)
+    return tok, ans
