@@ -4,7 +4,8 @@ nanoGPT's poor man's configurator, without its holes. A script defines its defau
 which applies, in order, every config file and every --key=value named on the command line:
     python train.py config/small.py --lr=5e-5 --out_dir=out-try
 A config file is plain assignments. A value is read as a Python literal when it is one (--lr=1 is 1.0 because the
-default is a float), else kept as a string (--device=cuda). Unknown keys and wrong types stop with a one-line error.
+default is a float), else kept as a string (--device=cuda); a bare --flag sets a False default to True.
+Unknown keys and wrong types stop with a one-line error.
 It is exec'd, not imported, so it can write the caller's globals; names starting with _ stay private.
 """
 import sys
@@ -39,12 +40,15 @@ for _arg in sys.argv[1:]:
         sys.exit(0)
     if _arg.startswith('--'):                               # --key=value, a Python literal if it is one
         _key, _eq, _raw = _arg[2:].partition('=')
-        if not _eq:
+        if not _eq and globals().get(_key) is False:
+            _val = True                                     # a bare --flag switches a False default on
+        elif not _eq:
             sys.exit(f"command line: '{_arg}' needs a value, like --{_key}=...")
-        try:
-            _val = literal_eval(_raw)
-        except (ValueError, SyntaxError):
-            _val = _raw                                     # bare words stay strings: --device=cuda
+        else:
+            try:
+                _val = literal_eval(_raw)
+            except (ValueError, SyntaxError):
+                _val = _raw                                 # bare words stay strings: --device=cuda
         _override(_key, _val, 'command line')
     elif _arg.endswith('.py'):                              # a config file of plain assignments, own namespace
         try:

@@ -826,13 +826,6 @@ def run(cfg):
     return final
 
 
-if __name__ == '__main__':
-    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-    try:
-        run({k: globals()[k] for k in config_keys})
-    except LabelError as e:
-        sys.exit(f"error: {e}")
-
 # -----------------------------------------------------------------------------
 # Reading a prepared dataset: train.py, eval.py, viz.py and bench.py all come through here
 
@@ -896,3 +889,11 @@ def mirror_tables(tokenizer, answers):
         if a in answers and b in answers:
             ans[answers.index(a)] = answers.index(b)
     return tok, ans
+
+
+if __name__ == '__main__':
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    try:
+        run({k: globals()[k] for k in config_keys})
+    except LabelError as e:
+        sys.exit(f"error: {e}")

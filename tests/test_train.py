@@ -45,10 +45,11 @@ def test_configurator_applies_files_then_flags_with_types(monkeypatch, tmp_path)
     """A config file runs first, then --key=value; ints widen to float defaults; bare words stay strings."""
     cfg_file = tmp_path / 'c.py'
     cfg_file.write_text("lr = 0.5\nout_dir = 'from-file'\nmax_iters = 7\n")
-    ns = configure(monkeypatch, [str(cfg_file), '--lr=1', '--device=cuda', '--compile=True', '--name=a=b'],
-                   lr=1e-3, out_dir='out', max_iters=100, device='cpu', compile=False, name='x')
+    ns = configure(monkeypatch, [str(cfg_file), '--lr=1', '--device=cuda', '--compile=True', '--name=a=b', '--force'],
+                   lr=1e-3, out_dir='out', max_iters=100, device='cpu', compile=False, name='x', force=False)
     assert ns['lr'] == 1.0 and type(ns['lr']) is float
     assert (ns['out_dir'], ns['max_iters'], ns['device'], ns['compile'], ns['name']) == ('from-file', 7, 'cuda', True, 'a=b')
+    assert ns['force'] is True
 
 
 @pytest.mark.parametrize('argv, message', [
