@@ -146,7 +146,8 @@ def train_rows(label, step, batch, qpi):
 # 1 ceiling
 
 print(f"device={device}, threads={torch.get_num_threads()}, torch {torch.__version__}, model: {cfg.n_patches} image "
-      f"tokens, {TVLM(cfg).num_params() / 1e6:.2f}M parameters, fusion={cfg.fusion}")
+      f"tokens, {TVLM(cfg).num_params() / 1e6:.2f}M parameters, fusion={cfg.fusion}; load average "
+      f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine slows every row)")
 row('section', 'measure', 'value', 'note')
 for dt in dtypes:
     a, b = (torch.randn(matmul_n, matmul_n, device=device, dtype=getattr(torch, dt)) for _ in range(2))
