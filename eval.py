@@ -253,12 +253,13 @@ def predict(model, arrays, batch_questions, max_images=None, transform=None, att
     attn = attn and not model.cfg.blind
     logits, maps = [], []
     for q_lo, q_hi, images, idx in split_batches(arrays, batch_questions, max_images):
-        images, q = np.asarray(images), arrays['questions'][q_lo:q_hi].astype(np.int64)
+        q = arrays['questions'][q_lo:q_hi].astype(np.int64)
         if transform is not None:
             images, q = transform(images, q)
+        images = np.require(images, requirements=['C', 'W'])                  # copies read-only memmaps and views
         q = q[:, :int((q != 0).sum(1).max())]                                  # drop columns that are all padding
         out = {} if attn else None
-        lg, _ = model(torch.from_numpy(np.ascontiguousarray(images)).to(dev), torch.from_numpy(q).to(dev),
+        lg, _ = model(torch.from_numpy(images).to(dev), torch.from_numpy(q).to(dev),
                       image_idx=torch.from_numpy(idx.astype(np.int64)).to(dev), out=out)
         logits.append(lg.float().cpu().numpy())
         if attn:
@@ -294,8 +295,9 @@ def calibration_section(logits, y, val_logits, val_y, out_dir):
     return res
 
 
-def grounding_section(maps, arrays, cfg):
-    """grounding() of the layer-averaged maps and of each layer, over the questions that have referent boxes."""
+def grounding_section(maps, arrays, cfg, families):
+    """grounding() of the layer-averaged maps, of each layer and of each family, over the questions that have
+    referent boxes."""
     ref_off, refs, boxes = np.asarray(arrays['ref_offsets']), np.asarray(arrays['referents']), np.asarray(arrays['boxes'])
     has = np.flatnonzero(np.diff(ref_off[:len(maps) + 1]) > 0)
     if len(has) == 0:
@@ -304,6 +306,9 @@ def grounding_section(maps, arrays, cfg):
                        for j in has])                                         # (Qr, P)
     res = grounding(maps[has].mean(1), shares)
     res['per_layer'] = [grounding(maps[has, l], shares) for l in range(maps.shape[1])]
+    fam = arrays['family'][has]
+    res['per_family'] = {f: grounding(maps[has[fam == i]].mean(1), shares[fam == i])
+                         for i, f in enumerate(families) if (fam == i).any()}
     return res
 
 
@@ -443,14 +448,14 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     if save_temperature:  # TVLM.from_checkpoint reads it, so model.answer() gives calibrated probabilities
         ck['temperature'] = res['calibration']['temperature']
         write_atomic(ckpt, lambda tmp: torch.save(ck, tmp))
-    res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg)
+    res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg, meta['families'])
     blind_logits = predict(load(blind_ckpt, data_dir, device)[0], arrays, batch_questions)[0] if blind_ckpt else None
     res['baselines'] = baseline_section(y, fam, probs.argmax(1), arrays, train, meta, blind_logits)
     res['robustness'] = robustness_section(model, arrays, logits, robust_max, batch_questions, seed, out)
     names_path = os.path.join(data_dir, f'{split}_names.json')
     names = json.load(open(names_path)) if os.path.exists(names_path) else [str(i) for i in range(res['n_images'])]
     res['errors'] = error_section(y, probs, maps, arrays, model, names, out)
-    res['plots'] = [f for f in ('reliability.png', 'robustness.png', 'failures.png') if os.path.exists(os.path.join(out, f))]
+    res['plots'] = ['reliability.png', 'robustness.png'] + (['failures.png'] if res['errors']['most_confident'] else [])
     res = plain(res)
     write_atomic(os.path.join(out, 'eval.json'), lambda tmp: json.dump(res, open(tmp, 'w'), indent=1, allow_nan=False))
     return res
@@ -497,8 +502,9 @@ def print_sections(r):
         print(f"grounding ({g['n']:,} questions with referents): {fmt(g['inside'])} of the attention inside the boxes, "
               f"which cover {fmt(g['baseline'])} -> ratio {fmt(g['ratio'], '.2f')}x; pointing game {fmt(g['pointing'])} "
               f"(chance {fmt(g['pointing_chance'])}); entropy {fmt(g['entropy'], '.2f')} nats (uniform {fmt(g['entropy_uniform'], '.2f')})")
-        print('  per layer: ' + ', '.join(f"{l}: ratio {fmt(x['ratio'], '.2f')}x, pointing {fmt(x['pointing'], '.2f')}"
-                                          for l, x in enumerate(g['per_layer'])))
+        for name, parts in (('layer', enumerate(g['per_layer'])), ('family', g['per_family'].items())):
+            print(f"  per {name}: " + ', '.join(f"{k} {fmt(x['ratio'], '.2f')}x (pointing {fmt(x['pointing'], '.2f')})"
+                                                for k, x in parts))
     print(f"baselines: majority answer per template {fmt(b['majority']['accuracy'])} (gap {fmt(b['majority']['gap'], '+.3f')})"
           + (f", blind model {fmt(b['blind']['accuracy'])} (gap {fmt(b['blind']['gap'], '+.3f')})" if 'blind' in b else ''))
     print(f"robustness ({rob['n']} questions, clean {fmt(rob['clean'])}): " + '; '.join(
