@@ -339,10 +339,10 @@ def robustness_section(model, arrays, logits, robust_max, batch_questions, seed,
     n_img = max(1, int(np.searchsorted(q_off, robust_max, side='right')) - 1)
     nq, rng, p = int(q_off[n_img]), np.random.default_rng(seed), model.cfg.patch
     y = arrays['answers'][:nq].astype(np.int64)
+    accuracy = lambda transform: (predict(model, arrays, batch_questions, n_img, transform)[0].argmax(1) == y).mean()
     res = {'n': nq, 'clean': (logits[:nq].argmax(1) == y).mean(), 'accuracy': {}}
     for kind, strengths in ROBUSTNESS.items():
-        res['accuracy'][kind] = {str(s): (predict(model, arrays, batch_questions, n_img, lambda im, q: (
-            perturb(im, kind, s, rng, p), q))[0].argmax(1) == y).mean() for s in strengths}
+        res['accuracy'][kind] = {str(s): accuracy(lambda im, q: (perturb(im, kind, s, rng, p), q)) for s in strengths}
     # a mirrored scene asks the mirrored question: left and right swap in the question and in the answer
     tok, ans = flip_tables(model.tokenizer, model.answers)
     flipped = predict(model, arrays, batch_questions, n_img, lambda im, q: (im[:, :, ::-1], tok[q]))[0].argmax(1)
@@ -432,6 +432,7 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
              save_temperature=True, device='cpu', seed=1337):
     """Every section for one checkpoint on one split -> the eval.json dict; writes eval.json and the PNGs to out."""
     model, ck, meta, data_dir = load(ckpt, data_dir, device)
+    mtime = os.path.getmtime(ckpt)
     arrays, val, train = (open_split(data_dir, s) for s in (split, 'val', 'train'))
     out = out or os.path.dirname(os.path.abspath(ckpt))
     os.makedirs(out, exist_ok=True)
@@ -445,7 +446,9 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
         f: full_report(y[fam == i], probs[fam == i], meta['answers']) for i, f in enumerate(meta['families']) if (fam == i).any()}}
     val_logits = logits if split == 'val' else predict(model, val, batch_questions)[0]
     res['calibration'] = calibration_section(logits, y, val_logits, val['answers'].astype(np.int64), out)
-    if save_temperature:  # TVLM.from_checkpoint reads it, so model.answer() gives calibrated probabilities
+    if save_temperature and os.path.getmtime(ckpt) != mtime:  # train.py saved new weights: they need their own T
+        print(f"{ckpt} changed during the evaluation: its temperature is left alone")
+    elif save_temperature:  # TVLM.from_checkpoint reads it, so model.answer() gives calibrated probabilities
         ck['temperature'] = res['calibration']['temperature']
         write_atomic(ckpt, lambda tmp: torch.save(ck, tmp))
     res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg, meta['families'])
@@ -512,8 +515,10 @@ def print_sections(r):
     fl = rob['flip']
     print(f"flip consistency {fmt(fl['consistency'])} (left/right questions {fmt(fl['consistency_left_right'])}, "
           f"n={fl['n_left_right']}), accuracy on mirrored images {fmt(fl['accuracy'])}")
+    yn = r['classification'].get('yes_no')
     print(f"errors: {e['n_errors']:,}; {fmt(e['high_conf_share'])} of them at confidence >= {HIGH_CONF}, "
-          f"{fmt(e['low_conf_share'])} below {LOW_CONF}; most confident:")
+          f"{fmt(e['low_conf_share'])} below {LOW_CONF}" + (f"; yes/no: {yn['fp']} false positives, {yn['fn']} false "
+          f"negatives" if yn else '') + "; most confident:")
     for c in e['most_confident']:
         print(f"  {c['confidence']:.3f}  {c['image']}: {c['question']!r} truth {c['truth']}, said {c['prediction']}")
     print(f"wrote eval.json, {', '.join(r['plots'])}")
