@@ -53,6 +53,7 @@ import sys
 import time
 import zlib
 from multiprocessing import Pool
+from multiprocessing.pool import ThreadPool
 
 import numpy as np
 import torch
@@ -76,8 +77,7 @@ workers = 2
 force = False
 synth_train = 6300        # synthetic frames rendered into BDD's train (~5% of them become our val)
 synth_val = 500           # synthetic frames rendered into BDD's val (our test)
-config_keys = ['bdd_root', 'out', 'max_images', 'weather', 'timeofday', 'img_h', 'img_w', 'max_q_len',
-               'seed', 'workers', 'force', 'synth_train', 'synth_val']
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, str))]
 
 VERSION = 'prepare-2'
 FORMAT_VERSION = 1            # bump when the files' layout changes; readers refuse other versions
@@ -86,13 +86,11 @@ ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yel
 FAMILIES = ['exist', 'count', 'spatial', 'light', 'safety', 'scene']
 BOX_CLASSES = ['pedestrian', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
                'traffic light', 'traffic sign']  # det_20 order (bdd100k configs/det.toml)
-CATEGORY_MAP = {c: c for c in BOX_CLASSES}
-CATEGORY_MAP.update({'person': 'pedestrian', 'bike': 'bicycle', 'motor': 'motorcycle',   # 2018 names
-                     'other person': 'pedestrian', 'other vehicle': 'car', 'trailer': 'truck',  # det_20 ignored
-                     'caravan': 'car', 'van': 'car'})
+CATEGORY_MAP = {**{c: c for c in BOX_CLASSES}, 'person': 'pedestrian', 'bike': 'bicycle', 'motor': 'motorcycle',  # 2018
+                'other person': 'pedestrian', 'other vehicle': 'car', 'trailer': 'truck',    # det_20's ignored classes
+                'caravan': 'car', 'van': 'car'}
 COLOURS = ['none', 'red', 'yellow', 'green']
-COLOUR_MAP = {'r': 'red', 'y': 'yellow', 'g': 'green', 'na': 'none', 'red': 'red', 'yellow': 'yellow',
-              'green': 'green', 'none': 'none'}
+COLOUR_MAP = {**{c: c for c in COLOURS}, 'r': 'red', 'y': 'yellow', 'g': 'green', 'na': 'none'}  # det_20: R/Y/G/NA
 
 # -----------------------------------------------------------------------------
 # question rules: the plain words are in the docstring above; the numbers are here, once
@@ -138,9 +136,10 @@ def object_facts(boxes, cls, H, W):
     """Three-valued facts about each box; boxes float[M, 4] x1,y1,x2,y2 in stored pixels."""
     x, y, h = (boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3], boxes[:, 3] - boxes[:, 1]  # footprint, height
     u = (x - W / 2) / (SLOPE * np.maximum(y - HORIZON * H, 1e-3))   # above the horizon: huge |u|, never close
-    close = np.minimum(tri(y, FAR * H, CLOSE * H), tri(h, TINY * H, VISIBLE * H))
+    visible = tri(h, TINY * H, VISIBLE * H)
+    close = np.minimum(tri(y, FAR * H, CLOSE * H), visible)
     road = np.isin(cls, ROAD_USERS).astype(np.int8) * YES
-    f = {'visible': tri(h, TINY * H, VISIBLE * H), 'close_road': np.minimum(road, close), 'close': close,
+    f = {'visible': visible, 'close_road': np.minimum(road, close), 'close': close,
          'light_seen': tri(h, LIGHT_TINY * H, LIGHT_VISIBLE * H)}
     for side, (a, b) in {'ego': (-1, 1), 'left_lane': (-3, -1), 'right_lane': (1, 3),
                          'left': (-np.inf, -1), 'right': (1, np.inf)}.items():
@@ -149,8 +148,8 @@ def object_facts(boxes, cls, H, W):
 
 
 def any_of(p):
-    """OR over objects -> (YES/NO/MAYBE, rows that are YES)."""
-    return int(p.max(initial=NO)), np.flatnonzero(p == YES)
+    """OR over objects -> ('yes', 'no' or None if unsure, rows that are YES)."""
+    return {YES: 'yes', NO: 'no'}.get(int(p.max(initial=NO))), np.flatnonzero(p == YES)
 
 
 def light_state(f, cls, colour):
@@ -164,11 +163,11 @@ def light_state(f, cls, colour):
     return COLOURS[colour[rows[0]]], rows
 
 
-def go_rule(light, clear, refs):
+def go_rule(light, blocked, refs):
     """'yes' if the light allows it and the way is clear, 'no' if either forbids it, None if unsure."""
-    if light in ('red', 'yellow') or clear[0] == YES:   # clear = any_of(obstacles): YES means blocked
-        return 'no', refs if light in ('red', 'yellow') else clear[1]
-    if light in ('green', 'none') and clear[0] == NO:
+    if light in ('red', 'yellow') or blocked[0] == 'yes':    # blocked = any_of(obstacles in the way)
+        return 'no', refs if light in ('red', 'yellow') else blocked[1]
+    if light in ('green', 'none') and blocked[0] == 'no':
         return 'yes', refs
     return None, refs
 
@@ -177,11 +176,8 @@ def candidates(boxes, cls, colour, attrs, H, W):
     """Every decidable (template id, answer, referent rows) for one image."""
     f = object_facts(boxes, cls, H, W)
     is_cls = lambda name: (cls == BOX_CLASSES.index(name)).astype(np.int8) * YES
-    yesno = lambda v: {YES: 'yes', NO: 'no'}.get(v)
-    ans = {}
-    for q, c in EXIST_CLASS.items():
-        v, rows = any_of(np.minimum(is_cls(c), f['visible']))
-        ans[q] = (yesno(v), rows)
+    negate = {'yes': 'no', 'no': 'yes'}
+    ans = {q: any_of(np.minimum(is_cls(c), f['visible'])) for q, c in EXIST_CLASS.items()}
     for q, c in [('How many cars are close?', 'car'), ('How many pedestrians are close?', 'pedestrian')]:
         p = np.minimum(is_cls(c), f['close'])
         rows = np.flatnonzero(p == YES)
@@ -189,20 +185,19 @@ def candidates(boxes, cls, colour, attrs, H, W):
     blocked = {s: any_of(np.minimum(f['close_road'], f[s])) for s in ('ego', 'left_lane', 'right_lane', 'left', 'right')}
     for q, s in [('Is the left lane clear?', 'left_lane'), ('Is the right lane clear?', 'right_lane'),
                  ('Is the road ahead clear?', 'ego')]:
-        ans[q] = ({YES: 'no', NO: 'yes'}.get(blocked[s][0]), blocked[s][1])
+        ans[q] = (negate.get(blocked[s][0]), blocked[s][1])
     for q, s in [('Is there a car on the left?', 'left'), ('Is there a car on the right?', 'right')]:
-        v, rows = any_of(np.minimum(np.minimum(is_cls('car'), f['close']), f[s]))
-        ans[q] = (yesno(v), rows)
+        ans[q] = any_of(np.minimum(np.minimum(is_cls('car'), f['close']), f[s]))
     light, lrows = light_state(f, cls, colour)
     if light in ('red', 'yellow', 'green'):
         ans['What color is the traffic light?'] = (light, lrows)
         ans['Is the light red?'] = ('yes' if light == 'red' else 'no', lrows)
         ans['Is the light green?'] = ('yes' if light == 'green' else 'no', lrows)
-    ans['Can I safely turn left?'] = go_rule(light, blocked['left'], lrows)
-    ans['Can I safely turn right?'] = go_rule(light, blocked['right'], lrows)
-    ans['Is it safe to go straight?'] = go_rule(light, blocked['ego'], lrows)
+    for q, s in [('Can I safely turn left?', 'left'), ('Can I safely turn right?', 'right'),
+                 ('Is it safe to go straight?', 'ego')]:
+        ans[q] = go_rule(light, blocked[s], lrows)
     straight = ans['Is it safe to go straight?']
-    stop = {'yes': 'no', 'no': 'yes'}.get(straight[0]) if light != 'yellow' or blocked['ego'][0] == YES else None
+    stop = negate.get(straight[0]) if light != 'yellow' or blocked['ego'][0] == 'yes' else None
     ans['Should I stop?'] = (stop, straight[1])
     ans['Is it night?'] = ({'night': 'yes', 'daytime': 'no'}.get(attrs.get('timeofday')), [])
     ans['Is it raining?'] = ({'rainy': 'yes', 'clear': 'no', 'partly cloudy': 'no', 'overcast': 'no',
@@ -254,8 +249,7 @@ def find_labels(root):
     for fmt, paths in layouts:
         found = {s: [p for p in paths(s) if os.path.isfile(p)] for s in ('train', 'val')}
         if any(found.values()):
-            frames = {s: [(p, fr) for p in ps for fr in frames_of(read_json(p), p)] for s, ps in found.items()}
-            return fmt, frames
+            return fmt, {s: [(p, fr) for p in ps for fr in frames_of(read_json(p), p)] for s, ps in found.items()}
     raise LabelError(f"{root}: no BDD100K labels found; expected labels/det_20/det_{{train,val}}.json, "
                      f"labels/bdd100k_labels_images_{{train,val}}.json or labels/100k/{{train,val}}/<name>.json")
 
@@ -283,10 +277,10 @@ def parse_frame(frame, path, skipped):
         raise LabelError(f"{path}: frame {name}: 'attributes' must be a dict and 'labels' a list")
     boxes = []
     for lab in labels:
-        box = lab.get('box2d') if isinstance(lab, dict) else None
+        if not isinstance(lab, dict):
+            raise LabelError(f"{path}: frame {name}: a label is {type(lab).__name__}, not a dict")
+        box = lab.get('box2d')
         if box is None:
-            if not isinstance(lab, dict):
-                raise LabelError(f"{path}: frame {name}: a label is {type(lab).__name__}, not a dict")
             continue                                    # drivable area, lane, segmentation: no box
         try:
             x1, y1, x2, y2 = (float(box[k]) for k in ('x1', 'y1', 'x2', 'y2'))
@@ -294,7 +288,8 @@ def parse_frame(frame, path, skipped):
             raise LabelError(f"{path}: frame {name}: box2d needs numbers x1, y1, x2, y2, got {box}") from None
         cat = CATEGORY_MAP.get(str(lab.get('category')))
         if cat is None:
-            skipped[f"unknown category '{lab.get('category')}'"] = skipped.get(f"unknown category '{lab.get('category')}'", 0) + 1
+            why = f"unknown category '{lab.get('category')}'"
+            skipped[why] = skipped.get(why, 0) + 1
             continue
         colour = COLOUR_MAP.get(str((lab.get('attributes') or {}).get('trafficLightColor', 'none')).lower(), 'none')
         boxes.append((x1, y1, x2, y2, BOX_CLASSES.index(cat), COLOURS.index(colour)))
@@ -338,14 +333,12 @@ def scale_boxes(boxes, size, h, w, skipped):
     W, H = size
     cw, ch = (round(H * w / h), H) if W * h > H * w else (W, round(W * h / w))
     ox, oy = (W - cw) // 2, (H - ch) // 2
-    b = np.asarray([bx[:4] for bx in boxes], dtype=np.float64).reshape(-1, 4)    # (M, 4)
-    b = (b - [ox, oy, ox, oy]) * [w / cw, h / ch, w / cw, h / ch]
-    b = np.clip(b, 0, [w, h, w, h])
+    a = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)                    # (M, 6) x1, y1, x2, y2, class, colour
+    b = np.clip((a[:, :4] - [ox, oy, ox, oy]) * [w / cw, h / ch, w / cw, h / ch], 0, [w, h, w, h])   # (M, 4)
     ok = np.isfinite(b).all(1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
     if (~ok).any():
         skipped['degenerate box'] = skipped.get('degenerate box', 0) + int((~ok).sum())
-    meta = np.asarray([bx[4:] for bx in boxes], dtype=np.int64).reshape(-1, 2)   # (M, 2) class, colour
-    return b[ok].astype(np.float32), meta[ok, 0].astype(np.int16), meta[ok, 1].astype(np.int8)
+    return b[ok].astype(np.float32), a[ok, 4].astype(np.int16), a[ok, 5].astype(np.int8)
 
 # -----------------------------------------------------------------------------
 # the embedded synthetic world: a BDD100K tree rendered with PIL in perspective
@@ -366,8 +359,10 @@ class Cam:
     def __call__(self, X, Y, Z):
         return self.vx + FOCAL * X / Z, self.yh + FOCAL * (CAM_H - Y) / Z
 
-    def box(self, X, Z, w, h, y0=0.0):
-        (x1, y1), (x2, y2) = self(X - w / 2, y0 + h, Z), self(X + w / 2, y0, Z)
+    def box(self, o):
+        """An object's box: o['w'] x o['h'] metres centred on o['X'], o['Z'] ahead, o['y0'] off the ground."""
+        X, Z, w = o['X'], o['Z'], o['w']
+        (x1, y1), (x2, y2) = self(X - w / 2, o['y0'] + o['h'], Z), self(X + w / 2, o['y0'], Z)
         return [x1, y1, x2, y2]
 
 
@@ -386,13 +381,18 @@ def sample_layout(rng):
 def unambiguous(o):
     """Is a synthetic object clear of the rules' MAYBE bands (size, close/far, lane edge)? Judged with the
     rules' fixed camera, the bands widened by the horizon jitter, so most questions stay decidable."""
-    x1, y1, x2, y2 = np.clip(Cam(RW / 2, HORIZON * RH).box(o['X'], o['Z'], o['w'], o['h'], o['y0']), 0, [RW, RH, RW, RH])
+    x1, y1, x2, y2 = np.clip(Cam(RW / 2, HORIZON * RH).box(o), 0, [RW, RH, RW, RH])
     h, y = (y2 - y1) / RH, y2 / RH
     lo, hi = (LIGHT_TINY, LIGHT_VISIBLE) if o['kind'] == 'traffic light' else (TINY, VISIBLE)
     if lo - 0.005 <= h < hi + 0.005 or FAR - 0.012 <= y < CLOSE + 0.012:
         return False
     u = abs((x1 + x2) / 2 - RW / 2) / (SLOPE * max(y2 - HORIZON * RH, 1e-3))
     return y < FAR or min(abs(u - 1), abs(u - 3)) > LANE_MARGIN + 0.12
+
+
+def thing(kind, X, Z, w, h, rgb, y0=0.0, light='none'):
+    """A labelled object: w x h metres at X right and Z ahead, y0 off the ground."""
+    return dict(kind=kind, X=X, Z=Z, w=w, h=h, y0=y0, rgb=rgb, light=light)
 
 
 def place(make, Zs, rng, tries=8):
@@ -406,7 +406,7 @@ def place(make, Zs, rng, tries=8):
 
 
 def sample_objects(L, rng):
-    """Labelled objects as dicts (kind, X, Z, w, h, y0, rgb, light); near ones drawn to spread the counts."""
+    """Vehicles, pedestrians and perhaps a cyclist, then street furniture; near ones drawn to spread the counts."""
     objs, lanes = [], list(range(-L['nl'], L['nr'] + 1))
     park = [L['left'] - 1.3, L['right'] + 1.3] if L['parking'] else []
     slots = [(LANE_W * k, 'lane') for k in lanes] + [(x, 'park') for x in park]
@@ -417,7 +417,7 @@ def sample_objects(L, rng):
             v = str(rng.choice(['car', 'truck', 'bus'], p=[0.7, 0.15, 0.15])) if kind == 'lane' else 'car'
             w, h = {'car': (1.8, 1.5), 'truck': (2.4, 3.2), 'bus': (2.5, 3.0)}[v]
             rgb, X, h = PALETTE[rng.integers(len(PALETTE))], X + rng.uniform(-0.25, 0.25), h * rng.uniform(0.92, 1.08)
-            o = place(lambda Z: dict(kind=v, X=X, Z=Z, w=w, h=h, y0=0.0, rgb=rgb, light='none'), Zs, rng)
+            o = place(lambda Z: thing(v, X, Z, w, h, rgb), Zs, rng)
             if o and not any(abs(p['X'] - X) < 1.5 and abs(p['Z'] - o['Z']) < 5.0 for p in objs):
                 objs.append(o)                          # else that spot is taken
     walk = [(L['left'] - 2.4 * L['parking'] - 0.5, -2.5), (L['right'] + 2.4 * L['parking'] + 0.5, 2.5)]
@@ -428,13 +428,12 @@ def sample_objects(L, rng):
             crossing = not near and rng.random() < 0.25
             X = rng.uniform(L['left'], L['right']) if crossing else edge + rng.uniform(0, 1) * span
             h, rgb = rng.uniform(1.5, 1.9), PALETTE[rng.integers(len(PALETTE))]
-            make = lambda Z: dict(kind='pedestrian', X=X, Z=Z, w=0.55, h=h, y0=0.0, rgb=rgb, light='none')
-            objs.append(place(make, [(5.0, 12.0)] if near else [(19.5, 70)], rng))
+            Zs = [(5.0, 12.0)] if near else [(19.5, 70)]
+            objs.append(place(lambda Z: thing('pedestrian', X, Z, 0.55, h, rgb), Zs, rng))
     if rng.random() < 0.3:                              # a cyclist: rider and bicycle, labelled apart as in BDD
         X, rgb = (L['right'] - 0.6 if rng.random() < 0.7 else walk[1][0] + 1), PALETTE[rng.integers(len(PALETTE))]
-        bike = place(lambda Z: dict(kind='bicycle', X=X, Z=Z, w=0.6, h=1.05, y0=0.0, rgb=(30, 30, 30), light='none'),
-                     [(6, 12), (19.5, 40)], rng)
-        rider = bike and dict(kind='rider', X=X, Z=bike['Z'] - 0.01, w=0.55, h=1.45, y0=0.35, rgb=rgb, light='none')
+        bike = place(lambda Z: thing('bicycle', X, Z, 0.6, 1.05, (30, 30, 30)), [(6, 12), (19.5, 40)], rng)
+        rider = bike and thing('rider', X, bike['Z'] - 0.01, 0.55, 1.45, rgb, y0=0.35)
         objs += [bike, rider] if rider and unambiguous(rider) else []
     return [o for o in objs + street_furniture(L, rng) if o]
 
@@ -446,16 +445,14 @@ def street_furniture(L, rng):
         colour = str(rng.choice(['red', 'yellow', 'green'], p=[0.4, 0.2, 0.4]))
         Z = rng.uniform(12, 22)
         for X in [rng.uniform(-1.2, 1.2)] + ([L['right'] + 0.8] if rng.random() < 0.5 else []):
-            objs.append(dict(kind='traffic light', X=X, Z=Z, w=0.45, h=1.2, y0=4.6 if abs(X) < 2 else 2.8,
-                             rgb=(25, 25, 20), light=colour))
+            objs.append(thing('traffic light', X, Z, 0.45, 1.2, (25, 25, 20), 4.6 if abs(X) < 2 else 2.8, colour))
         if rng.random() < 0.3:                          # the next intersection: too small to read
-            objs.append(dict(kind='traffic light', X=rng.uniform(-1, 1), Z=rng.uniform(55, 80), w=0.45, h=1.2,
-                             y0=4.6, rgb=(25, 25, 20), light=str(rng.choice(['red', 'yellow', 'green']))))
+            objs.append(thing('traffic light', rng.uniform(-1, 1), rng.uniform(55, 80), 0.45, 1.2, (25, 25, 20),
+                              4.6, str(rng.choice(['red', 'yellow', 'green']))))
     for _ in range(int(rng.integers(0, 3))):
         X = (L['right'] + 1.0) if rng.random() < 0.6 else (L['left'] - 1.0)
         rgb = [(200, 20, 20), (20, 70, 170), (230, 190, 0)][rng.integers(3)]
-        objs.append(place(lambda Z: dict(kind='traffic sign', X=X, Z=Z, w=0.8, h=0.8, y0=2.0, rgb=rgb, light='none'),
-                          [(8, 12), (26, 45)], rng))
+        objs.append(place(lambda Z: thing('traffic sign', X, Z, 0.8, 0.8, rgb, 2.0), [(8, 12), (26, 45)], rng))
     return objs
 
 
@@ -464,7 +461,7 @@ def cull(objs, cam):
     mask = np.zeros((RH // 4, RW // 4), dtype=bool)     # coarse occupancy, near to far
     kept = []
     for o in sorted(objs, key=lambda o: o['Z']):
-        x1, y1, x2, y2 = (int(round(v / 4)) for v in cam.box(o['X'], o['Z'], o['w'], o['h'], o['y0']))
+        x1, y1, x2, y2 = (int(round(v / 4)) for v in cam.box(o))
         x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, RW // 4), min(y2, RH // 4)
         if x2 <= x1 or y2 <= y1:
             continue
@@ -534,7 +531,7 @@ def draw_roadside(d, L, rng):
 
 def draw_object(d, o, cam, L):
     """One labelled object, as seen from behind (vehicles) or from the front (people)."""
-    x1, y1, x2, y2 = cam.box(o['X'], o['Z'], o['w'], o['h'], o['y0'])
+    x1, y1, x2, y2 = cam.box(o)
     w, h, s, night = x2 - x1, y2 - y1, L['shade'], L['timeofday'] == 'night'
     rgb = shade(o['rgb'], max(s, 0.65))
     if o['kind'] in ('car', 'truck', 'bus'):
@@ -558,26 +555,18 @@ def draw_object(d, o, cam, L):
         lw = max(1, int(w / 6))
         d.ellipse([x1 + 0.3 * w, y1 + 0.1 * h, x2 - 0.3 * w, y2], outline=(20, 20, 20), width=lw)
         d.line([(x1, y1 + 0.3 * h), (x2, y1 + 0.3 * h)], fill=(20, 20, 20), width=lw)
-    elif o['kind'] == 'traffic light':
-        draw_light(d, (x1, y1, x2, y2), o, cam, night)
-    else:                                                # traffic sign on its pole
-        px, _ = cam(o['X'], 0, o['Z'])
-        d.line([(px, y2), (px, cam(o['X'], 0, o['Z'])[1])], fill=(90, 90, 90), width=max(1, int(w / 8)))
-        d.ellipse([x1, y1, x2, y2], fill=shade(o['rgb'], max(s, 0.7)), outline=(240, 240, 240))
-
-
-def draw_light(d, box, o, cam, night):
-    """Pole, dark housing, three lamps (red over yellow over green); only the lit one is bright."""
-    x1, y1, x2, y2 = box
-    w, h = x2 - x1, y2 - y1
-    px, ground = cam(o['X'], 0, o['Z'])
-    d.line([(px, y2), (px, ground)], fill=(70, 70, 70), width=max(1, int(w / 4)))
-    d.rectangle([x1, y1, x2, y2], fill=o['rgb'])
-    for i, c in enumerate(['red', 'yellow', 'green']):
-        cy, r = y1 + (i + 0.5) * h / 3, 0.36 * w
-        lit = o['light'] == c
-        d.ellipse([x1 + w / 2 - r, cy - r, x1 + w / 2 + r, cy + r],
-                  fill=LIGHT_RGB[c] if lit else shade(LIGHT_RGB[c], 0.2))
+    else:                                                # traffic lights and signs stand on poles
+        sign, (px, ground) = o['kind'] == 'traffic sign', cam(o['X'], 0, o['Z'])
+        d.line([(px, y2), (px, ground)], fill=(90, 90, 90) if sign else (70, 70, 70),
+               width=max(1, int(w / (8 if sign else 4))))
+        if sign:
+            d.ellipse([x1, y1, x2, y2], fill=shade(o['rgb'], max(s, 0.7)), outline=(240, 240, 240))
+            return
+        d.rectangle([x1, y1, x2, y2], fill=o['rgb'])     # dark housing; lamps red over yellow over green, one lit
+        for i, c in enumerate(['red', 'yellow', 'green']):
+            cy, r = y1 + (i + 0.5) * h / 3, 0.36 * w
+            fill = LIGHT_RGB[c] if o['light'] == c else shade(LIGHT_RGB[c], 0.2)
+            d.ellipse([x1 + w / 2 - r, cy - r, x1 + w / 2 + r, cy + r], fill=fill)
 
 
 def weather_fx(img, L, rng):
@@ -609,12 +598,11 @@ def render_frame(job):
     img.save(os.path.join(root, 'images', '100k', split, name + '.jpg'), quality=int(rng.integers(70, 91)))
     labels = []
     for k, o in enumerate(objs):
-        x1, y1, x2, y2 = np.clip(L['cam'].box(o['X'], o['Z'], o['w'], o['h'], o['y0']), 0, [RW, RH, RW, RH])
-        truncated = bool(x1 <= 0 or x2 >= RW or y2 >= RH)
+        box = np.clip(L['cam'].box(o), 0, [RW, RH, RW, RH])
+        truncated = bool(box[0] <= 0 or box[2] >= RW or box[3] >= RH)
         labels.append({'category': NAMES_2018.get(o['kind'], o['kind']), 'id': k, 'manualShape': True,
                        'attributes': {'occluded': False, 'truncated': truncated, 'trafficLightColor': o['light']},
-                       'box2d': {'x1': round(float(x1), 3), 'y1': round(float(y1), 3),
-                                 'x2': round(float(x2), 3), 'y2': round(float(y2), 3)}})
+                       'box2d': {c: round(float(v), 3) for c, v in zip(('x1', 'y1', 'x2', 'y2'), box)}})
     attrs = {k: L[k] for k in ('weather', 'scene', 'timeofday')}
     return {'name': name + '.jpg', 'attributes': attrs, 'timestamp': 10000, 'labels': labels}
 
@@ -695,29 +683,26 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
     """All of one split's files; -> (answers int[Q], templates int[Q]) for the stats."""
     kept = decode_split(os.path.join(tmp, f'{split}_images.npy'), items, cfg, pool, skipped, stats)
     counts = np.zeros((len(TEMPLATES), len(ANSWERS)), dtype=np.int64)
-    rows = {k: [] for k in ('template', 'answer', 'image', 'refs')}
-    box_offsets, q_offsets, n_boxes = [0], [0], 0
+    qs, box_offsets, q_offsets = [], [0], [0]          # qs: (template, answer, image, split-global box rows)
     for i, (name, attrs, boxes, cls, colour) in enumerate(kept):
         rng = np.random.default_rng([cfg['seed'], zlib.crc32(name.encode())])
-        for t, a, refs in choose_questions(candidates(boxes, cls, colour, attrs, cfg['img_h'], cfg['img_w']), counts, rng):
-            rows['template'].append(t); rows['answer'].append(a); rows['image'].append(i)
-            rows['refs'].append(refs + n_boxes)          # split-global rows of s_boxes.npy
-        n_boxes += len(boxes)
-        box_offsets.append(n_boxes)
-        q_offsets.append(len(rows['answer']))
+        cands = candidates(boxes, cls, colour, attrs, cfg['img_h'], cfg['img_w'])
+        qs += [(t, a, i, refs + box_offsets[-1]) for t, a, refs in choose_questions(cands, counts, rng)]
+        box_offsets.append(box_offsets[-1] + len(boxes))
+        q_offsets.append(len(qs))
+    template, answer, image, refs = zip(*qs) if qs else [()] * 4
     enc = np.stack([tok.encode(q, cfg['max_q_len'])[0] for _, q in TEMPLATES]).astype(np.uint16)  # (templates, T)
-    template = np.asarray(rows['template'], dtype=np.int16)
-    refs = rows['refs'] or [np.zeros(0, dtype=np.int64)]
+    template = np.asarray(template, dtype=np.int16)
     arrays = {'boxes': np.concatenate([k[2] for k in kept] + [np.zeros((0, 4), np.float32)]),     # (M, 4)
               'box_class': np.concatenate([k[3] for k in kept] + [np.zeros(0, np.int16)]),
               'box_offsets': np.asarray(box_offsets, dtype=np.int64),
               'questions': enc[template.astype(np.int64)].reshape(-1, cfg['max_q_len']),     # (Q, T)
-              'answers': np.asarray(rows['answer'], dtype=np.int16), 'template': template,
+              'answers': np.asarray(answer, dtype=np.int16), 'template': template,
               'family': np.asarray([FAMILIES.index(TEMPLATES[t][0]) for t in template], dtype=np.uint8),
-              'image_idx': np.asarray(rows['image'], dtype=np.int32),
+              'image_idx': np.asarray(image, dtype=np.int32),
               'q_offsets': np.asarray(q_offsets, dtype=np.int64),
-              'referents': np.concatenate(refs).astype(np.int32),
-              'ref_offsets': np.cumsum([0] + [len(r) for r in rows['refs']]).astype(np.int64)}
+              'referents': np.concatenate([*refs, np.zeros(0, dtype=np.int64)]).astype(np.int32),
+              'ref_offsets': np.cumsum([0] + [len(r) for r in refs]).astype(np.int64)}
     for k, arr in arrays.items():
         np.save(os.path.join(tmp, f'{split}_{k}.npy'), arr)
     with open(os.path.join(tmp, f'{split}_names.json'), 'w') as fh:
@@ -735,7 +720,8 @@ def summarize(arrays):
         fam = a['family']
         counts[s] = {'images': len(a['box_offsets']) - 1, 'questions': len(a['answers']), 'boxes': len(a['boxes']),
                      'per_family': {f: int((fam == i).sum()) for i, f in enumerate(FAMILIES)}}
-        dist[s] = {f: {ANSWERS[k]: int(n) for k, n in enumerate(np.bincount(a['answers'][fam == i], minlength=len(ANSWERS))) if n}
+        dist[s] = {f: {ANSWERS[k]: int(n) for k, n in enumerate(np.bincount(a['answers'][fam == i],
+                                                                            minlength=len(ANSWERS))) if n}
                    for i, f in enumerate(FAMILIES)}
         guess = np.asarray([majority[t] for t in a['template']], dtype=np.int64)
         blind[s] = float((guess == a['answers']).mean()) if len(guess) else 0.0
@@ -788,15 +774,8 @@ def build(cfg, root, name, source):
 
 
 def make_pool(n):
-    """A process pool, or an in-process stand-in for n <= 1 (tests, debugging)."""
-    if n > 1:
-        return Pool(n)
-
-    class Serial:
-        imap = staticmethod(lambda f, it, chunksize=1: map(f, it))
-        __enter__ = lambda self: self
-        __exit__ = lambda self, *a: None
-    return Serial()
+    """A process pool, or for n <= 1 one worker thread in this process (tests, debugging)."""
+    return Pool(n) if n > 1 else ThreadPool(1)
 
 
 def report(final, meta):
