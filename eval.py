@@ -390,10 +390,10 @@ def plot_gallery(cases, arrays, maps, cfg, path):
     ref_off, refs, boxes = arrays['ref_offsets'], arrays['referents'], arrays['boxes']
     for ax, c in zip(axes.flat, cases):
         j = c['question_idx']
-        ax.imshow(arrays['images'][arrays['image_idx'][j]], extent=extent)
-        if maps is not None:  # layers averaged, on the patch grid, stretched over the image
+        ax.imshow(arrays['images'][arrays['image_idx'][j]], extent=extent, interpolation='nearest')
+        if maps is not None:  # layers averaged; one square per patch, since that is what the model attends to
             heat = maps[j].mean(0).reshape(cfg.img_h // cfg.patch, cfg.img_w // cfg.patch)  # (Hi/p, Wi/p)
-            ax.imshow(heat, extent=extent, cmap='jet', alpha=0.45, interpolation='bilinear')
+            ax.imshow(heat, extent=extent, cmap='jet', alpha=0.45, interpolation='nearest')
         for x1, y1, x2, y2 in boxes[refs[ref_off[j]:ref_off[j + 1]]]:
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor='lime', linewidth=1.5))
         ax.set_title(f"{c['image']}: {c['question']}\ntruth {c['truth']}, said {c['prediction']} ({c['confidence']:.2f})", fontsize=8)

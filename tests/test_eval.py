@@ -181,7 +181,7 @@ def make_dataset(root, n=(48, 16, 24), H=32, W=48, answers=ANSWERS, seed=0):
     return root
 
 
-def make_checkpoint(path, data_dir, steps=15, **kw):
+def make_checkpoint(path, data_dir, steps=10, **kw):
     """Train a tiny TVLM on the whole train split for a few steps; save it as train.py's save_checkpoint does."""
     torch.manual_seed(0)
     meta = json.load(open(os.path.join(data_dir, 'meta.json')))
