@@ -211,15 +211,15 @@ class Attention(nn.Module):
             k, v = k[ctx_idx], v[ctx_idx]                                                 # (B, Hkv, S, D)
         if rope is not None:  # positions only mean something when q and k index the same sequence
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)                     # (B, H, S, D)
-        v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)                     # (B, H, S, D)
         causal = isinstance(mask, str)
         assert not causal or mask == 'causal', f"unknown mask {mask!r}"
         p_drop = self.dropout if self.training else 0.0
-        if probs is None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
-                                               is_causal=causal, dropout_p=p_drop)            # (B, H, T, D)
+        if probs is None:  # enable_gqa: query head h reads kv head h // (H/Hkv) without copying k and v
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                               dropout_p=p_drop, enable_gqa=True)            # (B, H, T, D)
         else:  # the same computation written out, to hand the weights to eval.py and viz.py
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)                 # (B, H, S, D)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)                 # (B, H, S, D)
             if causal:
                 mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
             att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)                      # (B, H, T, S)
@@ -529,8 +529,10 @@ def flops_per_sample(cfg, questions_per_image=1, text_len=None):
         image = 2 * (P * 3 * p * p * Cv + cfg.vit_depth * vit_layer + P * Cv * Cd)
         if cfg.fusion in ('cross', 'both'):
             image += 2 * cfg.dec_depth * P * Cd * kv                 # cross keys/values: once per image
-    L = T + (P if cfg.fusion in ('prefix', 'both') and not cfg.blind else 0)
-    dec_layer = L * (2 * Cd * Cd + Cd * kv + 3 * Cd * cfg.dec_mlp) + L * L * Cd   # causal: half of 2*L*L*C
+    prefix = cfg.fusion in ('prefix', 'both') and not cfg.blind
+    L = T + (P if prefix else 0)
+    # scores and weighted values: a causal kernel skips the upper half; a prefix-LM mask fills a full matrix
+    dec_layer = L * (2 * Cd * Cd + Cd * kv + 3 * Cd * cfg.dec_mlp) + (2 if prefix else 1) * L * L * Cd
     if cfg.fusion in ('cross', 'both') and not cfg.blind:
         dec_layer += T * 2 * Cd * Cd + 2 * T * P * Cd
     text = 2 * (cfg.dec_depth * dec_layer + Cd * cfg.n_answers)

@@ -26,14 +26,7 @@ def test_bench_runs_and_prints_every_section():
         assert f"{qpi} question(s)/image" in res.stdout, f"no row for {qpi} questions per image:\n{res.stdout}"
 
 
-# flops_per_sample counts half of the L^2 self-attention scores (causal), but under the prefix-LM mask the kernels
-# compute all of them: 5.4% short at 4 questions per image, where the decoder dominates (issue 7 report).
-# Strict: once the formula counts 2*L*L*C these pass, and the marker must go.
-OFF = pytest.mark.xfail(strict=True, reason="flops_per_sample half-counts the prefix-LM self-attention scores")
-
-
-@pytest.mark.parametrize('fusion, qpi', [('cross', 1), ('cross', 4), ('prefix', 1), pytest.param('prefix', 4, marks=OFF),
-                                         ('both', 1), pytest.param('both', 4, marks=OFF)])
+@pytest.mark.parametrize('fusion, qpi', [('cross', 1), ('cross', 4), ('prefix', 1), ('prefix', 4), ('both', 1), ('both', 4)])
 def test_flops_per_sample_matches_flop_counter(fusion, qpi):
     """config/small.py's shapes. out={} takes the explicit attention path: FlopCounterMode does not count the CPU
     flash-attention kernel that F.scaled_dot_product_attention picks, but does count the q@k and att@v matmuls."""
