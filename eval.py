@@ -510,10 +510,11 @@ def print_sections(r):
                                                 for k, x in parts))
     print(f"baselines: majority answer per template {fmt(b['majority']['accuracy'])} (gap {fmt(b['majority']['gap'], '+.3f')})"
           + (f", blind model {fmt(b['blind']['accuracy'])} (gap {fmt(b['blind']['gap'], '+.3f')})" if 'blind' in b else ''))
-    print(f"robustness ({rob['n']} questions, clean {fmt(rob['clean'])}): " + '; '.join(
-        f"{k} " + ' '.join(f"{s}:{fmt(a, '.2f')}" for s, a in accs.items()) for k, accs in rob['accuracy'].items()))
+    print(f"robustness, accuracy on the first {rob['n']} questions (clean {fmt(rob['clean'])}):")
+    for kind, accs in rob['accuracy'].items():
+        print(f"  {kind:<10} " + '  '.join(f"{s:>4}: {fmt(a)}" for s, a in accs.items()))
     fl = rob['flip']
-    print(f"flip consistency {fmt(fl['consistency'])} (left/right questions {fmt(fl['consistency_left_right'])}, "
+    print(f"  flip consistency {fmt(fl['consistency'])} (left/right questions {fmt(fl['consistency_left_right'])}, "
           f"n={fl['n_left_right']}), accuracy on mirrored images {fmt(fl['accuracy'])}")
     yn = r['classification'].get('yes_no')
     print(f"errors: {e['n_errors']:,}; {fmt(e['high_conf_share'])} of them at confidence >= {HIGH_CONF}, "
