@@ -428,6 +428,13 @@ def write_atomic(path, save):
     os.replace(path + '.tmp', path)
 
 
+def write_json(path, obj):
+    def save(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(plain(obj), f, indent=1, allow_nan=False)
+    write_atomic(path, save)
+
+
 def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=500, batch_questions=256,
              save_temperature=True, device='cpu', seed=1337):
     """Every section for one checkpoint on one split -> the eval.json dict; writes eval.json and the PNGs to out."""
@@ -444,7 +451,7 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
            'model_args': ck['model_args'], 'answers': meta['answers'], 'families': meta['families']}
     res['classification'] = {**full_report(y, probs, meta['answers']), 'per_family': {
         f: full_report(y[fam == i], probs[fam == i], meta['answers']) for i, f in enumerate(meta['families']) if (fam == i).any()}}
-    val_logits = logits if split == 'val' else predict(model, val, batch_questions)[0]
+    val_logits = logits if split == 'val' else predict(model, val, batch_questions)[0]  # on val, T is fitted in-sample
     res['calibration'] = calibration_section(logits, y, val_logits, val['answers'].astype(np.int64), out)
     if save_temperature and os.path.getmtime(ckpt) != mtime:  # train.py saved new weights: they need their own T
         print(f"{ckpt} changed during the evaluation: its temperature is left alone")
@@ -455,12 +462,12 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     blind_logits = predict(load(blind_ckpt, data_dir, device)[0], arrays, batch_questions)[0] if blind_ckpt else None
     res['baselines'] = baseline_section(y, fam, probs.argmax(1), arrays, train, meta, blind_logits)
     res['robustness'] = robustness_section(model, arrays, logits, robust_max, batch_questions, seed, out)
-    names_path = os.path.join(data_dir, f'{split}_names.json')
-    names = json.load(open(names_path)) if os.path.exists(names_path) else [str(i) for i in range(res['n_images'])]
+    with open(os.path.join(data_dir, f'{split}_names.json')) as f:
+        names = json.load(f)
     res['errors'] = error_section(y, probs, maps, arrays, model, names, out)
     res['plots'] = ['reliability.png', 'robustness.png'] + (['failures.png'] if res['errors']['most_confident'] else [])
     res = plain(res)
-    write_atomic(os.path.join(out, 'eval.json'), lambda tmp: json.dump(res, open(tmp, 'w'), indent=1, allow_nan=False))
+    write_json(os.path.join(out, 'eval.json'), res)
     return res
 
 
@@ -532,7 +539,8 @@ def compare_runs(dirs, out_dir):
         path = d if d.endswith('.json') else os.path.join(d, 'eval.json')
         if not os.path.isfile(path):
             sys.exit(f"no {path} ---> HINT: run `python eval.py --ckpt={os.path.join(d, 'ckpt.pt')}` first")
-        r = json.load(open(path))
+        with open(path) as f:
+            r = json.load(f)
         g, blind = r['grounding'], r['baselines'].get('blind')
         rows.append({'run': d, 'accuracy': r['classification']['accuracy'],
                      **{f: fc['accuracy'] for f, fc in r['classification']['per_family'].items()},
@@ -545,7 +553,7 @@ def compare_runs(dirs, out_dir):
     for row in rows:
         print(f"{row['run']:<{w}} " + ' '.join(f"{fmt(row.get(c), '.3f'):>9}" for c in cols[1:]))
     path = os.path.join(out_dir or '.', 'ablation.json')
-    write_atomic(path, lambda tmp: json.dump(plain(rows), open(tmp, 'w'), indent=1, allow_nan=False))
+    write_json(path, rows)
     print(f"wrote {path}")
     return rows
 
