@@ -139,7 +139,8 @@ def explain(model, image, question, per_word=False, rollout=False):
     ids, _ = model.tokenizer.encode(question, cfg.max_q_len)
     r = attend(model, load_image(image, cfg.img_h, cfg.img_w), ids, rollout)
     # load_image again at k times the size: the same centre crop with more pixels, so the display is sharp
-    # and the heatmap, spread over that crop, covers exactly the region the patches saw
+    # and the heatmap, spread over that crop, covers the region the patches saw (to within a model pixel:
+    # JPEG draft decoding may pick another scale, which rounds the crop differently)
     k = -(-round(PANEL_W * DPI) // cfg.img_w)
     show = load_image(image, k * cfg.img_h, k * cfg.img_w)
     avg = np.mean([m for _, m in r['layers']], axis=0)                                # (T, gh, gw)
