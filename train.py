@@ -239,6 +239,8 @@ def log(record):
 
 if master:
     os.makedirs(out_dir, exist_ok=True)
+    if init_from == 'scratch' and os.path.exists(os.path.join(out_dir, 'log.jsonl')):
+        os.remove(os.path.join(out_dir, 'log.jsonl'))  # a new run starts a new log; resume appends to its own
     if wandb_log:
         import wandb  # optional extra, imported only when asked for
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
