@@ -4,7 +4,7 @@ robustness and error analysis, printed as a report and written to eval.json and 
 
 $ python eval.py --ckpt=out-small/ckpt.pt                      # test split; writes out-small/eval.json + PNGs
 $ python eval.py --ckpt=out-small/ckpt.pt --blind_ckpt=out-ablate-blind/ckpt.pt --split=val --out=eval-val
-$ python eval.py --compare=True out-small out-ablate-prefix    # one table of the runs' eval.json headlines
+$ python eval.py --compare out-small out-ablate-prefix    # one table of the runs' eval.json headlines
 
 The metric functions are pure numpy (no scikit-learn) and importable: tests/test_eval.py checks them by hand.
 Calibration follows Guo et al. 2017 (arXiv 1706.04599); the fitted temperature is stored in the checkpoint,
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prepare import load_meta, open_split, split_batches
+from prepare import load_meta, mirror_tables, open_split, split_batches
 from tvlm import TVLM
 
 # -----------------------------------------------------------------------------
@@ -213,16 +213,6 @@ def perturb(images, kind, strength, rng, patch):
     return x.clip(0, 255).round().astype(np.uint8)
 
 
-def flip_tables(tokenizer, answers):
-    """Token and answer permutations that swap 'left' <-> 'right' (identity elsewhere), as train.py's hflip uses."""
-    tok, ans = np.arange(len(tokenizer)), np.arange(len(answers))
-    for a, b in (('left', 'right'), ('right', 'left')):
-        if a in tokenizer.stoi and b in tokenizer.stoi:
-            tok[tokenizer.stoi[a]] = tokenizer.stoi[b]
-        if a in answers and b in answers:
-            ans[answers.index(a)] = answers.index(b)
-    return tok, ans
-
 # -----------------------------------------------------------------------------
 # Loading and batched inference
 
@@ -344,7 +334,7 @@ def robustness_section(model, arrays, logits, robust_max, batch_questions, seed,
     for kind, strengths in ROBUSTNESS.items():
         res['accuracy'][kind] = {str(s): accuracy(lambda im, q: (perturb(im, kind, s, rng, p), q)) for s in strengths}
     # a mirrored scene asks the mirrored question: left and right swap in the question and in the answer
-    tok, ans = flip_tables(model.tokenizer, model.answers)
+    tok, ans = mirror_tables(model.tokenizer, model.answers)
     flipped = predict(model, arrays, batch_questions, n_img, lambda im, q: (im[:, :, ::-1], tok[q]))[0].argmax(1)
     agree, sided = flipped == ans[logits[:nq].argmax(1)], (tok[arrays['questions'][:nq]] != arrays['questions'][:nq]).any(1)
     res['flip'] = {'consistency': agree.mean(), 'n_left_right': int(sided.sum()),
@@ -559,13 +549,13 @@ def compare_runs(dirs, out_dir):
 
 
 if __name__ == '__main__':
-    _positional = []  # run dirs for --compare=True
+    _positional = []  # run dirs for --compare
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
     if compare:
-        compare_runs(_positional or sys.exit("--compare=True needs run dirs: python eval.py --compare=True out-a out-b"), out)
+        compare_runs(_positional or sys.exit("--compare needs run dirs: python eval.py --compare out-a out-b"), out)
     elif _positional:
-        sys.exit(f"unexpected arguments {_positional}: run dirs go with --compare=True")
+        sys.exit(f"unexpected arguments {_positional}: run dirs go with --compare")
     else:
         print_report(evaluate(ckpt, split, out, data_dir, blind_ckpt, robust_max, batch_questions, save_temperature, device, seed))

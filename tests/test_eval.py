@@ -131,12 +131,6 @@ def test_perturbations():
         ev.perturb(img, 'blur', 1, rng, 16)
 
 
-def test_flip_tables_swap_left_and_right():
-    tok = Tokenizer.build(['is the left lane clear?', 'is the right lane clear?'])
-    t, a = ev.flip_tables(tok, ['yes', 'no', 'left', 'right'])
-    assert t[tok.stoi['left']] == tok.stoi['right'] and t[tok.stoi['right']] == tok.stoi['left']
-    assert t[tok.stoi['lane']] == tok.stoi['lane'] and a.tolist() == [0, 1, 3, 2]
-
 # -----------------------------------------------------------------------------
 # end to end: a tiny dataset in the CONTRACT.md format, a tiny model trained for a moment
 

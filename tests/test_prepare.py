@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import prepare  # noqa: E402
-from prepare import ANSWERS, BOX_CLASSES, TEMPLATES  # noqa: E402
+import prepare
+from conftest import ROOT
+from prepare import ANSWERS, BOX_CLASSES, TEMPLATES
+from tvlm import Tokenizer
 
 H, W = 144, 256   # stored size of the rule table below
 
@@ -353,3 +353,11 @@ def test_renderer_boxes_cover_their_objects(tmp_path):
                 assert redness > 60, f"frame {i}: no tail light inside car box {b}"
                 seen += 1
     assert seen >= 10
+
+
+def test_mirror_tables_swap_left_and_right():
+    """hflip's permutations: 'left' <-> 'right' in questions and answers, everything else unchanged."""
+    tok = Tokenizer.build(['is the left lane clear?', 'is the right lane clear?'])
+    t, a = prepare.mirror_tables(tok, ['yes', 'no', 'left', 'right'])
+    assert t[tok.stoi['left']] == tok.stoi['right'] and t[tok.stoi['right']] == tok.stoi['left']
+    assert t[tok.stoi['lane']] == tok.stoi['lane'] and a.tolist() == [0, 1, 3, 2]
