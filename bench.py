@@ -189,7 +189,7 @@ with torch.inference_mode(), autocast(dtypes[-1]):
 del model
 
 # -----------------------------------------------------------------------------
-# 5 data path: prepare.sample_batch from memmaps + the int64 conversion and copy that train.py's get_batch does
+# 5 data path: prepare.sample_batch from memmaps + the device copy, as train.py's get_batch does
 
 
 def open_or_make_dataset(tmp):
@@ -218,10 +218,8 @@ def to_device(x):
 
 
 def get_batch(arrays, gen):
-    images, q, a, idx = sample_batch(arrays, batch_size // questions_per_image, questions_per_image, gen)
-    q = q.astype(np.int64)
-    q = q[:, :int((q != 0).sum(1).max())]                                  # drop columns that are all padding
-    return [to_device(x) for x in (images, q, a.astype(np.int64), idx.astype(np.int64))]
+    batch = sample_batch(arrays, batch_size // questions_per_image, questions_per_image, gen)
+    return [to_device(x) for x in batch]
 
 
 with tempfile.TemporaryDirectory() as tmp:

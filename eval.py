@@ -242,15 +242,13 @@ def predict(model, arrays, batch_questions, max_images=None, transform=None, att
     dev = next(model.parameters()).device
     attn = attn and not model.cfg.blind
     logits, maps = [], []
-    for q_lo, q_hi, images, idx in split_batches(arrays, batch_questions, max_images):
-        q = arrays['questions'][q_lo:q_hi].astype(np.int64)
+    for q_lo, q_hi, images, q, idx in split_batches(arrays, batch_questions, max_images):
         if transform is not None:
             images, q = transform(images, q)
         images = np.require(images, requirements=['C', 'W'])                  # copies read-only memmaps and views
-        q = q[:, :int((q != 0).sum(1).max())]                                  # drop columns that are all padding
         out = {} if attn else None
         lg, _ = model(torch.from_numpy(images).to(dev), torch.from_numpy(q).to(dev),
-                      image_idx=torch.from_numpy(idx.astype(np.int64)).to(dev), out=out)
+                      image_idx=torch.from_numpy(idx).to(dev), out=out)
         logits.append(lg.float().cpu().numpy())
         if attn:
             maps.append(summary_attention(out))

@@ -833,19 +833,21 @@ def open_split(data_dir, split):
 def sample_batch(arrays, n_images, questions_per_image, generator):
     """A random training batch: n_images images, then questions_per_image of each image's questions (with
     replacement, so an image with fewer questions still fills its share). All numpy: images uint8
-    (n_images, H, W, 3), questions (B, T), answers (B,), image_idx (B,) into the batch's images."""
+    (n_images, H, W, 3), questions int64 (B, T) cut to the longest question, answers (B,), image_idx (B,)."""
     counts = np.diff(arrays['q_offsets'])                                      # (N,) questions per image
     has_q = np.flatnonzero(counts)
     pick = np.sort(has_q[torch.randint(len(has_q), (n_images,), generator=generator).numpy()])  # file order reads
     offset = torch.rand(n_images, questions_per_image, generator=generator).numpy() * counts[pick, None]
     rows = (arrays['q_offsets'][pick, None] + offset.astype(np.int64)).ravel()  # (B,) question rows
-    return (arrays['images'][pick], arrays['questions'][rows], arrays['answers'][rows],
-            np.repeat(np.arange(n_images), questions_per_image))
+    q = arrays['questions'][rows].astype(np.int64)                             # (B, T)
+    q = q[:, :int((q != 0).sum(1).max())]                                      # drop the columns of pure padding
+    return arrays['images'][pick], q, arrays['answers'][rows].astype(np.int64), \
+        np.repeat(np.arange(n_images), questions_per_image)
 
 
 def split_batches(arrays, max_questions, max_images=None):
-    """Every question of a split in file order, whole images at a time, about max_questions per batch.
-    Yields (q_lo, q_hi, images (n, H, W, 3), image_idx (q_hi - q_lo,) into those n images)."""
+    """Every question of a split in file order, whole images at a time, about max_questions per batch. Yields
+    (q_lo, q_hi, images (n, H, W, 3), questions int64 (q_hi - q_lo, T'), image_idx int64 into the n images)."""
     q_off = arrays['q_offsets']
     n_img = len(q_off) - 1 if max_images is None else min(max_images, len(q_off) - 1)
     lo = 0
@@ -853,7 +855,9 @@ def split_batches(arrays, max_questions, max_images=None):
         hi = int(np.searchsorted(q_off, q_off[lo] + max_questions, side='right')) - 1
         hi = min(n_img, max(hi, lo + 1))                                       # at least one image per batch
         q_lo, q_hi = int(q_off[lo]), int(q_off[hi])
-        yield q_lo, q_hi, arrays['images'][lo:hi], arrays['image_idx'][q_lo:q_hi] - lo
+        q = arrays['questions'][q_lo:q_hi].astype(np.int64)                    # (Q, T)
+        yield (q_lo, q_hi, arrays['images'][lo:hi], q[:, :int((q != 0).sum(1).max())],
+               arrays['image_idx'][q_lo:q_hi].astype(np.int64) - lo)
         lo = hi
 
 

@@ -113,9 +113,8 @@ train_data, val_data = open_split(data_dir, 'train'), open_split(data_dir, 'val'
 tokenizer = Tokenizer.from_dict(meta['tokenizer'])
 answers, families = meta['answers'], meta['families']
 batch_gen = torch.Generator().manual_seed(seed + rank)
-assert batch_size % questions_per_image == 0, f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}"
-
-
+if batch_size % questions_per_image:
+    sys.exit(f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}")
 flip_tokens, flip_answers = mirror_tables(tokenizer, answers)
 
 
@@ -127,7 +126,6 @@ def to_device(x):
 
 def get_batch():
     images, q, a, idx = sample_batch(train_data, batch_size // questions_per_image, questions_per_image, batch_gen)
-    q, a = q.astype(np.int64), a.astype(np.int64)
     if hflip:  # mirror half of the images; their questions say right where they said left, and vice versa
         flip = (torch.rand(len(images), generator=batch_gen) < 0.5).numpy()
         images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
@@ -138,8 +136,7 @@ def get_batch():
         gain, bias = (torch.rand(2, len(images), 1, 1, 1, generator=batch_gen) - 0.5).to(device).unbind(0)
         mean = images.float().mean(dim=(1, 2, 3), keepdim=True)
         images = ((images.float() - mean) * (1 + 0.6 * gain) + mean + 60 * bias).clamp(0, 255).to(torch.uint8)
-    q = q[:, :int((q != 0).sum(1).max())]                                     # drop columns that are all padding
-    return images, to_device(q), to_device(a), to_device(idx.astype(np.int64))
+    return images, to_device(q), to_device(a), to_device(idx)
 
 
 # model
@@ -197,14 +194,12 @@ def evaluate():
     raw_model.eval()
     loss_sum, correct, fam_correct, fam_total = 0.0, 0, np.zeros(len(families)), np.zeros(len(families))
     n = 0
-    for q_lo, q_hi, images, idx in split_batches(val_data, 4 * batch_size):
+    for q_lo, q_hi, images, q, idx in split_batches(val_data, 4 * batch_size):
         if n >= eval_max_questions:
             break
-        q = val_data['questions'][q_lo:q_hi].astype(np.int64)
         a = torch.from_numpy(val_data['answers'][q_lo:q_hi].astype(np.int64)).to(device)
         with ctx:
-            logits, _ = raw_model(to_device(images), to_device(q[:, :int((q != 0).sum(1).max())]),
-                                  image_idx=to_device(idx.astype(np.int64)))
+            logits, _ = raw_model(to_device(images), to_device(q), image_idx=to_device(idx))
         loss_sum += F.cross_entropy(logits.float(), a, reduction='sum').item()
         hit = (logits.argmax(-1) == a).cpu().numpy()
         fam = val_data['family'][q_lo:q_hi]
@@ -279,11 +274,10 @@ try:
         for micro_step in range(grad_accum):
             images, q, a, idx = get_batch()
             # gradients are averaged across ranks only on the last micro-step, not on every one
-            sync = model.no_sync() if ddp and micro_step < grad_accum - 1 else nullcontext()
-            with sync, ctx:
-                logits, _ = model(images, q, image_idx=idx)
-                loss = answer_loss(logits, a, label_smoothing, weight, focal_gamma) / grad_accum
-            with sync:
+            with model.no_sync() if ddp and micro_step < grad_accum - 1 else nullcontext():
+                with ctx:
+                    logits, _ = model(images, q, image_idx=idx)
+                    loss = answer_loss(logits, a, label_smoothing, weight, focal_gamma) / grad_accum
                 scaler.scale(loss).backward()
             loss_sum += loss.item()
             hits += (logits.argmax(-1) == a).sum().item()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -361,3 +362,27 @@ def test_mirror_tables_swap_left_and_right():
     t, a = prepare.mirror_tables(tok, ['yes', 'no', 'left', 'right'])
     assert t[tok.stoi['left']] == tok.stoi['right'] and t[tok.stoi['right']] == tok.stoi['left']
     assert t[tok.stoi['lane']] == tok.stoi['lane'] and a.tolist() == [0, 1, 3, 2]
+
+
+def test_sample_batch_keeps_questions_with_their_images(toy_data):
+    """Every sampled question sits under the image it was asked about, and padding-only columns are cut."""
+    arrays = prepare.open_split(toy_data, 'train')
+    images, q, a, idx = prepare.sample_batch(arrays, 8, 3, torch.Generator().manual_seed(0))
+    assert images.shape == (8, 32, 48, 3) and q.shape[0] == a.shape[0] == idx.shape[0] == 24
+    assert q.dtype == a.dtype == np.int64 and (q[:, -1] != 0).any()
+    file_images = np.asarray(arrays['images'])
+    for j in range(24):  # find question j's row by its image and text, and check the answer stored there
+        img = np.flatnonzero((file_images == images[idx[j]]).all(axis=(1, 2, 3)))[0]
+        lo, hi = arrays['q_offsets'][img], arrays['q_offsets'][img + 1]
+        rows = [r for r in range(lo, hi) if (arrays['questions'][r][:q.shape[1]] == q[j]).all()]
+        assert rows and arrays['answers'][rows[0]] == a[j]
+
+
+def test_split_batches_cover_every_question_once_in_order(toy_data):
+    arrays = prepare.open_split(toy_data, 'val')
+    seen = []
+    for q_lo, q_hi, images, q, idx in prepare.split_batches(arrays, max_questions=10):
+        assert q_hi - q_lo <= 10 and len(q) == len(idx) == q_hi - q_lo
+        assert (images[idx] == np.asarray(arrays['images'])[arrays['image_idx'][q_lo:q_hi]]).all()
+        seen.extend(range(q_lo, q_hi))
+    assert seen == list(range(len(arrays['answers'])))
