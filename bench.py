@@ -194,7 +194,7 @@ del model
 
 def open_or_make_dataset(tmp):
     """The prepared train split if it matches the model's image size, else a temporary one of random images
-    with the arrays sample_batch reads, in the CONTRACT.md format (uint8 images, uint16 questions, ...)."""
+    with the arrays sample_batch reads, in prepare.py's format (uint8 images, uint16 questions, ...)."""
     path = data_dir
     if not os.path.exists(os.path.join(data_dir, 'train_images.npy')) or \
             np.load(os.path.join(data_dir, 'train_images.npy'), mmap_mode='r').shape[1:3] != (cfg.img_h, cfg.img_w):

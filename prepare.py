@@ -9,7 +9,7 @@ so training never decodes a JPEG.
 
 The default renders a BDD100K tree (JPEGs + 2018 labels) into data/synthetic_bdd/ and then runs the very same
 BDD ingestion on it, so the default proves the real path. Splits: test = BDD's val; val = the ~5% of BDD's
-train whose crc32(name) % 100 < 5; train = the rest. The on-disk format is in CONTRACT.md (data/<name>/).
+train whose crc32(name) % 100 < 5; train = the rest. The on-disk format (data/<name>/) is in the README, "What is on disk".
 
 Question rules (one set for every source; H and W are the stored image height and width)
   Box coordinates are scaled to the stored image. An object's footprint is the bottom centre of its box.
@@ -628,7 +628,7 @@ def render_tree(root, cfg, pool):
     replace_dir(tmp, root)
 
 # -----------------------------------------------------------------------------
-# writer: data/<name>/ per CONTRACT.md, built in a temp folder and renamed into place
+# writer: data/<name>/ in the README's format, built in a temp folder and renamed into place
 
 
 def progress(it, n, what):

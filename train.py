@@ -4,9 +4,9 @@ Train a tvlm model on a dataset made by prepare.py. Runs on a laptop CPU, one GP
 CPU quickstart (the embedded synthetic world):
 $ python prepare.py && python train.py config/small.py
 One GPU, real data:
-$ python train.py config/bdd100k.py
+$ python train.py config/base.py config/bdd100k.py
 DDP on 8 GPUs of one node (4 processes on a CPU also work: the backend falls back to gloo):
-$ torchrun --standalone --nproc_per_node=8 train.py config/bdd100k.py
+$ torchrun --standalone --nproc_per_node=8 train.py config/base.py config/bdd100k.py
 Resume the run in out_dir where it stopped:
 $ python train.py config/small.py --init_from=resume
 """

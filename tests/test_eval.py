@@ -132,7 +132,7 @@ def test_perturbations():
 
 
 # -----------------------------------------------------------------------------
-# end to end: a tiny dataset in the CONTRACT.md format, a tiny model trained for a moment
+# end to end: a tiny dataset in prepare.py's format, a tiny model trained for a moment
 
 
 QUESTIONS = [('exist', 'Is there a car?'), ('spatial', 'Is there a car on the left?'), ('count', 'How many cars are there?')]
