@@ -323,4 +323,7 @@ if ddp:
     torch.distributed.all_reduce(diff, op=torch.distributed.ReduceOp.MAX)
     if master:
         print(f"ddp: max parameter difference across {world_size} ranks = {diff.item():.3g}")
+    # DDP's reducer holds the process group: free it first, or gloo's threads are torn down at interpreter exit (SIGABRT)
+    del model
+    torch.distributed.barrier()
     destroy_process_group()
