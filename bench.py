@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prepare import sample_batch
+from prepare import PATCH_LABELS, patch_labels, sample_batch
 from tvlm import TVLM, TVLMConfig, answer_loss, configure_optimizers, flops_per_sample, load_image
 
 # -----------------------------------------------------------------------------
 # defaults (plain globals, overridden by config files and --key=value, see configurator.py)
 # model: every TVLMConfig field, with its default
-img_h, img_w, patch = 144, 256, 16
+img_h, img_w, patch, stem = 144, 256, 16, ()
 vit_width, vit_depth, vit_heads, vit_mlp = 128, 4, 4, 512
 dec_width, dec_depth, dec_heads, dec_kv_heads, dec_mlp = 128, 2, 4, 2, 512
 vocab_size, max_q_len, n_answers = 128, 24, 16
@@ -38,6 +38,7 @@ rope_theta, norm_eps, label_smoothing = 10000.0, 1e-6, 0.0
 batch_size = 64
 questions_per_image = 4
 lr, weight_decay, beta1, beta2, grad_clip = 1e-3, 0.05, 0.9, 0.95, 1.0
+patch_weight = 1.0            # > 0: the step also trains the patch-label head, and get_batch builds its targets
 data_dir = 'data/synthetic'   # section 5 times batches from it; missing or another image size -> a temporary one
 # system
 device = 'auto'               # 'auto' picks cuda, then mps, then cpu
@@ -55,7 +56,7 @@ min_lr, max_iters, warmup_iters, lr_decay_iters, grad_accum = 0.0, 0, 0, 0, 1
 lr_vit, lr_proj, lr_dec, lr_head, peak_flops, focal_gamma = 1.0, 1.0, 1.0, 1.0, 0.0, 0.0
 class_weights, augment, hflip, backend, seed = False, False, False, 'auto', 1337
 wandb_log, wandb_project, wandb_run_name = False, 'tvlm', 'run'
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, tuple))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
@@ -65,6 +66,7 @@ device_type = 'cuda' if device.startswith('cuda') else device
 if threads:
     torch.set_num_threads(threads)
 torch.manual_seed(seed)
+n_patch_labels = len(PATCH_LABELS) if patch_weight and not blind else 0
 cfg = TVLMConfig(**{f.name: globals()[f.name] for f in fields(TVLMConfig)})
 dtypes = ['float32'] + (['bfloat16'] if device_type == 'cuda' and torch.cuda.is_bf16_supported() else [])
 dtypes = dtypes if dtype == 'auto' else [dtype]
@@ -102,13 +104,16 @@ def si(x, unit=''):
 
 
 def synthetic_batch(B, qpi):
-    """Random uint8 images (B/qpi of them) and full-length questions, on the device."""
+    """Random uint8 images (B/qpi of them), full-length questions and answers, the question -> image index and
+    (with a patch head) random patch labels, on the device."""
     N = max(1, B // qpi)
     images = torch.randint(0, 256, (N, cfg.img_h, cfg.img_w, 3), dtype=torch.uint8)       # (N, Hi, Wi, 3)
     tokens = torch.randint(4, cfg.vocab_size, (N * qpi, cfg.max_q_len))                   # (B, T) no padding
     targets = torch.randint(0, cfg.n_answers, (N * qpi,))                                 # (B,)
     idx = torch.arange(N).repeat_interleave(qpi)                                          # (B,) question -> image
-    return [t.to(device) for t in (images, tokens, targets, idx)]
+    grid = (N, cfg.img_h // cfg.patch, cfg.img_w // cfg.patch, cfg.n_patch_labels)
+    patches = (torch.rand(grid) < 0.05).float() if cfg.n_patch_labels else None           # (N, Hi/p, Wi/p, K)
+    return [t if t is None else t.to(device) for t in (images, tokens, targets, idx, patches)]
 
 
 def autocast(dt):
@@ -120,10 +125,12 @@ def make_train_step(dt, use_compile):
     opt = configure_optimizers(model, weight_decay, lr, (beta1, beta2), device_type)
     fwd = torch.compile(model) if use_compile else model
 
-    def step(images, tokens, targets, idx):  # train.py's step: forward, loss, backward, clip, AdamW
+    def step(images, tokens, targets, idx, patches):  # train.py's step: forward, losses, backward, clip, AdamW
         with autocast(dt):
-            logits, _ = fwd(images, tokens, image_idx=idx)
+            logits, patch_loss = fwd(images, tokens, image_idx=idx, patch_targets=patches)
             loss = answer_loss(logits, targets, label_smoothing)
+            if patch_loss is not None:
+                loss = loss + patch_weight * patch_loss
         loss.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -202,14 +209,19 @@ def open_or_make_dataset(tmp):
         rng = np.random.default_rng(0)
         q = rng.integers(4, cfg.vocab_size, (n * q_per, cfg.max_q_len)).astype(np.uint16)
         q[:, cfg.max_q_len * 3 // 4:] = 0                          # padding, which get_batch strips
+        xy = np.sort(rng.uniform(0, 1, (n * q_per, 2, 2)), axis=1) * [cfg.img_w, cfg.img_h]   # q_per boxes per image
         arrays = {'images': rng.integers(0, 256, (n, cfg.img_h, cfg.img_w, 3), dtype=np.uint8), 'questions': q,
                   'answers': rng.integers(0, cfg.n_answers, n * q_per).astype(np.int16),
-                  'q_offsets': np.arange(0, n * q_per + 1, q_per, dtype=np.int64)}
+                  'q_offsets': np.arange(0, n * q_per + 1, q_per, dtype=np.int64),
+                  'boxes': xy.reshape(-1, 4).astype(np.float32), 'box_offsets': np.arange(0, n * q_per + 1, q_per),
+                  'box_class': rng.integers(0, 10, n * q_per).astype(np.int16),
+                  'box_colour': rng.integers(0, 4, n * q_per).astype(np.int8)}
         for name, arr in arrays.items():
             np.save(os.path.join(tmp, f'train_{name}.npy'), arr)
         path = tmp
     load = lambda name: np.load(os.path.join(path, f'train_{name}.npy'), mmap_mode='r')
-    return path, {name: load(name) for name in ('images', 'questions', 'answers', 'q_offsets')}
+    return path, {name: load(name) for name in ('images', 'questions', 'answers', 'q_offsets', 'boxes', 'box_offsets',
+                                                'box_class', 'box_colour')}
 
 
 def to_device(x):
@@ -218,7 +230,9 @@ def to_device(x):
 
 
 def get_batch(arrays, gen):
-    batch = sample_batch(arrays, batch_size // questions_per_image, questions_per_image, gen)
+    *batch, rows = sample_batch(arrays, batch_size // questions_per_image, questions_per_image, gen)
+    if cfg.n_patch_labels:
+        batch.append(patch_labels(arrays, rows, cfg.patch))
     return [to_device(x) for x in batch]
 
 

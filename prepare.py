@@ -79,8 +79,8 @@ synth_train = 6300        # synthetic frames rendered into BDD's train (~5% of t
 synth_val = 500           # synthetic frames rendered into BDD's val (our test)
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, str))]
 
-VERSION = 'prepare-2'
-FORMAT_VERSION = 1            # bump when the files' layout changes; readers refuse other versions
+VERSION = 'prepare-3'
+FORMAT_VERSION = 2            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green']
 FAMILIES = ['exist', 'count', 'spatial', 'light', 'safety', 'scene']
@@ -90,6 +90,7 @@ CATEGORY_MAP = {**{c: c for c in BOX_CLASSES}, 'person': 'pedestrian', 'bike': '
                 'other person': 'pedestrian', 'other vehicle': 'car', 'trailer': 'truck',    # det_20's ignored classes
                 'caravan': 'car', 'van': 'car'}
 COLOURS = ['none', 'red', 'yellow', 'green']
+PATCH_LABELS = BOX_CLASSES + [f'{c} light' for c in COLOURS[1:]]   # what the model's patch head predicts
 COLOUR_MAP = {**{c: c for c in COLOURS}, 'r': 'red', 'y': 'yellow', 'g': 'green', 'na': 'none'}  # det_20: R/Y/G/NA
 
 # -----------------------------------------------------------------------------
@@ -695,6 +696,7 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
     template = np.asarray(template, dtype=np.int16)
     arrays = {'boxes': np.concatenate([k[2] for k in kept] + [np.zeros((0, 4), np.float32)]),     # (M, 4)
               'box_class': np.concatenate([k[3] for k in kept] + [np.zeros(0, np.int16)]),
+              'box_colour': np.concatenate([k[4] for k in kept] + [np.zeros(0, np.int8)]),
               'box_offsets': np.asarray(box_offsets, dtype=np.int64),
               'questions': enc[template.astype(np.int64)].reshape(-1, cfg['max_q_len']),     # (Q, T)
               'answers': np.asarray(answer, dtype=np.int16), 'template': template,
@@ -808,8 +810,8 @@ def run(cfg):
 # -----------------------------------------------------------------------------
 # Reading a prepared dataset: train.py, eval.py, viz.py and bench.py all come through here
 
-SPLIT_ARRAYS = ('images', 'boxes', 'box_class', 'box_offsets', 'questions', 'answers', 'family', 'template',
-                'image_idx', 'q_offsets', 'referents', 'ref_offsets')
+SPLIT_ARRAYS = ('images', 'boxes', 'box_class', 'box_colour', 'box_offsets', 'questions', 'answers', 'family',
+                'template', 'image_idx', 'q_offsets', 'referents', 'ref_offsets')
 
 
 def load_meta(data_dir):
@@ -833,7 +835,8 @@ def open_split(data_dir, split):
 def sample_batch(arrays, n_images, questions_per_image, generator):
     """A random training batch: n_images images, then questions_per_image of each image's questions (with
     replacement, so an image with fewer questions still fills its share). All numpy: images uint8
-    (n_images, H, W, 3), questions int64 (B, T) cut to the longest question, answers (B,), image_idx (B,)."""
+    (n_images, H, W, 3), questions int64 (B, T) cut to the longest question, answers (B,), image_idx (B,),
+    and the images' rows in the split (n_images,), for patch_labels."""
     counts = np.diff(arrays['q_offsets'])                                      # (N,) questions per image
     has_q = np.flatnonzero(counts)
     pick = np.sort(has_q[torch.randint(len(has_q), (n_images,), generator=generator).numpy()])  # file order reads
@@ -842,8 +845,25 @@ def sample_batch(arrays, n_images, questions_per_image, generator):
     q = arrays['questions'][rows].astype(np.int64)                             # (B, T)
     q = q[:, :int((q != 0).sum(1).max())]                                      # drop the columns of pure padding
     return arrays['images'][pick], q, arrays['answers'][rows].astype(np.int64), \
-        np.repeat(np.arange(n_images), questions_per_image)
+        np.repeat(np.arange(n_images), questions_per_image), pick
 
+
+
+def patch_labels(arrays, rows, patch):
+    """Which of PATCH_LABELS touch each patch of the images at `rows`: float32 (n, H/p, W/p, K) of 0/1,
+    the targets of the model's auxiliary patch head. Boxes cover every patch they overlap, tiny ones too."""
+    H, W = arrays['images'].shape[1:3]
+    out = np.zeros((len(rows), H // patch, W // patch, len(PATCH_LABELS)), np.float32)
+    for i, r in enumerate(rows):
+        lo, hi = arrays['box_offsets'][r], arrays['box_offsets'][r + 1]
+        cells = arrays['boxes'][lo:hi] / patch                                 # (M, 4) in patch units
+        x0, y0 = np.floor(cells[:, :2]).astype(np.int64).T
+        x1, y1 = np.ceil(cells[:, 2:]).astype(np.int64).T
+        for j, (cls, colour) in enumerate(zip(arrays['box_class'][lo:hi], arrays['box_colour'][lo:hi])):
+            out[i, y0[j]:y1[j], x0[j]:x1[j], cls] = 1
+            if colour > 0:  # a lit traffic light also marks its colour's channel
+                out[i, y0[j]:y1[j], x0[j]:x1[j], len(BOX_CLASSES) + colour - 1] = 1
+    return out
 
 def split_batches(arrays, max_questions, max_images=None):
     """Every question of a split in file order, whole images at a time, about max_questions per batch. Yields

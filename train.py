@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from prepare import load_meta, mirror_tables, open_split, sample_batch, split_batches
+from prepare import PATCH_LABELS, load_meta, mirror_tables, open_split, patch_labels, sample_batch, split_batches
 from tvlm import TVLM, TVLMConfig, Tokenizer, answer_loss, configure_optimizers, flops_per_sample, get_lr
 
 # -----------------------------------------------------------------------------
@@ -48,6 +48,7 @@ augment = False               # photometric jitter: brightness and contrast
 hflip = False                 # mirror images, swapping 'left' and 'right' in questions and answers
 # model: every TVLMConfig field; image size, vocabulary and answers come from the dataset
 patch = 16
+stem = ()                     # () = patchify conv; e.g. (16, 32, 64, 128) = conv stem (see TVLMConfig)
 vit_width, vit_depth, vit_heads, vit_mlp = 128, 4, 4, 512
 dec_width, dec_depth, dec_heads, dec_kv_heads, dec_mlp = 128, 2, 4, 2, 512
 fusion = 'cross'              # 'cross', 'prefix' (PaliGemma) or 'both'
@@ -56,6 +57,9 @@ pos = 'rope'                  # 'rope' or 'learned'
 dropout = 0.0
 rope_theta = 10000.0
 norm_eps = 1e-6
+# loss: patch_weight > 0 also trains a head on the image tokens to name the things each patch touches
+# (prepare.patch_labels, from the boxes): the ViT learns objects from it long before the answers can teach it
+patch_weight = 1.0
 # loss, for imbalanced real data
 label_smoothing = 0.0
 class_weights = False         # weight answers by inverse train frequency
@@ -77,7 +81,7 @@ compile = False               # torch.compile the model
 backend = 'auto'              # DDP backend: nccl on CUDA, gloo on CPU
 peak_flops = 0.0              # the device's peak FLOP/s for MFU (e.g. 312e12 for A100 bf16); 0 = don't report
 seed = 1337
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, tuple))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
@@ -125,10 +129,13 @@ def to_device(x):
 
 
 def get_batch():
-    images, q, a, idx = sample_batch(train_data, batch_size // questions_per_image, questions_per_image, batch_gen)
+    images, q, a, idx, rows = sample_batch(train_data, batch_size // questions_per_image, questions_per_image, batch_gen)
+    patches = patch_labels(train_data, rows, cfg.patch) if cfg.n_patch_labels and patch_weight else None  # (N, Hi/p, Wi/p, K)
     if hflip:  # mirror half of the images; their questions say right where they said left, and vice versa
         flip = (torch.rand(len(images), generator=batch_gen) < 0.5).numpy()
         images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+        if patches is not None:
+            patches = np.where(flip[:, None, None, None], patches[:, :, ::-1], patches)
         q = np.where(flip[idx][:, None], flip_tokens[q], q)
         a = np.where(flip[idx], flip_answers[a], a)
     images = to_device(images)                                                 # (N, H, W, 3) uint8
@@ -136,13 +143,13 @@ def get_batch():
         gain, bias = (torch.rand(2, len(images), 1, 1, 1, generator=batch_gen) - 0.5).to(device).unbind(0)
         mean = images.float().mean(dim=(1, 2, 3), keepdim=True)
         images = ((images.float() - mean) * (1 + 0.6 * gain) + mean + 60 * bias).clamp(0, 255).to(torch.uint8)
-    return images, to_device(q), to_device(a), to_device(idx)
+    return images, to_device(q), to_device(a), to_device(idx), None if patches is None else to_device(patches)
 
 
 # model
 model_args = {f.name: globals()[f.name] for f in fields(TVLMConfig) if f.name in globals()}
-model_args.update(img_h=meta['img_h'], img_w=meta['img_w'], vocab_size=len(tokenizer),
-                  max_q_len=meta['max_q_len'], n_answers=len(answers))
+model_args.update(img_h=meta['img_h'], img_w=meta['img_w'], vocab_size=len(tokenizer), max_q_len=meta['max_q_len'],
+                  n_answers=len(answers), n_patch_labels=len(PATCH_LABELS) if patch_weight and not blind else 0)
 iter_num, best_val_acc, train_time = 0, 0.0, 0.0
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'last.pt')
@@ -272,12 +279,15 @@ try:
 
         loss_sum, hits, seen = 0.0, 0, 0
         for micro_step in range(grad_accum):
-            images, q, a, idx = get_batch()
+            images, q, a, idx, patches = get_batch()
             # gradients are averaged across ranks only on the last micro-step, not on every one
             with model.no_sync() if ddp and micro_step < grad_accum - 1 else nullcontext():
                 with ctx:
-                    logits, _ = model(images, q, image_idx=idx)
-                    loss = answer_loss(logits, a, label_smoothing, weight, focal_gamma) / grad_accum
+                    logits, patch_loss = model(images, q, image_idx=idx, patch_targets=patches)
+                    loss = answer_loss(logits, a, label_smoothing, weight, focal_gamma)
+                    if patch_loss is not None:
+                        loss = loss + patch_weight * patch_loss
+                    loss = loss / grad_accum
                 scaler.scale(loss).backward()
             loss_sum += loss.item()
             hits += (logits.argmax(-1) == a).sum().item()

@@ -35,6 +35,9 @@ class TVLMConfig:
     img_h: int = 144
     img_w: int = 256
     patch: int = 16
+    # () = SigLIP's patchify conv; channels such as (16, 32, 64, 128) = a conv stem of stride-2 3x3 convs,
+    # one per halving down to the patch grid, which learns small objects far faster from scratch (arXiv 2106.14881)
+    stem: tuple = ()
     # vision encoder (SigLIP-style ViT)
     vit_width: int = 128
     vit_depth: int = 4
@@ -58,11 +61,16 @@ class TVLMConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     label_smoothing: float = 0.0
+    # > 0 adds a linear head on the image tokens that predicts which of n_patch_labels things (prepare.py's
+    # PATCH_LABELS) each patch touches: training signal for the ViT before the answers can give it any
+    n_patch_labels: int = 0
 
     def __post_init__(self):
         checks = [
             (self.img_h % self.patch == 0 and self.img_w % self.patch == 0,
              f"image {self.img_h}x{self.img_w} is not divisible by patch {self.patch}"),
+            (not self.stem or 2 ** len(self.stem) == self.patch,
+             f"a stem of {len(self.stem)} stride-2 convs shrinks by {2 ** len(self.stem)}, not by patch={self.patch}"),
             (self.vit_width % self.vit_heads == 0, f"vit_width={self.vit_width} not divisible by vit_heads={self.vit_heads}"),
             (self.dec_width % self.dec_heads == 0, f"dec_width={self.dec_width} not divisible by dec_heads={self.dec_heads}"),
             (self.dec_heads % self.dec_kv_heads == 0, f"dec_heads={self.dec_heads} not divisible by dec_kv_heads={self.dec_kv_heads}"),
@@ -208,7 +216,8 @@ class Attention(nn.Module):
         k, v = self.wkv(ctx).view(N, S, 2, self.n_kv_head, self.head_dim).unbind(2)       # 2 x (N, S, Hkv, D)
         k, v = k.transpose(1, 2), v.transpose(1, 2)                                       # (N, Hkv, S, D)
         if ctx_idx is not None:
-            k, v = k[ctx_idx], v[ctx_idx]                                                 # (B, Hkv, S, D)
+            # index_select, not k[ctx_idx]: its backward (index_add) was ~10x faster on CPU than indexing's
+            k, v = k.index_select(0, ctx_idx), v.index_select(0, ctx_idx)                 # (B, Hkv, S, D)
         if rope is not None:  # positions only mean something when q and k index the same sequence
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         causal = isinstance(mask, str)
@@ -273,7 +282,14 @@ class ViT(nn.Module):
         # normalising inside the model lets the data path move uint8 (4x fewer bytes than float32)
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.patch = nn.Conv2d(3, cfg.vit_width, kernel_size=cfg.patch, stride=cfg.patch)
+        if cfg.stem:  # conv -> BatchNorm -> ReLU, each halving the image, then a 1x1 conv to the ViT width
+            chans = (3,) + tuple(cfg.stem)
+            layers = []
+            for a, b in zip(chans, chans[1:]):
+                layers += [nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
+            self.patch = nn.Sequential(*layers, nn.Conv2d(chans[-1], cfg.vit_width, kernel_size=1))
+        else:  # one p x p conv with stride p: each patch's pixels, flattened, times a matrix
+            self.patch = nn.Conv2d(3, cfg.vit_width, kernel_size=cfg.patch, stride=cfg.patch)
         # learned 2-D position embedding, one vector per cell of the (Hi/p, Wi/p) grid, stored flat
         self.pos = nn.Parameter(torch.randn(1, cfg.n_patches, cfg.vit_width) * 0.02)
         self.blocks = nn.ModuleList(ViTBlock(cfg) for _ in range(cfg.vit_depth))
@@ -391,18 +407,23 @@ class TVLM(nn.Module):
         self.proj = None if cfg.blind else nn.Linear(cfg.vit_width, cfg.dec_width)  # vision width -> text width
         self.dec = Decoder(cfg)
         self.head = nn.Linear(cfg.dec_width, cfg.n_answers)
+        use_patch_head = cfg.n_patch_labels and not cfg.blind
+        self.patch_head = nn.Linear(cfg.vit_width, cfg.n_patch_labels) if use_patch_head else None
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # residual projections scaled down by depth (GPT-2)
             if name.endswith(('wo.weight', 'mlp.proj.weight')):
                 depth = cfg.vit_depth if name.startswith('vit.') else cfg.dec_depth
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * depth))
+                nn.init.normal_(p, mean=0.0, std=p.shape[1] ** -0.5 / math.sqrt(2 * depth))
         # zero head (big_vision head_zeroinit): every answer starts equally likely, loss = ln(A) exactly
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            # std 1/sqrt(fan_in) keeps a vector's scale through the matrix. GPT-2's fixed 0.02 suits width ~2500;
+            # at width 128 each matrix shrank its input ~4x, the image reaches the summary token through three in a
+            # row (proj, k/v, out), and their gradients started below AdamW's eps: only the question prior was learned
+            nn.init.normal_(module.weight, mean=0.0, std=module.weight.shape[1] ** -0.5)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -411,18 +432,20 @@ class TVLM(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, images, tokens, targets=None, image_idx=None, out=None):
+    def forward(self, images, tokens, targets=None, image_idx=None, out=None, patch_targets=None):
         """images uint8[N, Hi, Wi, 3], tokens int64[B, T] (0 = pad), targets int64[B], image_idx int64[B]
-        (question -> image row; None means N == B) -> (float[B, A] logits, loss or None).
+        (question -> image row; None means N == B), patch_targets float[N, Hi/p, Wi/p, n_patch_labels] ->
+        (float[B, A] logits, loss: the answer loss, plus the patch-label loss if patch_targets; None if neither).
         A dict passed as `out` takes the explicit attention path and is filled with the attention maps."""
         cfg = self.cfg
         if out is not None:
             out.update(vit_attn=[], self_attn=[], cross_attn=[], grid=(cfg.img_h // cfg.patch, cfg.img_w // cfg.patch))
         prefix = ctx = None
         if not cfg.blind:
-            img = self.proj(self.vit(images, probs=out and out['vit_attn']))   # (N, P, C)
+            vis = self.vit(images, probs=out and out['vit_attn'])             # (N, P, vit_width)
+            img = self.proj(vis)                                               # (N, P, C)
             if cfg.fusion in ('prefix', 'both'):
-                prefix = img if image_idx is None else img[image_idx]          # (B, P, C)
+                prefix = img if image_idx is None else img.index_select(0, image_idx)  # (B, P, C)
             if cfg.fusion in ('cross', 'both'):
                 ctx = img                                                      # (N, P, C), gathered per layer
         h = self.dec(tokens, prefix, ctx, image_idx, out)                      # (B, T, C)
@@ -432,6 +455,12 @@ class TVLM(nn.Module):
             out.update(summary_idx=summary, prefix=0 if prefix is None else prefix.shape[1])
         logits = self.head(h[torch.arange(h.shape[0], device=h.device), summary])  # (B, A)
         loss = None if targets is None else answer_loss(logits, targets, cfg.label_smoothing)
+        if patch_targets is not None:  # (N, Hi/p, Wi/p, K) of 0/1, row-major like the image tokens
+            # multi-label: a binary cross-entropy per label, summed over a patch's K labels, averaged over patches
+            bce = F.binary_cross_entropy_with_logits(self.patch_head(vis).float(), patch_targets.flatten(1, 2),
+                                                     reduction='none')                  # (N, P, K)
+            patch_loss = bce.sum(-1).mean()
+            loss = patch_loss if loss is None else loss + patch_loss
         return logits, loss
 
     @torch.no_grad()
@@ -441,7 +470,7 @@ class TVLM(nn.Module):
         assert tokens.shape[1] + max_new_tokens <= self.cfg.max_q_len, f"prompt + new tokens exceed max_q_len={self.cfg.max_q_len}"
         img = None if self.cfg.blind else self.proj(self.vit(images))          # (N, P, C)
         use_prefix = img is not None and self.cfg.fusion in ('prefix', 'both')
-        prefix = (img if image_idx is None else img[image_idx]) if use_prefix else None
+        prefix = (img if image_idx is None else img.index_select(0, image_idx)) if use_prefix else None
         ctx = img if img is not None and self.cfg.fusion in ('cross', 'both') else None
         for _ in range(max_new_tokens):
             h = self.dec(tokens, prefix, ctx, image_idx)[:, -1]                 # (B, C)
@@ -526,7 +555,13 @@ def flops_per_sample(cfg, questions_per_image=1, text_len=None):
     image = 0
     if not cfg.blind:
         vit_layer = P * (4 * Cv * Cv + 2 * Cv * cfg.vit_mlp) + 2 * P * P * Cv
-        image = 2 * (P * 3 * p * p * Cv + cfg.vit_depth * vit_layer + P * Cv * Cd)
+        if cfg.stem:  # stride-2 3x3 convs: output pixels x 9 x in x out channels, then the 1x1 conv
+            chans, pixels = (3,) + tuple(cfg.stem), cfg.img_h * cfg.img_w
+            embed = sum(pixels // 4 ** (i + 1) * 9 * a * b for i, (a, b) in enumerate(zip(chans, chans[1:])))
+            embed += P * chans[-1] * Cv
+        else:
+            embed = P * 3 * p * p * Cv
+        image = 2 * (embed + cfg.vit_depth * vit_layer + P * Cv * Cd)
         if cfg.fusion in ('cross', 'both'):
             image += 2 * cfg.dec_depth * P * Cd * kv                 # cross keys/values: once per image
     prefix = cfg.fusion in ('prefix', 'both') and not cfg.blind

@@ -10,5 +10,6 @@ n_answers = 32
 batch_size = 32
 questions_per_image = 1
 fusion = 'cross'
+patch_weight = 0.0            # the reference step is the answer loss alone
 dtype = 'float32'
 data_dir = 'data/bench'       # none by default: bench.py then builds a temporary one of random images

@@ -10,6 +10,8 @@ import json
 import numpy as np
 import pytest
 
+import prepare
+
 TINY_MODEL = ['--patch=8', '--vit_width=32', '--vit_depth=1', '--vit_heads=2', '--vit_mlp=64', '--dec_width=32',
               '--dec_depth=1', '--dec_heads=2', '--dec_kv_heads=1', '--dec_mlp=64']
 
@@ -31,7 +33,7 @@ def write_toy_dataset(out, n_images=120, H=32, W=48, seed=0):
         boxes = np.tile(np.array([[0, 0, W // 2, H], [W // 2, 0, W, H]], np.float32), (n_images, 1))
         ref = np.stack([np.arange(n_images) * 2, np.arange(n_images) * 2 + 1], 1)  # (N, 2) box rows
         arrays = dict(
-            images=images, boxes=boxes, box_class=np.zeros(2 * n_images, np.int16),
+            images=images, boxes=boxes, box_class=np.zeros(2 * n_images, np.int16), box_colour=np.zeros(2 * n_images, np.int8),
             box_offsets=np.arange(0, 2 * n_images + 1, 2, dtype=np.int64),
             questions=np.tile(np.stack([tok.encode(q, 8)[0] for q in questions]), (n_images, 1)).astype(np.uint16),
             answers=np.where(answers, 0, 1).astype(np.int16), family=np.tile([0, 0, 1], n_images).astype(np.uint8),
@@ -44,7 +46,7 @@ def write_toy_dataset(out, n_images=120, H=32, W=48, seed=0):
             np.save(os.path.join(out, f'{split}_{name}.npy'), arr)
         with open(os.path.join(out, f'{split}_names.json'), 'w') as f:
             json.dump([f'toy-{split}-{i:04d}' for i in range(n_images)], f)
-    meta = dict(format_version=1, source='toy', tokenizer=tok.to_dict(), max_q_len=8, answers=['yes', 'no'],
+    meta = dict(format_version=prepare.FORMAT_VERSION, source='toy', tokenizer=tok.to_dict(), max_q_len=8, answers=['yes', 'no'],
                 families=['side', 'both'], templates=questions, box_classes=['half'], img_h=H, img_w=W,
                 mean=[100.0] * 3, std=[80.0] * 3)
     with open(os.path.join(out, 'meta.json'), 'w') as f:

@@ -26,12 +26,13 @@ def test_bench_runs_and_prints_every_section():
         assert f"{qpi} question(s)/image" in res.stdout, f"no row for {qpi} questions per image:\n{res.stdout}"
 
 
-@pytest.mark.parametrize('fusion, qpi', [('cross', 1), ('cross', 4), ('prefix', 1), ('prefix', 4), ('both', 1), ('both', 4)])
-def test_flops_per_sample_matches_flop_counter(fusion, qpi):
+@pytest.mark.parametrize('fusion, qpi, stem', [('cross', 1, ()), ('cross', 4, ()), ('prefix', 1, ()), ('prefix', 4, ()),
+                                               ('both', 1, ()), ('both', 4, ()), ('cross', 4, (16, 32, 64, 128))])
+def test_flops_per_sample_matches_flop_counter(fusion, qpi, stem):
     """config/small.py's shapes. out={} takes the explicit attention path: FlopCounterMode does not count the CPU
     flash-attention kernel that F.scaled_dot_product_attention picks, but does count the q@k and att@v matmuls."""
     torch.manual_seed(0)
-    cfg = TVLMConfig(img_h=144, img_w=256, fusion=fusion)
+    cfg = TVLMConfig(img_h=144, img_w=256, fusion=fusion, stem=stem)
     model, B = TVLM(cfg), 4
     images = torch.randint(0, 256, (B // qpi, cfg.img_h, cfg.img_w, 3), dtype=torch.uint8)   # (N, Hi, Wi, 3)
     tokens = torch.randint(4, cfg.vocab_size, (B, cfg.max_q_len))                           # (B, T)

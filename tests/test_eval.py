@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import eval as ev
+import prepare
 from tvlm import TVLM, TVLMConfig, Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,6 +159,7 @@ def make_dataset(root, n=(48, 16, 24), H=32, W=48, answers=ANSWERS, seed=0):
         box_row = np.cumsum(has) - 1                                      # image -> its box row
         refs = [[box_row[i]] if (has[i] and j != 1) or (left[i] and j == 1) else [] for i in range(N) for j in range(3)]
         arrays = {'images': images, 'boxes': boxes.reshape(-1, 4), 'box_class': np.zeros(has.sum(), np.int16),
+                  'box_colour': np.zeros(has.sum(), np.int8),
                   'box_offsets': np.concatenate([[0], np.cumsum(has)]).astype(np.int64),
                   'questions': np.tile(np.stack([tok.encode(q, 10)[0] for _, q in QUESTIONS]), (N, 1)).astype(np.uint16),
                   'answers': a.astype(np.int16), 'family': np.tile([families.index(f) for f, _ in QUESTIONS], N).astype(np.uint8),
@@ -168,7 +170,7 @@ def make_dataset(root, n=(48, 16, 24), H=32, W=48, answers=ANSWERS, seed=0):
         for k, v in arrays.items():
             np.save(os.path.join(root, f'{split}_{k}.npy'), v)
         json.dump([f'{split}-{i:04d}' for i in range(N)], open(os.path.join(root, f'{split}_names.json'), 'w'))
-    meta = {'format_version': 1, 'tokenizer': tok.to_dict(), 'max_q_len': 10, 'answers': answers, 'families': families,
+    meta = {'format_version': prepare.FORMAT_VERSION, 'tokenizer': tok.to_dict(), 'max_q_len': 10, 'answers': answers, 'families': families,
             'templates': [q for _, q in QUESTIONS], 'box_classes': ['car'], 'img_h': H, 'img_w': W,
             'mean': [40.0] * 3, 'std': [60.0] * 3}
     json.dump(meta, open(os.path.join(root, 'meta.json'), 'w'))

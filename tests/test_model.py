@@ -85,6 +85,42 @@ def test_vit_output_shape():
     assert model.cfg.n_patches == 24 and torch.isfinite(x).all()
 
 
+def test_conv_stem_gives_the_same_patch_grid():
+    """A stem of stride-2 convs (one per halving of the patch size) makes the patchify conv's token grid."""
+    model = make_model(stem=(8, 16, 24))
+    x = model.vit(images(3))
+    assert x.shape == (3, (32 // 8) * (48 // 8), 32) and torch.isfinite(x).all()
+
+
+def test_patch_loss_is_binary_cross_entropy_of_the_patch_head():
+    """With patch_targets the loss adds the patch head's BCE (summed over a patch's 3 labels, averaged over
+    patches), and its gradient reaches the vision encoder."""
+    model = make_model(n_patch_labels=3).train()
+    q, a = encode(CORPUS[:4]), torch.tensor([0, 1, 2, 3])
+    img, idx = images(2), torch.tensor([0, 0, 1, 1])
+    targets = (torch.rand(2, 4, 6, 3, generator=torch.Generator().manual_seed(0)) < 0.3).float()  # (N, Hi/p, Wi/p, K)
+    logits, answer_only = model(img, q, a, image_idx=idx)
+    _, patch_only = model(img, q, image_idx=idx, patch_targets=targets)
+    _, both = model(img, q, a, image_idx=idx, patch_targets=targets)
+    by_hand = 3 * F.binary_cross_entropy_with_logits(model.patch_head(model.vit(img)), targets.view(2, 24, 3))
+    assert patch_only.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert both.item() == pytest.approx(answer_only.item() + patch_only.item(), rel=1e-6)
+    patch_only.backward()
+    assert model.vit.patch.weight.grad.abs().sum() > 0 and model.head.weight.grad is None
+    assert make_model(n_patch_labels=3, blind=True).patch_head is None
+
+
+def test_the_image_moves_the_answer_at_initialisation():
+    """At init the image must already reach the logits: it passes three matrices in a row (proj, cross k/v, out),
+    and with GPT-2's fixed std 0.02 at these widths it arrived ~100x weaker than the question and never trained."""
+    model = make_model(random_head=False)
+    nn.init.normal_(model.head.weight, std=model.cfg.dec_width ** -0.5)   # a head of the fan-in scale, as trained
+    q = encode(CORPUS[:1] * 2)
+    logits, _ = model(images(2), q, image_idx=torch.tensor([0, 1]))
+    spread = (logits[0] - logits[1]).abs().mean() / logits.abs().mean()
+    assert spread > 0.02, f"two images change the logits by only {spread:.4f} of their size"
+
+
 @pytest.mark.parametrize('kw', VARIANTS, ids=VARIANT_IDS)
 def test_generate_emits_tokens_untrained(kw):
     """An untrained decoder continues a prompt: the prompt is kept and new ids are valid vocabulary ids."""
@@ -539,6 +575,7 @@ def test_wrong_image_size_is_a_clear_error():
     (dict(img_w=50), r"image 32x50 is not divisible by patch 8"),
     (dict(fusion='late'), r"fusion='late'"),
     (dict(pos='alibi'), r"pos='alibi'"),
+    (dict(stem=(8, 16)), r"a stem of 2 stride-2 convs shrinks by 4, not by patch=8"),
 ])
 def test_invalid_config_names_the_problem(kw, problem):
     """An invalid TVLMConfig raises a ValueError that names the offending values."""

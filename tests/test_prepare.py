@@ -367,8 +367,9 @@ def test_mirror_tables_swap_left_and_right():
 def test_sample_batch_keeps_questions_with_their_images(toy_data):
     """Every sampled question sits under the image it was asked about, and padding-only columns are cut."""
     arrays = prepare.open_split(toy_data, 'train')
-    images, q, a, idx = prepare.sample_batch(arrays, 8, 3, torch.Generator().manual_seed(0))
+    images, q, a, idx, rows = prepare.sample_batch(arrays, 8, 3, torch.Generator().manual_seed(0))
     assert images.shape == (8, 32, 48, 3) and q.shape[0] == a.shape[0] == idx.shape[0] == 24
+    assert (images == np.asarray(arrays['images'])[rows]).all()
     assert q.dtype == a.dtype == np.int64 and (q[:, -1] != 0).any()
     file_images = np.asarray(arrays['images'])
     for j in range(24):  # find question j's row by its image and text, and check the answer stored there
@@ -386,3 +387,22 @@ def test_split_batches_cover_every_question_once_in_order(toy_data):
         assert (images[idx] == np.asarray(arrays['images'])[arrays['image_idx'][q_lo:q_hi]]).all()
         seen.extend(range(q_lo, q_hi))
     assert seen == list(range(len(arrays['answers'])))
+
+
+def test_patch_labels_mark_the_patches_each_box_touches():
+    """A box marks its class in every patch it overlaps (even a sliver); a lit light also marks its colour."""
+    car, light = prepare.BOX_CLASSES.index('car'), prepare.BOX_CLASSES.index('traffic light')
+    arrays = {'images': np.zeros((2, 32, 48, 3), np.uint8), 'box_offsets': np.array([0, 2, 2]),
+              'boxes': np.array([[9, 1, 24, 15], [40, 17, 41, 20]], np.float32),            # x1, y1, x2, y2
+              'box_class': np.array([car, light], np.int16),
+              'box_colour': np.array([0, prepare.COLOURS.index('red')], np.int8)}
+    labels = prepare.patch_labels(arrays, np.array([0, 1]), patch=8)
+    assert labels.shape == (2, 4, 6, len(prepare.PATCH_LABELS)) and labels.dtype == np.float32
+    expected_car = np.zeros((4, 6))
+    expected_car[0:2, 1:3] = 1                        # x 9..24 -> columns 1, 2; y 1..15 -> rows 0, 1
+    assert (labels[0, ..., car] == expected_car).all()
+    lit = np.zeros((4, 6))
+    lit[2, 5] = 1                                     # a 1x3-pixel light still marks its one patch
+    assert (labels[0, ..., light] == lit).all()
+    assert (labels[0, ..., prepare.PATCH_LABELS.index('red light')] == lit).all()
+    assert labels[0].sum() == expected_car.sum() + 2 and labels[1].sum() == 0   # image 1 has no boxes

@@ -15,6 +15,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import prepare  # noqa: E402
 import viz  # noqa: E402
 from tvlm import TVLM, TVLMConfig, Tokenizer  # noqa: E402
 
@@ -50,7 +51,8 @@ def write_dataset(d, tok=TOK, n=6, seed=0):
     ids = np.stack([tok.encode(QUESTIONS[j % 2], 12)[0] for j in range(2 * n)])
     arrays = dict(images=rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
                   boxes=np.tile(np.array([[2, 3, 20, 17], [30, 8, 46, 30]], np.float32), (n, 1)),
-                  box_class=np.tile(np.array([0, 1], np.int16), n), box_offsets=np.arange(0, 2 * n + 1, 2),
+                  box_class=np.tile(np.array([0, 1], np.int16), n), box_colour=np.zeros(2 * n, np.int8),
+                  box_offsets=np.arange(0, 2 * n + 1, 2),
                   questions=ids.astype(np.uint16), answers=np.tile(np.array([0, 1], np.int16), n),
                   family=np.tile(np.array([0, 1], np.uint8), n), template=np.tile(np.array([0, 1], np.int16), n),
                   image_idx=np.repeat(np.arange(n), 2).astype(np.int32), q_offsets=np.arange(0, 2 * n + 1, 2),
@@ -58,7 +60,7 @@ def write_dataset(d, tok=TOK, n=6, seed=0):
                   ref_offsets=np.concatenate([[0], np.repeat(np.arange(1, n + 1), 2)]).astype(np.int64))
     for name, a in arrays.items():
         np.save(os.path.join(d, f'val_{name}.npy'), a)
-    meta = dict(format_version=1, tokenizer=tok.to_dict(), answers=ANSWERS, families=['exist', 'count'],
+    meta = dict(format_version=prepare.FORMAT_VERSION, tokenizer=tok.to_dict(), answers=ANSWERS, families=['exist', 'count'],
                 box_classes=['car', 'pedestrian'], img_h=H, img_w=W, max_q_len=12, mean=[128.0] * 3, std=[64.0] * 3)
     with open(os.path.join(d, 'meta.json'), 'w') as f:
         json.dump(meta, f)
