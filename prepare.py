@@ -848,7 +848,6 @@ def sample_batch(arrays, n_images, questions_per_image, generator):
         np.repeat(np.arange(n_images), questions_per_image), pick
 
 
-
 def patch_labels(arrays, rows, patch):
     """Which of PATCH_LABELS touch each patch of the images at `rows`: float32 (n, H/p, W/p, K) of 0/1,
     the targets of the model's auxiliary patch head. Boxes cover every patch they overlap, tiny ones too."""
@@ -864,6 +863,7 @@ def patch_labels(arrays, rows, patch):
             if colour > 0:  # a lit traffic light also marks its colour's channel
                 out[i, y0[j]:y1[j], x0[j]:x1[j], len(BOX_CLASSES) + colour - 1] = 1
     return out
+
 
 def split_batches(arrays, max_questions, max_images=None):
     """Every question of a split in file order, whole images at a time, about max_questions per batch. Yields

@@ -130,7 +130,8 @@ def to_device(x):
 
 def get_batch():
     images, q, a, idx, rows = sample_batch(train_data, batch_size // questions_per_image, questions_per_image, batch_gen)
-    patches = patch_labels(train_data, rows, cfg.patch) if cfg.n_patch_labels and patch_weight else None  # (N, Hi/p, Wi/p, K)
+    use_patches = cfg.n_patch_labels and patch_weight
+    patches = patch_labels(train_data, rows, cfg.patch) if use_patches else None  # (N, Hi/p, Wi/p, K) of 0/1
     if hflip:  # mirror half of the images; their questions say right where they said left, and vice versa
         flip = (torch.rand(len(images), generator=batch_gen) < 0.5).numpy()
         images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
