@@ -1,5 +1,5 @@
 """prepare.py: BDD100K fixtures in every label format round-trip, the question rules, bad input, atomicity,
-determinism, and the synthetic renderer drawing what it labels. Fixtures are written into tmp_path."""
+determinism, and the readers. Fixtures are written into tmp_path; the synthetic world's tests are in test_world.py."""
 import glob
 import json
 import os
@@ -299,62 +299,6 @@ def test_same_seed_gives_byte_identical_output(tmp_path, monkeypatch):
     assert files == sorted(os.listdir(dirs[1])) and 'train_images.npy' in files
     for f in files:
         assert open(os.path.join(dirs[0], f), 'rb').read() == open(os.path.join(dirs[1], f), 'rb').read(), f
-    jpegs = [sorted(glob.glob(str(tmp_path / f'run{r}' / 'data' / 'synthetic_bdd' / 'images' / '100k' / '*' / '*.jpg')))
-             for r in (0, 1)]
-    assert len(jpegs[0]) == 9 and [open(p, 'rb').read() for p in jpegs[0]] == [open(p, 'rb').read() for p in jpegs[1]]
-
-# -----------------------------------------------------------------------------
-# the synthetic renderer draws what it labels
-
-
-def overlap(a, b):
-    return min(a['x2'], b['x2']) > max(a['x1'], b['x1']) and min(a['y2'], b['y2']) > max(a['y1'], b['y1'])
-
-
-def test_renderer_lit_colour_is_inside_the_light_box(tmp_path):
-    for split in ('train', 'val'):
-        os.makedirs(tmp_path / 'images' / '100k' / split)
-    checked = 0
-    for i in range(40):
-        frame = prepare.render_frame((str(tmp_path), 'train', i, 3))
-        img = np.asarray(Image.open(tmp_path / 'images' / '100k' / 'train' / frame['name']), dtype=np.float32)
-        assert img.shape == (prepare.RH, prepare.RW, 3)
-        assert frame['attributes']['timeofday'] in ('daytime', 'dawn/dusk', 'night')
-        for k, lab in enumerate(frame['labels']):      # labels run far to near, as drawn
-            b, colour = lab['box2d'], lab['attributes']['trafficLightColor']
-            if lab['category'] != 'traffic light' or colour == 'none' or b['y2'] - b['y1'] < 20 or b['x1'] <= 0:
-                continue
-            if any(overlap(b, nearer['box2d']) for nearer in frame['labels'][k + 1:]):
-                continue                                 # partly hidden by something nearer: lamps may be covered
-            x1, y1, x2, y2 = (int(round(b[k])) for k in ('x1', 'y1', 'x2', 'y2'))
-            thirds = [img[y1 + k * (y2 - y1) // 3: y1 + (k + 1) * (y2 - y1) // 3, x1:x2].mean((0, 1)) for k in range(3)]
-            lit = int(np.argmax([t.sum() for t in thirds]))   # the bright lamp is the lit one
-            assert ['red', 'yellow', 'green'][lit] == colour, f"frame {i}: {colour} light lit at lamp {lit}"
-            rgb = thirds[lit]
-            assert {'red': rgb[0] > rgb[2] + 40, 'yellow': rgb[0] > rgb[2] + 40 and rgb[1] > rgb[2] + 40,
-                    'green': rgb[1] > rgb[0] + 20}[colour], f"frame {i}: lamp colour {rgb} is not {colour}"
-            checked += 1
-    assert checked >= 10
-
-
-def test_renderer_boxes_cover_their_objects(tmp_path):
-    """A labelled car's box is where its tail lights are: its lower half is much redder than the road beside it."""
-    os.makedirs(tmp_path / 'images' / '100k' / 'train')
-    seen = 0
-    for i in range(30):
-        frame = prepare.render_frame((str(tmp_path), 'train', i, 5))
-        img = np.asarray(Image.open(tmp_path / 'images' / '100k' / 'train' / frame['name']), dtype=np.float32)
-        for k, lab in enumerate(frame['labels']):
-            b = lab['box2d']
-            hidden = any(overlap(b, nearer['box2d']) for nearer in frame['labels'][k + 1:])
-            if lab['category'] == 'car' and b['y2'] - b['y1'] > 40 and not lab['attributes']['truncated'] and not hidden:
-                x1, y1, x2, y2 = (int(round(b[k])) for k in ('x1', 'y1', 'x2', 'y2'))
-                rows = img[y1 + (y2 - y1) * 6 // 10: y1 + (y2 - y1) * 8 // 10, x1:x2]
-                redness = (rows[..., 0] - rows[..., 1:].mean(-1)).max()
-                assert redness > 60, f"frame {i}: no tail light inside car box {b}"
-                seen += 1
-    assert seen >= 10
-
 
 def test_mirror_tables_swap_left_and_right():
     """hflip's permutations: 'left' <-> 'right' in questions and answers, everything else unchanged."""
