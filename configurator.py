@@ -12,9 +12,11 @@ import sys
 from ast import literal_eval
 from difflib import get_close_matches
 
-# the keys a script lets the command line set: its config_keys if it names them, else its plain-valued globals
-_keys = sorted(globals().get('config_keys') or (k for k, v in globals().items()
-               if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None), tuple, list, dict))))
+# the one rule for what a key is: a script's lower-case globals that hold plain values (defined before this runs);
+# upper-case constants, modules, functions and _private names are not keys. The script reads them back as config_keys.
+_keys = sorted(k for k, v in globals().items() if not k.startswith('_') and k.islower()
+               and isinstance(v, (int, float, bool, str, tuple)))
+config_keys = _keys
 
 
 def _override(key, val, where):

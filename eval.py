@@ -240,9 +240,9 @@ def predict(model, arrays, batch_questions, max_images=None, transform=None, att
     batch so the ViT runs once per image; transform(images, questions) may alter both. With attn=True, also the
     summary token's attention to the image, float32[Q, L, P] (None for a blind model)."""
     dev = next(model.parameters()).device
-    attn = attn and not model.cfg.blind
+    attn = attn and model.cfg.fusion != 'none'
     logits, maps = [], []
-    for q_lo, q_hi, images, q, idx in split_batches(arrays, batch_questions, max_images):
+    for _, _, images, q, idx in split_batches(arrays, batch_questions, max_images):
         if transform is not None:
             images, q = transform(images, q)
         images = np.require(images, requirements=['C', 'W'])                  # copies read-only memmaps and views

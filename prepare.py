@@ -51,6 +51,7 @@ import shutil
 import sys
 import time
 import zlib
+from dataclasses import fields
 from multiprocessing import Pool
 from multiprocessing.pool import ThreadPool
 
@@ -58,7 +59,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tvlm import Tokenizer, load_image
+from tvlm import TVLMConfig, Tokenizer, load_image
 
 # -----------------------------------------------------------------------------
 # defaults, overridable as --key=value (configurator.py)
@@ -76,7 +77,6 @@ workers = 2
 force = False
 synth_train = 6300        # synthetic frames rendered into BDD's train (~5% of them become our val)
 synth_val = 500           # synthetic frames rendered into BDD's val (our test)
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, str))]
 
 VERSION = 'prepare-3'
 FORMAT_VERSION = 2            # bump when the files' layout changes; readers refuse other versions
@@ -446,7 +446,7 @@ def summarize(arrays):
 def build(cfg, root, name, source):
     """Ingest the BDD tree at root into data/<name>/ (or cfg['out']); -> the folder."""
     final = cfg['out'] or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name)
-    args = {k: cfg[k] for k in config_keys if k not in ('out', 'force', 'workers')}
+    args = {k: v for k, v in cfg.items() if k not in ('out', 'force', 'workers')}  # what decides the content
     if os.path.exists(os.path.join(final, 'meta.json')) and not cfg['force']:
         meta = read_json(os.path.join(final, 'meta.json'))
         if meta.get('args') == args and meta.get('generator_version') == VERSION:
@@ -541,6 +541,38 @@ def load_meta(data_dir):
     return meta
 
 
+def check_compatible(model, meta, data_dir):
+    """Exit with one line when a model and a prepared dataset disagree on words, answers or image size."""
+    for what, ours, theirs in (('vocabulary', model.tokenizer.itos, meta['tokenizer']['itos']),
+                               ('answer classes', list(model.answers), list(meta['answers'])),
+                               ('image size', [model.cfg.img_h, model.cfg.img_w], [meta['img_h'], meta['img_w']])):
+        if ours != theirs:
+            sys.exit(f"the checkpoint and the dataset {data_dir} have different {what} ---> HINT: pass the "
+                     f"dataset it was trained on (--data_dir), or fine-tune it on this one")
+
+
+DATASET_FIELDS = ('img_h', 'img_w', 'vocab_size', 'max_q_len', 'n_answers', 'n_patch_labels', 'answer_weights')
+
+
+def data_shape(meta):
+    """The TVLMConfig fields a prepared dataset fixes: image size, vocabulary, question length, answers."""
+    return {'img_h': meta['img_h'], 'img_w': meta['img_w'], 'vocab_size': len(meta['tokenizer']['itos']),
+            'max_q_len': meta['max_q_len'], 'n_answers': len(meta['answers'])}
+
+
+def model_config(settings, shape, answer_counts):
+    """The TVLMConfig that train.py trains and bench.py times, from the same config: the model fields of
+    `settings` (train.py's config dict), the dataset's `shape` (data_shape), a patch-label head when patch_weight
+    asks for one, and with class_weights answer weights from the train split's answer_counts int[A]."""
+    model_fields = {f.name for f in fields(TVLMConfig)} - set(DATASET_FIELDS)
+    args = {k: v for k, v in settings.items() if k in model_fields}
+    args['n_patch_labels'] = len(PATCH_LABELS) if settings['patch_weight'] and settings['fusion'] != 'none' else 0
+    if settings['class_weights']:  # inverse frequency, normalised so a balanced dataset gets all ones
+        counts = np.asarray(answer_counts, dtype=np.float64)
+        args['answer_weights'] = tuple((counts.sum() / np.maximum(counts, 1) / len(counts)).tolist())
+    return TVLMConfig(**args, **shape)
+
+
 def open_split(data_dir, split):
     """{name: read-only memmap} for one split; nothing is read into RAM until indexed."""
     return {name: np.load(os.path.join(data_dir, f'{split}_{name}.npy'), mmap_mode='r') for name in SPLIT_ARRAYS}
@@ -581,17 +613,19 @@ def patch_labels(arrays, rows, patch):
 
 def split_batches(arrays, max_questions, max_images=None):
     """Every question of a split in file order, whole images at a time, about max_questions per batch. Yields
-    (q_lo, q_hi, images (n, H, W, 3), questions int64 (q_hi - q_lo, T'), image_idx int64 into the n images)."""
+    (image rows int64 (n,), question rows slice, images (n, H, W, 3), questions int64 (Q, T'), image_idx int64 (Q,)
+    into the n images)."""
     q_off = arrays['q_offsets']
     n_img = len(q_off) - 1 if max_images is None else min(max_images, len(q_off) - 1)
     lo = 0
     while lo < n_img:
         hi = int(np.searchsorted(q_off, q_off[lo] + max_questions, side='right')) - 1
         hi = min(n_img, max(hi, lo + 1))                                       # at least one image per batch
-        q_lo, q_hi = int(q_off[lo]), int(q_off[hi])
-        q = arrays['questions'][q_lo:q_hi].astype(np.int64)                    # (Q, T)
-        yield (q_lo, q_hi, arrays['images'][lo:hi], q[:, :int((q != 0).sum(1).max())],
-               arrays['image_idx'][q_lo:q_hi].astype(np.int64) - lo)
+        q_rows = slice(int(q_off[lo]), int(q_off[hi]))
+        q = arrays['questions'][q_rows].astype(np.int64)                       # (Q, T)
+        if len(q):  # an image without questions has nothing to ask
+            yield (np.arange(lo, hi), q_rows, arrays['images'][lo:hi], q[:, :int((q != 0).sum(1).max())],
+                   arrays['image_idx'][q_rows].astype(np.int64) - lo)
         lo = hi
 
 

@@ -4,37 +4,40 @@ Train a tvlm model on a dataset made by prepare.py. Runs on a laptop CPU, one GP
 CPU quickstart (the embedded synthetic world):
 $ python prepare.py && python train.py config/small.py
 One GPU, real data:
-$ python train.py config/base.py config/bdd100k.py
+$ python train.py config/base.py
 DDP on 8 GPUs of one node (4 processes on a CPU also work: the backend falls back to gloo):
 $ torchrun --standalone --nproc_per_node=8 train.py config/base.py config/bdd100k.py
 Resume the run in out_dir where it stopped:
 $ python train.py config/small.py --init_from=resume
 """
 import json
-import math
 import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from prepare import PATCH_LABELS, load_meta, mirror_tables, open_split, patch_labels, sample_batch, split_batches
-from tvlm import TVLM, TVLMConfig, Tokenizer, answer_loss, configure_optimizers, flops_per_sample, get_lr
+from prepare import (DATASET_FIELDS, data_shape, load_meta, mirror_tables, model_config, open_split, patch_labels,
+                     sample_batch, split_batches)
+from tvlm import TVLM, TVLMConfig, Tokenizer, configure_optimizers, flops_per_sample, get_lr, load_checkpoint
 
 # -----------------------------------------------------------------------------
-# defaults: plain globals, overridden by config files and --key=value (configurator.py)
+# defaults: plain globals, overridden by config files and --key=value (configurator.py). bench.py runs this
+# block too, from the next line to the configurator's, so it takes exactly the keys that train.py takes.
+# model: every TVLMConfig field with its default (tvlm.py says what each does; the loss knobs label_smoothing,
+# focal_gamma and patch_weight are among them), except the ones the dataset decides (prepare.model_config)
+globals().update({k: v for k, v in asdict(TVLMConfig()).items() if k not in DATASET_FIELDS})
 # I/O
 data_dir = 'data/synthetic'
 out_dir = 'out-small'
 init_from = 'scratch'         # 'scratch' or 'resume' (from out_dir/last.pt)
 eval_interval = 200           # iterations between val evaluations and checkpoints
-log_interval = 20
+log_interval = 20             # iterations between log lines; the loop syncs with the device only then
 eval_max_questions = 4000     # cap on val questions per evaluation (whole images, in file order)
 patience = 0                  # stop after this many evaluations without a better val accuracy; 0 = never
 wandb_log = False             # optional: needs `pip install wandb`
@@ -46,24 +49,7 @@ questions_per_image = 4       # questions share an image in a batch, so the ViT 
 grad_accum = 1                # micro-steps per optimizer step
 augment = False               # photometric jitter: brightness and contrast
 hflip = False                 # mirror images, swapping 'left' and 'right' in questions and answers
-# model: every TVLMConfig field; image size, vocabulary and answers come from the dataset
-patch = 16
-stem = ()                     # () = patchify conv; e.g. (16, 32, 64, 128) = conv stem (see TVLMConfig)
-vit_width, vit_depth, vit_heads, vit_mlp = 128, 4, 4, 512
-dec_width, dec_depth, dec_heads, dec_kv_heads, dec_mlp = 128, 2, 4, 2, 512
-fusion = 'cross'              # 'cross', 'prefix' (PaliGemma) or 'both'
-blind = False                 # question-only ablation
-pos = 'rope'                  # 'rope' or 'learned'
-dropout = 0.0
-rope_theta = 10000.0
-norm_eps = 1e-6
-# loss: patch_weight > 0 also trains a head on the image tokens to name the things each patch touches
-# (prepare.patch_labels, from the boxes): the ViT learns objects from it long before the answers can teach it
-patch_weight = 1.0
-# loss, for imbalanced real data
-label_smoothing = 0.0
-class_weights = False         # weight answers by inverse train frequency
-focal_gamma = 0.0             # > 0: focal loss, down-weights easy examples
+class_weights = False         # weight answers by inverse train frequency (sets the model's answer_weights)
 # optimizer and schedule
 lr = 1e-3
 min_lr = 1e-4
@@ -81,7 +67,6 @@ compile = False               # torch.compile the model
 backend = 'auto'              # DDP backend: nccl on CUDA, gloo on CPU
 peak_flops = 0.0              # the device's peak FLOP/s for MFU (e.g. 312e12 for A100 bf16); 0 = don't report
 seed = 1337
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, tuple))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
@@ -114,12 +99,41 @@ ctx = nullcontext() if device_type != 'cuda' or dtype == 'float32' else torch.au
 # data: memmaps from prepare.py; each rank samples its own batches from its own generator
 meta = load_meta(data_dir)
 train_data, val_data = open_split(data_dir, 'train'), open_split(data_dir, 'val')
+if len(train_data['answers']) == 0 or len(val_data['answers']) == 0:
+    sys.exit(f"{data_dir} has no {'train' if len(train_data['answers']) == 0 else 'val'} questions to train on "
+             f"---> HINT: prepare a dataset with BDD100K's train images (eval.py can score a test-only dataset)")
 tokenizer = Tokenizer.from_dict(meta['tokenizer'])
 answers, families = meta['answers'], meta['families']
 batch_gen = torch.Generator().manual_seed(seed + rank)
 if batch_size % questions_per_image:
     sys.exit(f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}")
 flip_tokens, flip_answers = mirror_tables(tokenizer, answers)
+
+# model: from scratch with this config on this dataset, or exactly as the checkpoint being resumed was built
+iter_num, best_val_acc, train_time = 0, 0.0, 0.0
+if init_from == 'resume':
+    ckpt_path = os.path.join(out_dir, 'last.pt')
+    if not os.path.exists(ckpt_path):
+        sys.exit(f"--init_from=resume but {ckpt_path} does not exist ---> HINT: train first, or check --out_dir")
+    try:
+        checkpoint = load_checkpoint(ckpt_path)
+    except ValueError as e:
+        sys.exit(str(e))
+    iter_num, best_val_acc, train_time = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['train_time']
+elif init_from != 'scratch':
+    sys.exit(f"init_from must be 'scratch' or 'resume', got {init_from!r}")
+try:
+    cfg = TVLMConfig(**checkpoint['model_args']) if init_from == 'resume' else \
+        model_config(config, data_shape(meta), np.bincount(train_data['answers'], minlength=len(answers)))
+except ValueError as e:
+    sys.exit(str(e))
+model = TVLM(cfg, tokenizer, answers, mean=meta['mean'], std=meta['std'])
+if init_from == 'resume':
+    model.load_state_dict(checkpoint['model'])
+model.to(device)
+raw_model = model  # the plain module: what gets saved, evaluated, and counted
+if master:
+    print(f"{raw_model.describe()}, device={device}, dtype={dtype}, world_size={world_size}")
 
 
 def to_device(x):
@@ -129,9 +143,10 @@ def to_device(x):
 
 
 def get_batch():
+    """A training batch on the device: images uint8 (N, H, W, 3), questions (B, T), answers (B,), image_idx (B,),
+    and the patch-label targets (N, H/p, W/p, K) when the model has a patch head."""
     images, q, a, idx, rows = sample_batch(train_data, batch_size // questions_per_image, questions_per_image, batch_gen)
-    use_patches = cfg.n_patch_labels and patch_weight
-    patches = patch_labels(train_data, rows, cfg.patch) if use_patches else None  # (N, Hi/p, Wi/p, K) of 0/1
+    patches = patch_labels(train_data, rows, cfg.patch) if cfg.n_patch_labels else None
     if hflip:  # mirror half of the images; their questions say right where they said left, and vice versa
         flip = (torch.rand(len(images), generator=batch_gen) < 0.5).numpy()
         images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
@@ -147,37 +162,6 @@ def get_batch():
     return images, to_device(q), to_device(a), to_device(idx), None if patches is None else to_device(patches)
 
 
-# model
-model_args = {f.name: globals()[f.name] for f in fields(TVLMConfig) if f.name in globals()}
-model_args.update(img_h=meta['img_h'], img_w=meta['img_w'], vocab_size=len(tokenizer), max_q_len=meta['max_q_len'],
-                  n_answers=len(answers), n_patch_labels=len(PATCH_LABELS) if patch_weight and not blind else 0)
-iter_num, best_val_acc, train_time = 0, 0.0, 0.0
-if init_from == 'resume':
-    ckpt_path = os.path.join(out_dir, 'last.pt')
-    if not os.path.exists(ckpt_path):
-        sys.exit(f"--init_from=resume but {ckpt_path} does not exist ---> HINT: train first, or check --out_dir")
-    checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
-    model_args = checkpoint['model_args']  # the architecture is the checkpoint's, whatever the config says
-    iter_num, best_val_acc, train_time = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['train_time']
-elif init_from != 'scratch':
-    sys.exit(f"init_from must be 'scratch' or 'resume', got {init_from!r}")
-try:
-    cfg = TVLMConfig(**model_args)
-except ValueError as e:
-    sys.exit(str(e))
-model = TVLM(cfg, tokenizer, answers, mean=meta['mean'], std=meta['std'])
-if init_from == 'resume':
-    model.load_state_dict(checkpoint['model'])
-model.to(device)
-raw_model = model  # the plain module: what gets saved, evaluated, and counted
-if master:
-    print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters, fusion={cfg.fusion}, blind={cfg.blind}, "
-          f"{cfg.n_patches} image tokens, device={device}, dtype={dtype}, world_size={world_size}")
-
-weight = None
-if class_weights:  # inverse frequency, normalised so a balanced dataset gets all ones
-    counts = np.bincount(np.asarray(train_data['answers']), minlength=len(answers)).astype(np.float64)
-    weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(answers), dtype=torch.float32, device=device)
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
 optimizer = configure_optimizers(raw_model, weight_decay, lr, (beta1, beta2), device_type,
                                  lr_scale={'vit': lr_vit, 'proj': lr_proj, 'dec': lr_dec, 'head': lr_head})
@@ -196,25 +180,33 @@ if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
 
+def stop_if_not_finite(loss, where):
+    if not np.isfinite(loss):
+        sys.exit(f"loss is {loss} {where}: stopping; the last good checkpoints in {out_dir} are untouched "
+                 f"---> HINT: lower --lr, keep --grad_clip on, or try --dtype=float32")
+
+
 @torch.no_grad()
 def evaluate():
-    """Val loss, accuracy and accuracy per question family, over whole images in file order."""
+    """Val loss (the training loss, patch labels included, so it compares with the train loss), accuracy and
+    accuracy per question family, over whole images in file order."""
     raw_model.eval()
     loss_sum, correct, fam_correct, fam_total = 0.0, 0, np.zeros(len(families)), np.zeros(len(families))
     n = 0
-    for q_lo, q_hi, images, q, idx in split_batches(val_data, 4 * batch_size):
+    for rows, q_rows, images, q, idx in split_batches(val_data, 4 * batch_size):
         if n >= eval_max_questions:
             break
-        a = torch.from_numpy(val_data['answers'][q_lo:q_hi].astype(np.int64)).to(device)
+        a = to_device(val_data['answers'][q_rows].astype(np.int64))
+        patches = to_device(patch_labels(val_data, rows, cfg.patch)) if cfg.n_patch_labels else None
         with ctx:
-            logits, _ = raw_model(to_device(images), to_device(q), image_idx=to_device(idx))
-        loss_sum += F.cross_entropy(logits.float(), a, reduction='sum').item()
+            logits, loss = raw_model(to_device(images), to_device(q), a, image_idx=to_device(idx), patch_targets=patches)
+        loss_sum += loss.item() * len(a)
         hit = (logits.argmax(-1) == a).cpu().numpy()
-        fam = val_data['family'][q_lo:q_hi]
+        fam = val_data['family'][q_rows]
         correct += int(hit.sum())
         np.add.at(fam_correct, fam, hit)
         np.add.at(fam_total, fam, 1)
-        n += q_hi - q_lo
+        n += len(a)
     raw_model.train()
     per_family = {f'val_acc_{f}': float(c / t) for f, c, t in zip(families, fam_correct, fam_total) if t}
     return {'val_loss': loss_sum / n, 'val_acc': correct / n, **per_family}  # plain floats: weights_only loads them
@@ -225,9 +217,9 @@ def save_checkpoint(name):
     written to a temporary file and renamed, so a crash mid-save never leaves a half-written checkpoint."""
     ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
             'model_args': asdict(cfg), 'iter_num': iter_num, 'best_val_acc': best_val_acc, 'train_time': train_time,
-            'config': config, 'rng': {'torch': torch.get_rng_state(), 'batch': batch_gen.get_state()},
+            'config': config, 'rng': {'torch': torch.get_rng_state(), 'batch': batch_state},
             'tokenizer': tokenizer.to_dict(), 'answers': answers, 'families': families,
-            'data_dir': os.path.abspath(data_dir), 'temperature': 1.0, 'n_params': raw_model.num_params()}
+            'data_dir': os.path.abspath(data_dir), 'n_params': raw_model.num_params()}
     path = os.path.join(out_dir, name)
     torch.save(ckpt, path + '.tmp')
     os.replace(path + '.tmp', path)
@@ -248,17 +240,24 @@ if master:
         import wandb  # optional extra, imported only when asked for
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 flops_per_step = 3 * flops_per_sample(cfg, questions_per_image) * batch_size * grad_accum * world_size
+batch_state = batch_gen.get_state()  # the state that draws the pending batch: a resume draws the same one again
+batch = get_batch()
+# running sums since the last log line, kept on the device so a step never waits for it (nanoGPT syncs at log time)
+loss_sum, hits, seen, steps, t_log = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0, time.time()
 evals_since_best, t0 = 0, time.time()
 try:
     while True:
         for group in optimizer.param_groups:
             group['lr'] = get_lr(iter_num, warmup_iters, lr_decay_iters, lr, min_lr) * group['lr_scale']
+
+        # evaluate, checkpoint, stop early
         if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > 0:
             metrics = evaluate()  # on every rank, so all take the same early-stopping decision
             if ddp:  # ...from rank 0's numbers, in case GPU nondeterminism makes the ranks' differ
                 shared = [metrics]
                 torch.distributed.broadcast_object_list(shared, src=0)
                 metrics = shared[0]
+            stop_if_not_finite(metrics['val_loss'], f"on val at iteration {iter_num}")
             is_best = metrics['val_acc'] > best_val_acc
             best_val_acc = max(best_val_acc, metrics['val_acc'])
             evals_since_best = 0 if is_best else evals_since_best + 1
@@ -274,49 +273,53 @@ try:
                 if master:
                     print(f"early stop: no better val accuracy in {patience} evaluations")
                 break
-            t0 = time.time()  # evaluation time is not training time
+            t0 = t_log = time.time()  # evaluation time is not training time
         if iter_num >= max_iters:
             break
 
-        loss_sum, hits, seen = 0.0, 0, 0
+        # forward, backward, update; the next batch is drawn while the device works on this one
         for micro_step in range(grad_accum):
-            images, q, a, idx, patches = get_batch()
+            images, q, a, idx, patches = batch
             # gradients are averaged across ranks only on the last micro-step, not on every one
             with model.no_sync() if ddp and micro_step < grad_accum - 1 else nullcontext():
                 with ctx:
-                    logits, patch_loss = model(images, q, image_idx=idx, patch_targets=patches)
-                    loss = answer_loss(logits, a, label_smoothing, weight, focal_gamma)
-                    if patch_loss is not None:
-                        loss = loss + patch_weight * patch_loss
+                    logits, loss = model(images, q, a, image_idx=idx, patch_targets=patches)
                     loss = loss / grad_accum
+                batch_state = batch_gen.get_state()
+                batch = get_batch()
                 scaler.scale(loss).backward()
-            loss_sum += loss.item()
-            hits += (logits.argmax(-1) == a).sum().item()
+            loss_sum += loss.detach()
+            hits += (logits.argmax(-1) == a).sum()
             seen += len(a)
-        if not math.isfinite(loss_sum):
-            sys.exit(f"loss is {loss_sum} at iteration {iter_num}: stopping; the last good checkpoints in {out_dir} "
-                     f"are untouched ---> HINT: lower --lr, keep --grad_clip on, or try --dtype=float32")
         if grad_clip:
             scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip).item()
-        else:
-            grad_norm = float('nan')
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)  # a device tensor
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
+        # timing and logging
         t1 = time.time()
-        dt, t0 = t1 - t0, t1
-        train_time += dt
+        train_time += t1 - t0
+        t0 = t1
         iter_num += 1
-        if master and iter_num % log_interval == 0:
-            qps = batch_size * grad_accum * world_size / dt
-            mfu = f", mfu {100 * flops_per_step / dt / peak_flops:.1f}%" if peak_flops else ''
-            print(f"iter {iter_num}: loss {loss_sum:.4f}, acc {hits / seen:.3f}, lr {optimizer.param_groups[0]['lr']:.1e}, "
-                  f"grad {grad_norm:.2f}, {dt * 1000:.1f}ms, {qps:,.0f} q/s, {qps / questions_per_image:,.0f} img/s{mfu}")
-            log({'kind': 'train', 'iter': iter_num, 'loss': loss_sum, 'acc': hits / seen, 'lr': optimizer.param_groups[0]['lr'],
-                 'grad_norm': grad_norm, 'ms': dt * 1000, 'samples_per_s': qps,
-                 'mfu': flops_per_step / dt / peak_flops if peak_flops else None})
+        steps += 1
+        if iter_num % log_interval == 0:
+            mean_loss = (loss_sum / steps).item()  # the loop's one wait for the device, every log_interval steps
+            stop_if_not_finite(mean_loss, f"in the {steps} iterations up to {iter_num}")
+            dt = (time.time() - t_log) / steps
+            if master:
+                qps = batch_size * grad_accum * world_size / dt
+                mfu = f", mfu {100 * flops_per_step / dt / peak_flops:.1f}%" if peak_flops else ''
+                gn = grad_norm.item() if grad_clip else float('nan')
+                print(f"iter {iter_num}: loss {mean_loss:.4f}, acc {hits.item() / seen:.3f}, lr {optimizer.param_groups[0]['lr']:.1e}, "
+                      f"grad {gn:.2f}, {dt * 1000:.1f}ms, {qps:,.0f} q/s, {qps / questions_per_image:,.0f} img/s{mfu}")
+                log({'kind': 'train', 'iter': iter_num, 'loss': mean_loss, 'acc': hits.item() / seen,
+                     'lr': optimizer.param_groups[0]['lr'], 'grad_norm': gn, 'ms': dt * 1000, 'samples_per_s': qps,
+                     'mfu': flops_per_step / dt / peak_flops if peak_flops else None})
+            loss_sum.zero_()
+            hits.zero_()
+            seen, steps, t_log = 0, 0, time.time()
 except KeyboardInterrupt:
     if master:
         save_checkpoint('last.pt')

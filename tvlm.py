@@ -26,6 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+if tuple(int(v) for v in re.findall(r'\d+', torch.__version__)[:2]) < (2, 5):  # SDPA's enable_gqa arrived in 2.5
+    raise ImportError(f"tvlm needs torch >= 2.5, this is torch {torch.__version__} ---> HINT: pip install 'torch>=2.5'")
+
 # -----------------------------------------------------------------------------
 # Configuration
 
@@ -52,18 +55,21 @@ class TVLMConfig:
     vocab_size: int = 128
     max_q_len: int = 24              # question tokens, <bos> and <eos> included
     n_answers: int = 16
-    # fusion: 'cross' attends to image tokens from every block, 'prefix' puts them in front of the
-    # question (PaliGemma), 'both' does both; blind=True ignores the image (question-only ablation)
+    # how the image enters the decoder: 'cross' attends to image tokens from every block, 'prefix' puts them in
+    # front of the question (PaliGemma), 'both' does both, 'none' never looks (the question-only ablation)
     fusion: str = 'cross'
-    blind: bool = False
     pos: str = 'rope'                # 'rope' or 'learned' (the no-RoPE ablation)
     dropout: float = 0.0
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
-    label_smoothing: float = 0.0
     # > 0 adds a linear head on the image tokens that predicts which of n_patch_labels things (prepare.py's
     # PATCH_LABELS) each patch touches: training signal for the ViT before the answers can give it any
     n_patch_labels: int = 0
+    # the training loss, all of it here so forward() returns what is trained (see TVLM.loss)
+    label_smoothing: float = 0.0
+    focal_gamma: float = 0.0         # > 0: focal loss (1 - p_true)^gamma x CE, down-weights easy answers
+    answer_weights: tuple = ()       # () = every answer weighs 1; else one weight per answer (class imbalance)
+    patch_weight: float = 1.0        # weight of the patch-label loss (when there is a patch head)
 
     def __post_init__(self):
         checks = [
@@ -75,9 +81,10 @@ class TVLMConfig:
             (self.dec_width % self.dec_heads == 0, f"dec_width={self.dec_width} not divisible by dec_heads={self.dec_heads}"),
             (self.dec_heads % self.dec_kv_heads == 0, f"dec_heads={self.dec_heads} not divisible by dec_kv_heads={self.dec_kv_heads}"),
             ((self.dec_width // self.dec_heads) % 2 == 0, f"decoder head dim {self.dec_width // self.dec_heads} must be even for RoPE"),
-            (self.fusion in ('cross', 'prefix', 'both'), f"fusion={self.fusion!r} must be 'cross', 'prefix' or 'both'"),
+            (self.fusion in ('cross', 'prefix', 'both', 'none'), f"fusion={self.fusion!r} must be 'cross', 'prefix', 'both' or 'none'"),
             (self.pos in ('rope', 'learned'), f"pos={self.pos!r} must be 'rope' or 'learned'"),
             (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
+            (len(self.answer_weights) in (0, self.n_answers), f"{len(self.answer_weights)} answer_weights for {self.n_answers} answers"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -86,6 +93,15 @@ class TVLMConfig:
     @property
     def n_patches(self):
         return (self.img_h // self.patch) * (self.img_w // self.patch)
+
+    # the one place that decides how the image reaches the decoder; everything else asks these two
+    @property
+    def image_prefix(self):
+        return self.fusion in ('prefix', 'both')
+
+    @property
+    def image_cross(self):
+        return self.fusion in ('cross', 'both')
 
 # -----------------------------------------------------------------------------
 # Tokenizer: word level, because the questions come from a few hundred templates and a word is the
@@ -319,9 +335,8 @@ class DecoderBlock(nn.Module):
         C = cfg.dec_width
         self.norm1 = RMSNorm(C, cfg.norm_eps)
         self.attn = Attention(C, cfg.dec_heads, cfg.dec_kv_heads, dropout=cfg.dropout)
-        use_cross = cfg.fusion in ('cross', 'both') and not cfg.blind
-        self.norm2 = RMSNorm(C, cfg.norm_eps) if use_cross else None
-        self.cross = Attention(C, cfg.dec_heads, cfg.dec_kv_heads, dropout=cfg.dropout) if use_cross else None
+        self.norm2 = RMSNorm(C, cfg.norm_eps) if cfg.image_cross else None
+        self.cross = Attention(C, cfg.dec_heads, cfg.dec_kv_heads, dropout=cfg.dropout) if cfg.image_cross else None
         self.norm3 = RMSNorm(C, cfg.norm_eps)
         self.mlp = MLP(C, cfg.dec_mlp, gated=True, dropout=cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
@@ -357,7 +372,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dec_width)
-        max_len = cfg.max_q_len + (cfg.n_patches if cfg.fusion in ('prefix', 'both') and not cfg.blind else 0)
+        max_len = cfg.max_q_len + (cfg.n_patches if cfg.image_prefix else 0)
         if cfg.pos == 'learned':
             self.wpe = nn.Parameter(torch.randn(max_len, cfg.dec_width) * 0.02)
         else:  # computed once, not per step; not saved, since they follow from the config
@@ -398,17 +413,45 @@ def answer_loss(logits, targets, label_smoothing=0.0, weight=None, focal_gamma=0
     return loss.sum() / (weight[targets].sum() if weight is not None else len(targets))
 
 
+def load_checkpoint(path, device='cpu'):
+    """A train.py checkpoint as a dict, or a one-line ValueError / FileNotFoundError that says what is wrong.
+    Tensors and plain values only (weights_only=True), so loading runs no code. Every script loads through here."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {path} ---> HINT: train one with `python train.py config/small.py`") from None
+    except IsADirectoryError:
+        raise FileNotFoundError(f"{path} is a folder ---> HINT: pass the checkpoint file in it, e.g. {path}/ckpt.pt") from None
+    except pickle.UnpicklingError as e:
+        if 'Unsupported global' in str(e):  # torch's safe unpickler names the class or function it refused
+            raise ValueError(f"refusing to load {path}: it holds Python objects, not only tensors and plain values, "
+                             f"so loading it could run code; tvlm checkpoints never do") from None
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt? {type(e).__name__})") from None
+    except (EOFError, KeyError, RuntimeError, OSError) as e:
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt? {type(e).__name__})") from None
+    missing = {'model', 'model_args', 'tokenizer', 'answers'} - set(ckpt if isinstance(ckpt, dict) else ())
+    if missing:
+        raise ValueError(f"{path} is not a tvlm checkpoint: it lacks {sorted(missing)}")
+    args = ckpt['model_args']
+    if 'blind' in args:  # checkpoints from before 'none' joined the fusions spelled it as a second knob
+        args['fusion'] = 'none' if args.pop('blind') else args['fusion']
+    return ckpt
+
+
 class TVLM(nn.Module):
     """Answers a question about an image: uint8[N, Hi, Wi, 3] images + int64[B, T] questions -> float[B, A] logits."""
     def __init__(self, cfg, tokenizer=None, answers=None, mean=(128.0,) * 3, std=(64.0,) * 3):
         super().__init__()
         self.cfg, self.tokenizer, self.answers, self.temperature = cfg, tokenizer, answers, 1.0
-        self.vit = None if cfg.blind else ViT(cfg, mean, std)
-        self.proj = None if cfg.blind else nn.Linear(cfg.vit_width, cfg.dec_width)  # vision width -> text width
+        sees = cfg.fusion != 'none'
+        self.vit = ViT(cfg, mean, std) if sees else None
+        self.proj = nn.Linear(cfg.vit_width, cfg.dec_width) if sees else None  # vision width -> text width
         self.dec = Decoder(cfg)
         self.head = nn.Linear(cfg.dec_width, cfg.n_answers)
-        use_patch_head = cfg.n_patch_labels and not cfg.blind
-        self.patch_head = nn.Linear(cfg.vit_width, cfg.n_patch_labels) if use_patch_head else None
+        self.patch_head = nn.Linear(cfg.vit_width, cfg.n_patch_labels) if sees and cfg.n_patch_labels else None
+        # not a parameter and not saved: it follows from the config, which the checkpoint holds
+        weight = torch.tensor(cfg.answer_weights, dtype=torch.float32) if cfg.answer_weights else None
+        self.register_buffer('answer_weight', weight, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # residual projections scaled down by depth (GPT-2)
             if name.endswith(('wo.weight', 'mlp.proj.weight')):
@@ -432,46 +475,66 @@ class TVLM(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
+    def describe(self):
+        """One line with the size and the shapes that decide the cost of a step (train.py and bench.py print it)."""
+        c = self.cfg
+        return (f"model: {self.num_params() / 1e6:.2f}M parameters, fusion={c.fusion}, {c.n_patches} image tokens of "
+                f"{c.img_h}x{c.img_w}, questions of <= {c.max_q_len} tokens, {c.vocab_size} words, {c.n_answers} answers, "
+                f"{c.n_patch_labels} patch labels")
+
+    def encode_image(self, images, image_idx=None, out=None):
+        """-> (vis, prefix, ctx): the ViT's tokens float[N, P, vit_width], and what the decoder takes from them:
+        prefix float[B, P, C] (one copy per question) and/or ctx float[N, P, C] (cross-attention, gathered per
+        layer by image_idx), None where the fusion does not use it. The one place the image is routed."""
+        if self.vit is None:
+            return None, None, None
+        vis = self.vit(images, probs=out and out['vit_attn'])                     # (N, P, vit_width)
+        img = self.proj(vis)                                                      # (N, P, C)
+        prefix = ctx = None
+        if self.cfg.image_prefix:
+            prefix = img if image_idx is None else img.index_select(0, image_idx) # (B, P, C)
+        if self.cfg.image_cross:
+            ctx = img                                                             # (N, P, C)
+        return vis, prefix, ctx
+
     def forward(self, images, tokens, targets=None, image_idx=None, out=None, patch_targets=None):
         """images uint8[N, Hi, Wi, 3], tokens int64[B, T] (0 = pad), targets int64[B], image_idx int64[B]
         (question -> image row; None means N == B), patch_targets float[N, Hi/p, Wi/p, n_patch_labels] ->
-        (float[B, A] logits, loss: the answer loss, plus the patch-label loss if patch_targets; None if neither).
+        (float[B, A] logits, the training loss of self.loss, or None without targets).
         A dict passed as `out` takes the explicit attention path and is filled with the attention maps."""
         cfg = self.cfg
         if out is not None:
             out.update(vit_attn=[], self_attn=[], cross_attn=[], grid=(cfg.img_h // cfg.patch, cfg.img_w // cfg.patch))
-        prefix = ctx = None
-        if not cfg.blind:
-            vis = self.vit(images, probs=out and out['vit_attn'])             # (N, P, vit_width)
-            img = self.proj(vis)                                               # (N, P, C)
-            if cfg.fusion in ('prefix', 'both'):
-                prefix = img if image_idx is None else img.index_select(0, image_idx)  # (B, P, C)
-            if cfg.fusion in ('cross', 'both'):
-                ctx = img                                                      # (N, P, C), gathered per layer
+        vis, prefix, ctx = self.encode_image(images, image_idx, out)
         h = self.dec(tokens, prefix, ctx, image_idx, out)                      # (B, T, C)
         # the summary token is the last real one (<eos>): in a causal decoder only it has read the whole question
         summary = (tokens != Tokenizer.pad_id).sum(1) - 1                      # (B,)
         if out is not None:
             out.update(summary_idx=summary, prefix=0 if prefix is None else prefix.shape[1])
         logits = self.head(h[torch.arange(h.shape[0], device=h.device), summary])  # (B, A)
-        loss = None if targets is None else answer_loss(logits, targets, cfg.label_smoothing)
-        if patch_targets is not None:  # (N, Hi/p, Wi/p, K) of 0/1, row-major like the image tokens
+        loss = None if targets is None else self.loss(logits, targets, vis, patch_targets)
+        return logits, loss
+
+    def loss(self, logits, targets, vis=None, patch_targets=None):
+        """The training loss, the only one: answer_loss with the config's smoothing, weights and focal term, plus
+        patch_weight x the patch-label loss when the model has a patch head and patch_targets are given."""
+        cfg = self.cfg
+        loss = answer_loss(logits, targets, cfg.label_smoothing, self.answer_weight, cfg.focal_gamma)
+        if patch_targets is not None and self.patch_head is not None and cfg.patch_weight:
             # multi-label: a binary cross-entropy per label, summed over a patch's K labels, averaged over patches
             bce = F.binary_cross_entropy_with_logits(self.patch_head(vis).float(), patch_targets.flatten(1, 2),
                                                      reduction='none')                  # (N, P, K)
-            patch_loss = bce.sum(-1).mean()
-            loss = patch_loss if loss is None else loss + patch_loss
-        return logits, loss
+            loss = loss + cfg.patch_weight * bce.sum(-1).mean()
+        return loss
 
     @torch.no_grad()
     def generate(self, images, tokens, max_new_tokens, temperature=1.0, image_idx=None):
-        """Continue unpadded prompts int64[B, T] with the tied LM head: greedy when temperature == 0."""
+        """Continue unpadded prompts int64[B, T] with the tied LM head: greedy when temperature == 0.
+        UNTRAINED: no loss in this repo trains next-token prediction (the classifier head answers), so from any
+        checkpoint it emits noise. It shows how a PaliGemma-style decoder would speak, not what this one knows."""
         assert (tokens != Tokenizer.pad_id).all(), "generate() takes unpadded prompts of one length"
         assert tokens.shape[1] + max_new_tokens <= self.cfg.max_q_len, f"prompt + new tokens exceed max_q_len={self.cfg.max_q_len}"
-        img = None if self.cfg.blind else self.proj(self.vit(images))          # (N, P, C)
-        use_prefix = img is not None and self.cfg.fusion in ('prefix', 'both')
-        prefix = (img if image_idx is None else img.index_select(0, image_idx)) if use_prefix else None
-        ctx = img if img is not None and self.cfg.fusion in ('cross', 'both') else None
+        _, prefix, ctx = self.encode_image(images, image_idx)
         for _ in range(max_new_tokens):
             h = self.dec(tokens, prefix, ctx, image_idx)[:, -1]                 # (B, C)
             logits = h @ self.dec.embed.weight.T                               # (B, V), tied to the embedding
@@ -484,19 +547,8 @@ class TVLM(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device='cpu'):
-        """Load a train.py checkpoint: tensors and plain values only (weights_only=True), so loading runs no code."""
-        try:
-            ckpt = torch.load(path, map_location=device, weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no checkpoint at {path}: train one with `python train.py config/small.py`") from None
-        except pickle.UnpicklingError:
-            raise ValueError(f"refusing to load {path}: it holds Python objects, not only tensors and plain values, "
-                             f"so loading it could run code; tvlm checkpoints never do") from None
-        except (EOFError, KeyError, RuntimeError) as e:
-            raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt? {type(e).__name__})") from None
-        missing = {'model', 'model_args', 'tokenizer', 'answers'} - set(ckpt)
-        if missing:
-            raise ValueError(f"{path} is not a tvlm checkpoint: it lacks {sorted(missing)}")
+        """A ready-to-answer model from a train.py checkpoint (see load_checkpoint), in eval mode."""
+        ckpt = load_checkpoint(path, device)
         model = cls(TVLMConfig(**ckpt['model_args']), Tokenizer.from_dict(ckpt['tokenizer']), ckpt['answers'])
         model.load_state_dict(ckpt['model'])  # strict: a missing or renamed weight must fail loudly
         model.temperature = float(ckpt.get('temperature', 1.0))
@@ -515,6 +567,17 @@ class TVLM(nn.Module):
         probs = (logits[0].float() / self.temperature).softmax(-1)             # (A,)
         best = int(probs.argmax())
         return self.answers[best], float(probs[best]), dict(zip(self.answers, probs.tolist()))
+
+def image_attention(out):
+    """Where the text looked, from the `out` dict of a forward pass: [(name, float[B, T, P])], one entry per decoder
+    layer and kind ('cross-attn i', and 'self-attn i' under prefix fusion), heads averaged, each row summing to 1.
+    Prefix rows are the image columns of self-attention renormalised, since the rest of such a row reads text.
+    eval.py's grounding and viz.py's heatmaps both read attention through here."""
+    P = out['prefix']
+    maps = [(f'cross-attn {i}', a) for i, a in enumerate(out['cross_attn'])]               # (B, H, T, P) each
+    maps += [(f'self-attn {i}', a[:, :, P:, :P]) for i, a in enumerate(out['self_attn']) if P]  # (B, H, T, P)
+    maps = [(name, a.float().mean(1)) for name, a in maps]                                  # (B, T, P)
+    return [(name, m / m.sum(-1, keepdim=True).clamp_min(1e-12)) for name, m in maps]
 
 # -----------------------------------------------------------------------------
 # Training helpers: optimizer, learning-rate schedule, FLOPs (train.py and bench.py use them; tests import them)
@@ -553,7 +616,7 @@ def flops_per_sample(cfg, questions_per_image=1, text_len=None):
     P, p, Cv, Cd, Hd = cfg.n_patches, cfg.patch, cfg.vit_width, cfg.dec_width, cfg.dec_width // cfg.dec_heads
     kv = 2 * cfg.dec_kv_heads * Hd                                   # width of the fused key/value projection
     image = 0
-    if not cfg.blind:
+    if cfg.fusion != 'none':
         vit_layer = P * (4 * Cv * Cv + 2 * Cv * cfg.vit_mlp) + 2 * P * P * Cv
         if cfg.stem:  # stride-2 3x3 convs: output pixels x 9 x in x out channels, then the 1x1 conv
             chans, pixels = (3,) + tuple(cfg.stem), cfg.img_h * cfg.img_w
@@ -562,13 +625,12 @@ def flops_per_sample(cfg, questions_per_image=1, text_len=None):
         else:
             embed = P * 3 * p * p * Cv
         image = 2 * (embed + cfg.vit_depth * vit_layer + P * Cv * Cd)
-        if cfg.fusion in ('cross', 'both'):
+        if cfg.image_cross:
             image += 2 * cfg.dec_depth * P * Cd * kv                 # cross keys/values: once per image
-    prefix = cfg.fusion in ('prefix', 'both') and not cfg.blind
-    L = T + (P if prefix else 0)
+    L = T + (P if cfg.image_prefix else 0)
     # scores and weighted values: a causal kernel skips the upper half; a prefix-LM mask fills a full matrix
-    dec_layer = L * (2 * Cd * Cd + Cd * kv + 3 * Cd * cfg.dec_mlp) + (2 if prefix else 1) * L * L * Cd
-    if cfg.fusion in ('cross', 'both') and not cfg.blind:
+    dec_layer = L * (2 * Cd * Cd + Cd * kv + 3 * Cd * cfg.dec_mlp) + (2 if cfg.image_prefix else 1) * L * L * Cd
+    if cfg.image_cross:
         dec_layer += T * 2 * Cd * Cd + 2 * T * P * Cd
     text = 2 * (cfg.dec_depth * dec_layer + Cd * cfg.n_answers)
     return image / questions_per_image + text

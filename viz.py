@@ -61,7 +61,7 @@ def attend(model, img, ids, rollout=False):
     """uint8[Hi, Wi, 3] image at the model's size and int64[T] question ids -> dict with probs float[A], the
     summary position, the text tokens, and layers: [(name, float[T, gh, gw])], heads averaged."""
     cfg = model.cfg
-    if cfg.blind:
+    if cfg.fusion == 'none':
         raise ValueError("this checkpoint is a blind (question-only) model: it never looks at the image")
     device = model.head.weight.device
     out = {}

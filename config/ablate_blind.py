@@ -1,4 +1,4 @@
 # Ablation: the question-only model: it never sees the image, so it measures what the questions give away
 # $ python train.py config/small.py config/ablate_blind.py
 out_dir = 'out-ablate-blind'
-blind = True
+fusion = 'none'

@@ -1,4 +1,4 @@
-# The reference model for speed comparisons across projects (issue 7); change nothing here, override on
+# The reference model for speed comparisons across machines and projects; change nothing here, override on
 # the command line instead, so every "config/bench.py" figure in a README means the same model.
 # $ python bench.py config/bench.py
 img_h, img_w, patch = 224, 224, 16

@@ -1,5 +1,6 @@
 """bench.py runs end to end and prints every section; flops_per_sample agrees with torch's FLOP counter."""
 import os
+import re
 import subprocess
 import sys
 
@@ -7,23 +8,47 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import ROOT, TINY_MODEL
 from tvlm import TVLM, TVLMConfig, flops_per_sample
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--img_h=32', '--img_w=32', '--patch=8', '--vit_width=32', '--vit_depth=1', '--vit_heads=2', '--vit_mlp=64',
-        '--dec_width=32', '--dec_depth=1', '--dec_heads=2', '--dec_kv_heads=1', '--dec_mlp=64', '--max_q_len=8',
-        '--batch_size=8', '--questions_per_image=2', '--warmup=0', '--iters=1', '--latency_iters=2',
-        '--matmul_n=128', '--prep_images=4', '--compile=False', '--data_dir=no/such/dir']
+QUICK = ['--batch_size=8', '--questions_per_image=2', '--warmup=0', '--iters=1', '--latency_iters=2', '--matmul_n=128',
+         '--prep_images=4']
+TINY = TINY_MODEL + QUICK + ['--img_h=32', '--img_w=32', '--max_q_len=8', '--data_dir=no/such/dir']
+
+
+def run_bench(args):
+    res = subprocess.run([sys.executable, 'bench.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert res.returncode == 0, f"bench.py failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout
 
 
 def test_bench_runs_and_prints_every_section():
-    res = subprocess.run([sys.executable, 'bench.py', *TINY], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, f"bench.py failed:\n{res.stdout}\n{res.stderr}"
-    sections = {line.split()[0] for line in res.stdout.splitlines() if line.strip()}
+    out = run_bench(TINY)
+    sections = {line.split()[0] for line in out.splitlines() if line.strip()}
     missing = {'ceiling', 'train', 'sharing', 'answer', 'data', 'prepare'} - sections
-    assert not missing, f"sections {sorted(missing)} not printed:\n{res.stdout}"
+    assert not missing, f"sections {sorted(missing)} not printed:\n{out}"
     for qpi in (1, 2, 4, 6, 8):
-        assert f"{qpi} question(s)/image" in res.stdout, f"no row for {qpi} questions per image:\n{res.stdout}"
+        assert f"{qpi} question(s)/image" in out, f"no row for {qpi} questions per image:\n{out}"
+
+
+def test_bench_in_bfloat16():
+    """--dtype=bfloat16 alone times the bf16 step against the bf16 ceiling (it once read the fp32 one before it existed)."""
+    out = run_bench(TINY + ['--dtype=bfloat16'])
+    assert 'bfloat16 matmul' in out and 'bfloat16: ms/step' in out and 'float32' not in out
+
+
+def test_bench_times_the_model_train_py_trains(toy_data, tmp_path):
+    """The same config and dataset give bench.py and train.py the same model: parameters, image, question and answer
+    shapes (bench once used its own max_q_len, vocabulary and answers)."""
+    args = TINY_MODEL + [f'--data_dir={toy_data}', '--batch_size=12', '--questions_per_image=3']
+    train = subprocess.run([sys.executable, 'train.py', *args, f'--out_dir={tmp_path}', '--max_iters=0', '--device=cpu'],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert train.returncode == 0, train.stdout + train.stderr
+    model_line = lambda text: re.search(r"model: .*? patch labels", text).group(0)
+    bench = run_bench(args + QUICK[2:])
+    assert model_line(bench) == model_line(train.stdout)
+    assert 'as train.py reads it' in bench and 'B=12 questions' in bench
 
 
 @pytest.mark.parametrize('fusion, qpi, stem', [('cross', 1, ()), ('cross', 4, ()), ('prefix', 1, ()), ('prefix', 4, ()),

@@ -211,7 +211,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp('eval')
     data = make_dataset(str(root / 'data'))
     ckpt = make_checkpoint(str(root / 'out-cross' / 'ckpt.pt'), data)
-    blind = make_checkpoint(str(root / 'out-blind' / 'ckpt.pt'), data, blind=True)
+    blind = make_checkpoint(str(root / 'out-blind' / 'ckpt.pt'), data, fusion='none')
     blind_res = ev.evaluate(blind, robust_max=9, batch_questions=64, save_temperature=False)
     res = ev.evaluate(ckpt, blind_ckpt=blind, robust_max=30, batch_questions=64)
     yield {'root': root, 'data': data, 'ckpt': ckpt, 'blind': blind, 'res': res, 'blind_res': blind_res}

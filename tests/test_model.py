@@ -11,17 +11,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from tvlm import (TVLM, Attention, RMSNorm, TVLMConfig, Tokenizer, apply_rope, configure_optimizers,
-                  get_lr, load_image, prefix_lm_mask, rope_cache)  # conftest.py: root on sys.path
+from tvlm import (TVLM, Attention, RMSNorm, TVLMConfig, Tokenizer, answer_loss, apply_rope, configure_optimizers,
+                  get_lr, load_checkpoint, load_image, prefix_lm_mask, rope_cache)  # conftest.py: root on sys.path
 
 CORPUS = ["Is the traffic light red?", "How many cars are on the left?", "Is there a pedestrian?",
           "What's the weather like?", "Is the road wet, or dry?"]
 TOK = Tokenizer.build(CORPUS)
 ANSWERS = ['yes', 'no', '0', '1', '2']
 FUSIONS = ['cross', 'prefix', 'both']
-# every way the decoder can be wired: three fusions, learned positions, and the blind ablation
+# every way the decoder can be wired: three fusions, learned positions, and the blind ablation (fusion='none')
 VARIANTS = [dict(fusion='cross'), dict(fusion='prefix'), dict(fusion='both'),
-            dict(fusion='both', pos='learned'), dict(fusion='prefix', pos='learned'), dict(blind=True)]
+            dict(fusion='both', pos='learned'), dict(fusion='prefix', pos='learned'), dict(fusion='none')]
 VARIANT_IDS = ['cross', 'prefix', 'both', 'both-learned', 'prefix-learned', 'blind']
 
 
@@ -64,7 +64,7 @@ def encode(questions, max_len=12):
 def image_inputs(model, imgs):
     """The decoder's image inputs as TVLM.forward builds them: (prefix (B, P, C) or None, ctx (N, P, C) or None)."""
     cfg = model.cfg
-    if cfg.blind:
+    if cfg.fusion == 'none':
         return None, None
     img = model.proj(model.vit(imgs))                                             # (N, P, C)
     return (img if cfg.fusion in ('prefix', 'both') else None), (img if cfg.fusion in ('cross', 'both') else None)
@@ -93,21 +93,32 @@ def test_conv_stem_gives_the_same_patch_grid():
 
 
 def test_patch_loss_is_binary_cross_entropy_of_the_patch_head():
-    """With patch_targets the loss adds the patch head's BCE (summed over a patch's 3 labels, averaged over
-    patches), and its gradient reaches the vision encoder."""
-    model = make_model(n_patch_labels=3).train()
+    """With patch_targets the loss adds patch_weight x the patch head's BCE (summed over a patch's 3 labels,
+    averaged over patches), and its gradient reaches the vision encoder."""
+    model = make_model(n_patch_labels=3, patch_weight=0.5).train()
     q, a = encode(CORPUS[:4]), torch.tensor([0, 1, 2, 3])
     img, idx = images(2), torch.tensor([0, 0, 1, 1])
     targets = (torch.rand(2, 4, 6, 3, generator=torch.Generator().manual_seed(0)) < 0.3).float()  # (N, Hi/p, Wi/p, K)
     logits, answer_only = model(img, q, a, image_idx=idx)
-    _, patch_only = model(img, q, image_idx=idx, patch_targets=targets)
     _, both = model(img, q, a, image_idx=idx, patch_targets=targets)
     by_hand = 3 * F.binary_cross_entropy_with_logits(model.patch_head(model.vit(img)), targets.view(2, 24, 3))
-    assert patch_only.item() == pytest.approx(by_hand.item(), rel=1e-6)
-    assert both.item() == pytest.approx(answer_only.item() + patch_only.item(), rel=1e-6)
-    patch_only.backward()
-    assert model.vit.patch.weight.grad.abs().sum() > 0 and model.head.weight.grad is None
-    assert make_model(n_patch_labels=3, blind=True).patch_head is None
+    assert both.item() == pytest.approx(answer_only.item() + 0.5 * by_hand.item(), rel=1e-6)
+    (both - answer_only).backward()
+    assert model.vit.patch.weight.grad.abs().sum() > 0
+    assert make_model(n_patch_labels=3, fusion='none').patch_head is None
+
+
+def test_forward_returns_the_training_loss():
+    """forward's loss is the one train.py optimises: answer_loss with the config's smoothing, per-answer weights and
+    focal term, so no script rebuilds it (the bug this guards against: train.py and bench.py each had their own)."""
+    weights = tuple(float(w) for w in range(1, len(ANSWERS) + 1))
+    model = make_model(label_smoothing=0.1, focal_gamma=2.0, answer_weights=weights)
+    q, a = encode(CORPUS[:4]), torch.tensor([0, 1, 2, 3])
+    logits, loss = model(images(4), q, a)
+    torch.testing.assert_close(loss, answer_loss(logits, a, 0.1, torch.tensor(weights), 2.0))
+    assert loss != answer_loss(logits, a)
+    with pytest.raises(ValueError, match='answer_weights'):
+        tiny_cfg(answer_weights=(1.0, 2.0))
 
 
 def test_the_image_moves_the_answer_at_initialisation():
@@ -315,7 +326,7 @@ def test_fast_path_equals_explicit_path(kw):
     close(explicit[1], fast[1])
     assert out['grid'] == (4, 6)
     assert len(out['self_attn']) == model.cfg.dec_depth
-    assert len(out['vit_attn']) == (0 if model.cfg.blind else model.cfg.vit_depth)
+    assert len(out['vit_attn']) == (0 if model.cfg.fusion == 'none' else model.cfg.vit_depth)
     assert torch.equal(out['summary_idx'], (toks != 0).sum(1) - 1)
     assert (toks[torch.arange(3), out['summary_idx']] == Tokenizer.eos_id).all()
 
@@ -388,8 +399,8 @@ def test_shared_image_forward_equals_repeated_images(fusion):
 
 
 def test_blind_model_ignores_the_image():
-    """blind=True has no vision tower and gives the same logits for different images; a seeing model does not."""
-    blind, seeing = make_model(blind=True), make_model()
+    """fusion='none' has no vision tower and gives the same logits for different images; a seeing model does not."""
+    blind, seeing = make_model(fusion='none'), make_model()
     assert blind.vit is None and blind.proj is None
     assert not any(n.startswith(('vit.', 'proj.')) for n, _ in blind.named_parameters())
     toks = encode(CORPUS[:2])
@@ -451,7 +462,7 @@ def save_checkpoint(model, path, temperature=1.0):
                 'tokenizer': TOK.to_dict(), 'answers': list(ANSWERS), 'temperature': temperature}, path)
 
 
-@pytest.mark.parametrize('kw', [dict(fusion='both'), dict(fusion='prefix', pos='learned'), dict(blind=True)],
+@pytest.mark.parametrize('kw', [dict(fusion='both'), dict(fusion='prefix', pos='learned'), dict(fusion='none')],
                          ids=['both', 'prefix-learned', 'blind'])
 def test_checkpoint_round_trip(tmp_path, kw):
     """A checkpoint loads under torch.load(weights_only=True) and from_checkpoint gives identical logits."""
@@ -492,6 +503,23 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path, writer):
     with open(path, 'rb') as f:
         unsafe_load(f)                                                           # the control: the payload is real
     assert marker.exists()
+
+
+def test_checkpoint_with_the_old_blind_flag_loads(tmp_path):
+    """Checkpoints written before fusion='none' existed said blind=True; they load as the same model."""
+    model, path = make_model(fusion='none'), str(tmp_path / 'old.pt')
+    args = dict(dataclasses.asdict(model.cfg), fusion='cross', blind=True)
+    torch.save({'model': model.state_dict(), 'model_args': args, 'tokenizer': TOK.to_dict(), 'answers': ANSWERS}, path)
+    assert TVLM.from_checkpoint(path).cfg == model.cfg
+
+
+@pytest.mark.parametrize('content', [b'', b'PK\x03\x04 half a zip', b'not a checkpoint at all'])
+def test_truncated_or_garbage_checkpoint_is_one_clear_line(tmp_path, content):
+    path = tmp_path / 'bad.pt'
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"not a readable torch checkpoint") as e:
+        load_checkpoint(str(path))
+    assert '\n' not in str(e.value)
 
 
 def test_missing_checkpoint_gives_a_hint(tmp_path):

@@ -326,9 +326,11 @@ def test_sample_batch_keeps_questions_with_their_images(toy_data):
 def test_split_batches_cover_every_question_once_in_order(toy_data):
     arrays = prepare.open_split(toy_data, 'val')
     seen = []
-    for q_lo, q_hi, images, q, idx in prepare.split_batches(arrays, max_questions=10):
+    for rows, q_rows, images, q, idx in prepare.split_batches(arrays, max_questions=10):
+        q_lo, q_hi = q_rows.start, q_rows.stop
         assert q_hi - q_lo <= 10 and len(q) == len(idx) == q_hi - q_lo
         assert (images[idx] == np.asarray(arrays['images'])[arrays['image_idx'][q_lo:q_hi]]).all()
+        assert (np.asarray(arrays['images'])[rows] == images).all()
         seen.extend(range(q_lo, q_hi))
     assert seen == list(range(len(arrays['answers'])))
 

@@ -36,7 +36,7 @@ def read_log(out_dir, kind):
 def configure(monkeypatch, argv, **defaults):
     """exec configurator.py into a namespace of defaults, as train.py does, with sys.argv = ['train.py', *argv]."""
     monkeypatch.setattr(sys, 'argv', ['train.py', *argv])
-    ns = dict(defaults, config_keys=list(defaults))
+    ns = dict(defaults)
     exec(open(os.path.join(ROOT, 'configurator.py')).read(), ns)
     return ns
 
@@ -72,6 +72,14 @@ def test_configurator_rejects_unknown_key_in_config_file(monkeypatch, tmp_path):
     cfg_file.write_text("max_iter = 5\n")
     with pytest.raises(SystemExit, match=r"typo.py: unknown config key 'max_iter'; did you mean 'max_iters'"):
         configure(monkeypatch, [str(cfg_file)], max_iters=100)
+
+
+def test_configurator_keys_are_the_lower_case_plain_globals(monkeypatch):
+    """One rule for every script: lower-case globals holding plain values are keys; constants and objects are not."""
+    with pytest.raises(SystemExit, match="unknown config key 'MAX'"):
+        configure(monkeypatch, ['--MAX=3'], lr=1e-3, MAX=5, path=os.path)
+    ns = configure(monkeypatch, [], lr=1e-3, stem=(1, 2), MAX=5, path=os.path, _private=1)
+    assert ns['config_keys'] == ['lr', 'stem']
 
 
 def test_configurator_help_lists_keys(monkeypatch, capsys):
@@ -170,7 +178,7 @@ NAN_AFTER_12_STEPS = """
 import runpy, sys, torch, tvlm
 real_loss, calls = tvlm.answer_loss, [0]
 def loss_that_explodes(*args, **kwargs):
-    calls[0] += 1
+    calls[0] += torch.is_grad_enabled()  # training steps only, not evaluations
     loss = real_loss(*args, **kwargs)
     return loss * float('nan') if calls[0] > 12 else loss
 tvlm.answer_loss = loss_that_explodes
@@ -183,7 +191,8 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(toy_data, tmp_pa
     out = str(tmp_path / 'out')
     p = run_train(['--max_iters=50', '--eval_interval=10'], out, toy_data, check=False, runner=NAN_AFTER_12_STEPS)
     assert p.returncode == 1
-    assert 'loss is nan at iteration 12' in p.stderr and 'HINT' in p.stderr
+    # the loss reaches the host once per log_interval=5 iterations: iteration 13 went bad, 15 reports it
+    assert 'loss is nan in the 5 iterations up to 15' in p.stderr and 'HINT' in p.stderr
     assert torch.load(os.path.join(out, 'last.pt'), weights_only=True)['iter_num'] == 10
 
 
