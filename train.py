@@ -9,7 +9,10 @@ DDP on 8 GPUs of one node (4 processes on a CPU also work: the backend falls bac
 $ torchrun --standalone --nproc_per_node=8 train.py config/base.py config/bdd100k.py
 Resume the run in out_dir where it stopped:
 $ python train.py config/small.py --init_from=resume
+Fine-tune a trained model on another prepared dataset (synthetic pretraining, then real BDD100K):
+$ python train.py config/finetune.py --init_from=out-small/ckpt.pt --data_dir=data/bdd100k
 """
+import io
 import json
 import os
 import sys
@@ -19,6 +22,8 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -35,7 +40,7 @@ globals().update({k: v for k, v in asdict(TVLMConfig()).items() if k not in DATA
 # I/O
 data_dir = 'data/synthetic'
 out_dir = 'out-small'
-init_from = 'scratch'         # 'scratch' or 'resume' (from out_dir/last.pt)
+init_from = 'scratch'         # 'scratch', 'resume' (from out_dir/last.pt), or a checkpoint path to fine-tune from
 eval_interval = 200           # iterations between val evaluations and checkpoints
 log_interval = 20             # iterations between log lines; the loop syncs with the device only then
 eval_max_questions = 4000     # cap on val questions per evaluation (whole images, in file order)
@@ -47,7 +52,7 @@ wandb_run_name = 'run'
 batch_size = 64               # questions per micro-step, per process
 questions_per_image = 4       # questions share an image in a batch, so the ViT runs once for all of them
 grad_accum = 1                # micro-steps per optimizer step
-augment = False               # photometric jitter: brightness and contrast
+augment = False               # photometric jitter: exposure, contrast, white balance, blur, noise, JPEG
 hflip = False                 # mirror images, swapping 'left' and 'right' in questions and answers
 class_weights = False         # weight answers by inverse train frequency (sets the model's answer_weights)
 # optimizer and schedule
@@ -109,27 +114,43 @@ if batch_size % questions_per_image:
     sys.exit(f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}")
 flip_tokens, flip_answers = mirror_tables(tokenizer, answers)
 
-# model: from scratch with this config on this dataset, or exactly as the checkpoint being resumed was built
+# model: from scratch with this config on this dataset, exactly as the checkpoint being resumed was built, or
+# with a pretrained checkpoint's architecture on this dataset's words and answers (fine-tuning)
 iter_num, best_val_acc, train_time = 0, 0.0, 0.0
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'last.pt')
     if not os.path.exists(ckpt_path):
         sys.exit(f"--init_from=resume but {ckpt_path} does not exist ---> HINT: train first, or check --out_dir")
+else:
+    ckpt_path = None if init_from == 'scratch' else init_from
+checkpoint = None
+if ckpt_path:
     try:
         checkpoint = load_checkpoint(ckpt_path)
-    except ValueError as e:
-        sys.exit(str(e))
-    iter_num, best_val_acc, train_time = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['train_time']
-elif init_from != 'scratch':
-    sys.exit(f"init_from must be 'scratch' or 'resume', got {init_from!r}")
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"--init_from={init_from}: {e}")
 try:
-    cfg = TVLMConfig(**checkpoint['model_args']) if init_from == 'resume' else \
-        model_config(config, data_shape(meta), np.bincount(train_data['answers'], minlength=len(answers)))
+    if init_from == 'resume':
+        cfg = TVLMConfig(**checkpoint['model_args'])
+        iter_num, best_val_acc, train_time = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['train_time']
+    else:
+        # fine-tuning keeps the pretrained shapes; how to train (dropout and the loss knobs) is this run's config
+        arch = {} if checkpoint is None else {k: v for k, v in checkpoint['model_args'].items()
+                                              if k not in ('dropout', 'label_smoothing', 'focal_gamma', 'patch_weight')}
+        cfg = model_config({**config, **arch}, data_shape(meta), np.bincount(train_data['answers'], minlength=len(answers)))
 except ValueError as e:
     sys.exit(str(e))
 model = TVLM(cfg, tokenizer, answers, mean=meta['mean'], std=meta['std'])
 if init_from == 'resume':
     model.load_state_dict(checkpoint['model'])
+elif checkpoint is not None:
+    old = checkpoint['model_args']
+    if (old['img_h'], old['img_w']) != (cfg.img_h, cfg.img_w):
+        sys.exit(f"{init_from} was trained on {old['img_h']}x{old['img_w']} images, {data_dir} holds {cfg.img_h}x{cfg.img_w} "
+                 f"---> HINT: prepare the data with --img_h={old['img_h']} --img_w={old['img_w']}")
+    partial = model.load_pretrained(checkpoint)
+    if master:
+        print(f"fine-tuning from {init_from}; not copied whole: {', '.join(partial) or 'nothing'}")
 model.to(device)
 raw_model = model  # the plain module: what gets saved, evaluated, and counted
 if master:
@@ -140,6 +161,35 @@ def to_device(x):
     x = torch.from_numpy(np.require(x, requirements=['C', 'W']))  # copies only read-only memmap slices
     # pinned memory lets the copy run asynchronously with the GPU's work (nanoGPT train.py)
     return x.pin_memory().to(device, non_blocking=True) if device_type == 'cuda' else x.to(device)
+
+
+def jpeg(image, quality):
+    """uint8 (H, W, 3) -> the same image after JPEG compression at quality 1-95."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format='JPEG', quality=int(quality))
+    return np.asarray(Image.open(buf))
+
+
+BLUR = torch.tensor([1.0, 2.0, 1.0])
+BLUR = (BLUR[:, None] * BLUR[None, :] / 16).expand(3, 1, 3, 3).to(device)   # (3, 1, 3, 3) binomial, one per channel
+
+
+def photometric(images):
+    """Per image, the ways two cameras differ: exposure and contrast, white balance, focus (blur) and sensor
+    noise, drawn from batch_gen, so a from-scratch ViT cannot lean on the renderer's exact pixels.
+    uint8 (N, H, W, 3) on the device -> the same; float work stays on the device."""
+    N, H, W, _ = images.shape
+    r = torch.rand(N, 8, 1, 1, generator=batch_gen).to(device)                 # (N, 8, 1, 1) uniform draws
+    x = images.permute(0, 3, 1, 2).float()                                      # (N, 3, H, W)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)                                  # (N, 1, 1, 1)
+    x = (x - mean) * (0.6 + 0.8 * r[:, :1]) + mean * (0.6 + 0.8 * r[:, 1:2])  # contrast, exposure
+    x = x * (0.85 + 0.3 * r[:, 2:5])                                            # white balance, per channel
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode='replicate'), BLUR, groups=3)  # (N, 3, H, W)
+    x = torch.lerp(x, blurred, (r[:, 5:6] * 2 - 1).clamp(min=0))                # half the images, by a random amount
+    # sensor noise at half resolution (a quarter of the random numbers; demosaicing correlates neighbours anyway)
+    noise = torch.randn(N, 3, H // 2, W // 2, generator=batch_gen).to(device)   # (N, 3, H/2, W/2)
+    x = x + 12 * r[:, 6:7] * F.interpolate(noise, size=(H, W), mode='nearest')
+    return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)          # (N, H, W, 3)
 
 
 def get_batch():
@@ -154,11 +204,12 @@ def get_batch():
             patches = np.where(flip[:, None, None, None], patches[:, :, ::-1], patches)
         q = np.where(flip[idx][:, None], flip_tokens[q], q)
         a = np.where(flip[idx], flip_answers[a], a)
+    if augment:  # JPEG on the host, a quarter of the images: it is the one CPU-only step, and the dearest
+        quality = (20 + 70 * torch.rand(len(images), generator=batch_gen)).numpy()
+        images = np.stack([jpeg(im, qu) if qu < 37.5 else im for im, qu in zip(images, quality)])
     images = to_device(images)                                                 # (N, H, W, 3) uint8
-    if augment:  # brightness and contrast jitter per image, on the device so the CPU never builds float images
-        gain, bias = (torch.rand(2, len(images), 1, 1, 1, generator=batch_gen) - 0.5).to(device).unbind(0)
-        mean = images.float().mean(dim=(1, 2, 3), keepdim=True)
-        images = ((images.float() - mean) * (1 + 0.6 * gain) + mean + 60 * bias).clamp(0, 255).to(torch.uint8)
+    if augment:
+        images = photometric(images)
     return images, to_device(q), to_device(a), to_device(idx), None if patches is None else to_device(patches)
 
 
@@ -173,7 +224,7 @@ if init_from == 'resume':
         batch_gen.set_state(checkpoint['rng']['batch'])
     else:  # only rank 0's stream is saved: give every rank a fresh one, so no rank replays its old batches
         batch_gen.manual_seed(seed + rank + 1_000_003 * iter_num)
-    checkpoint = None  # free the memory
+checkpoint = None  # free the memory
 if compile:
     model = torch.compile(model)
 if ddp:
@@ -234,7 +285,7 @@ def log(record):
 
 if master:
     os.makedirs(out_dir, exist_ok=True)
-    if init_from == 'scratch' and os.path.exists(os.path.join(out_dir, 'log.jsonl')):
+    if init_from != 'resume' and os.path.exists(os.path.join(out_dir, 'log.jsonl')):
         os.remove(os.path.join(out_dir, 'log.jsonl'))  # a new run starts a new log; resume appends to its own
     if wandb_log:
         import wandb  # optional extra, imported only when asked for

@@ -555,6 +555,29 @@ class TVLM(nn.Module):
         return model.to(device).eval()
 
     @torch.no_grad()
+    def load_pretrained(self, ckpt):
+        """Start from another checkpoint's weights (load_checkpoint's dict), e.g. synthetic pretraining before real
+        data with other words or answers: tensors of the same name and shape are copied, word embeddings and answer
+        rows are matched by name, and what the checkpoint lacks (new words, new answers) keeps its fresh init.
+        -> names of the tensors that were not copied whole."""
+        src, own, partial = ckpt['model'], self.state_dict(), []   # state_dict tensors share storage with the model
+        by_name = {'dec.embed.weight': (ckpt['tokenizer']['itos'], self.tokenizer.itos),
+                   'head.weight': (ckpt['answers'], self.answers), 'head.bias': (ckpt['answers'], self.answers)}
+        for name, t in own.items():
+            if name in by_name and name in src:
+                old_row = {w: i for i, w in enumerate(by_name[name][0])}
+                new = [i for i, w in enumerate(by_name[name][1]) if w in old_row]
+                old = [old_row[by_name[name][1][i]] for i in new]
+                t[new] = src[name][old].to(t.dtype)                          # (matched rows, ...)
+                if len(new) < len(t):
+                    partial.append(f"{name} ({len(t) - len(new)} of {len(t)} rows new)")
+            elif name in src and src[name].shape == t.shape:
+                t.copy_(src[name])
+            else:
+                partial.append(name)
+        return partial
+
+    @torch.no_grad()
     def answer(self, image, question):
         """One image (path, PIL image or array, any size or mode) and one question -> (answer, prob, {answer: prob})."""
         assert self.tokenizer is not None and self.answers is not None, "answer() needs a model from from_checkpoint()"

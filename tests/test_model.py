@@ -522,6 +522,25 @@ def test_truncated_or_garbage_checkpoint_is_one_clear_line(tmp_path, content):
     assert '\n' not in str(e.value)
 
 
+def test_load_pretrained_matches_words_and_answers_by_name():
+    """Fine-tuning on a dataset with other words and answers: known words keep their embedding rows and known
+    answers their head rows, wherever their new ids are; new ones keep the fresh init; same-shaped tensors copy."""
+    src = make_model(random_head=True)
+    ckpt = {'model': src.state_dict(), 'tokenizer': TOK.to_dict(), 'answers': ANSWERS}
+    words = ['zebra'] + TOK.itos[4:][::-1]                               # one new word, the rest in another order
+    dst = TVLM(tiny_cfg(vocab_size=len(words) + 4, n_answers=3), Tokenizer(words), ['maybe', 'no', 'yes'])
+    fresh_zebra = dst.dec.embed.weight[dst.tokenizer.stoi['zebra']].clone()
+    partial = dst.load_pretrained(ckpt)
+    for w in TOK.itos:
+        torch.testing.assert_close(dst.dec.embed.weight[dst.tokenizer.stoi[w]], src.dec.embed.weight[TOK.stoi[w]])
+    torch.testing.assert_close(dst.dec.embed.weight[dst.tokenizer.stoi['zebra']], fresh_zebra)
+    torch.testing.assert_close(dst.head.weight[1:], src.head.weight[[1, 0]])       # 'no', 'yes'
+    assert dst.head.weight[0].abs().sum() == 0                                      # 'maybe': the zero init
+    torch.testing.assert_close(dst.vit.patch.weight, src.vit.patch.weight)
+    assert partial == ['dec.embed.weight (1 of %d rows new)' % len(dst.tokenizer), 'head.weight (1 of 3 rows new)',
+                       'head.bias (1 of 3 rows new)']
+
+
 def test_missing_checkpoint_gives_a_hint(tmp_path):
     """A missing checkpoint raises FileNotFoundError that says how to make one."""
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*train\.py"):

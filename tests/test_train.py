@@ -218,6 +218,27 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
     p = run_train(['--vit_heads=3'], str(tmp_path / 'o'), toy_data, check=False)
     assert p.returncode == 1 and 'vit_width=32 not divisible by vit_heads=3' in p.stderr
 
+def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):
+    """Pretrain on the toy set, then fine-tune on a prepared BDD100K tree (world.py's, in BDD's 2018 layout) with
+    other words and answers: the run starts from the checkpoint and writes a loadable model for the new data."""
+    import prepare
+    import world
+    run_train(['--max_iters=10', '--eval_interval=10'], str(tmp_path / 'pre'), toy_data)
+    tree, data = str(tmp_path / 'bdd'), str(tmp_path / 'data')
+    with prepare.make_pool(1) as pool:
+        world.render_tree(tree, 3, 60, 6, pool)
+    prepare.build(dict(bdd_root=tree, out=data, max_images=0, weather='', timeofday='', img_h=32, img_w=48,
+                       max_q_len=16, seed=1, workers=1, force=False, synth_train=0, synth_val=0), tree, 'bdd', 'bdd100k')
+    out = str(tmp_path / 'fine')
+    p = run_train([f'--init_from={tmp_path / "pre" / "ckpt.pt"}', '--max_iters=6', '--eval_interval=3', '--augment'],
+                  out, data)
+    assert 'fine-tuning from' in p.stdout and 'dec.embed.weight (' in p.stdout and 'head.weight (' in p.stdout
+    model = TVLM.from_checkpoint(os.path.join(out, 'ckpt.pt'))
+    assert model.answers == prepare.ANSWERS and len(model.tokenizer) > 10
+    p = run_train([f'--init_from={tmp_path / "nowhere.pt"}'], out, data, check=False)
+    assert p.returncode == 1 and 'no checkpoint at' in p.stderr.strip().splitlines()[-1]
+
+
 # -----------------------------------------------------------------------------
 # the flip augmentation
 
