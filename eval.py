@@ -7,8 +7,9 @@ $ python eval.py --ckpt=out-small/ckpt.pt --blind_ckpt=out-ablate-blind/ckpt.pt 
 $ python eval.py --compare out-small out-ablate-prefix    # one table of the runs' eval.json headlines
 
 The metric functions are pure numpy (no scikit-learn) and importable: tests/test_eval.py checks them by hand.
-Calibration follows Guo et al. 2017 (arXiv 1706.04599); the fitted temperature is stored in the checkpoint,
-so TVLM.answer() reports calibrated probabilities.
+Calibration follows Guo et al. 2017 (arXiv 1706.04599). The temperature fitted on val is only reported: with
+--save_temperature=True it is also written into the checkpoint, and from then on TVLM.answer() and viz.py divide
+the logits by it. Off by default, so what a checkpoint answers never depends on whether eval.py ran on it.
 """
 import io
 import json
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prepare import load_meta, mirror_tables, open_split, split_batches
-from tvlm import TVLM
+from prepare import check_compatible, load_meta, mirror_tables, open_split, split_batches
+from tvlm import TVLM, image_attention, load_checkpoint
+from viz import draw_boxes, overlay
 
 # -----------------------------------------------------------------------------
 # defaults: plain globals, overridden by --key=value (configurator.py)
@@ -35,14 +37,13 @@ blind_ckpt = ''           # a question-only model (config/ablate_blind.py) to me
 compare = False           # True: the positional arguments are run dirs whose eval.json go into one table
 robust_max = 500          # questions (whole images, in file order) for the robustness and flip runs
 batch_questions = 256
-save_temperature = True   # write the temperature fitted on val into the checkpoint
+save_temperature = False  # True: write the temperature fitted on val into the checkpoint (answer() uses it)
 device = 'auto'
 seed = 1337
-config_keys = ['ckpt', 'split', 'out', 'data_dir', 'blind_ckpt', 'compare', 'robust_max', 'batch_questions',
-               'save_temperature', 'device', 'seed']
 
 N_BINS = 15                                 # equal-width confidence bins for ECE, as in Guo et al.
 HIGH_CONF, LOW_CONF = 0.9, 0.5              # an error is confident above HIGH_CONF, a guess below LOW_CONF
+MIN_TEMPERATURE_QUESTIONS = 300             # fewer val questions fit a temperature to noise: keep T = 1
 ROBUSTNESS = {'noise': (8, 16, 32),         # Gaussian sigma, 0-255 scale
               'brightness': (0.5, 0.75, 1.5),   # pixel gain
               'contrast': (0.5, 0.75, 1.5),     # gain around each image's mean
@@ -55,7 +56,12 @@ ROBUSTNESS = {'noise': (8, 16, 32),         # Gaussian sigma, 0-255 scale
 
 def confusion_matrix(y, pred, n):
     """int[n, n] counts, rows = truth, columns = prediction."""
-    return np.bincount(n * np.asarray(y) + np.asarray(pred), minlength=n * n).reshape(n, n)
+    y, pred = np.asarray(y, np.int64), np.asarray(pred, np.int64)
+    for what, ids in (('truth', y), ('prediction', pred)):
+        bad = ids[(ids < 0) | (ids >= n)]
+        if len(bad):  # n * y + pred would silently count it in another cell
+            raise ValueError(f"confusion_matrix: {what} id {bad[0]} is outside the {n} answer ids 0..{n - 1}")
+    return np.bincount(n * y + pred, minlength=n * n).reshape(n, n)
 
 
 def classification(y, pred, n):
@@ -77,7 +83,9 @@ def classification(y, pred, n):
 
 def auc(positive, score):
     """AUC-ROC = P(a random positive outscores a random negative), ties counting 1/2 (Mann-Whitney U)."""
-    positive = np.asarray(positive, bool)
+    positive, score = np.asarray(positive, bool), np.asarray(score, np.float64)
+    if np.isnan(score).any():  # a NaN has no rank: np.unique would sort it last and call it the highest score
+        raise ValueError(f"auc: {int(np.isnan(score).sum())} of {len(score)} scores are NaN (NaN logits?)")
     n_pos, n_neg = positive.sum(), (~positive).sum()
     if n_pos == 0 or n_neg == 0:
         return float('nan')
@@ -86,25 +94,26 @@ def auc(positive, score):
     return (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def yes_no(positive, score):
-    """Yes/no figures: positive bool[N] (truth is 'yes'), score float[N] = P(yes) / (P(yes) + P(no)), i.e. the
-    model's choice between the two answers its question allows; predicted 'yes' when score > 0.5."""
-    positive, said_yes = np.asarray(positive, bool), np.asarray(score) > 0.5
+def yes_no(positive, margin):
+    """Yes/no figures: positive bool[N] (truth is 'yes'), margin float64[N] = logit_yes - logit_no, the model's
+    choice between the two answers its question allows; predicted 'yes' when margin > 0."""
+    positive, said_yes = np.asarray(positive, bool), np.asarray(margin) > 0
     tp, fn = int((positive & said_yes).sum()), int((positive & ~said_yes).sum())
     fp, tn = int((~positive & said_yes).sum()), int((~positive & ~said_yes).sum())
     return {'n': len(positive), 'tp': tp, 'fn': fn, 'fp': fp, 'tn': tn,
             'sensitivity': tp / (tp + fn) if tp + fn else float('nan'),
-            'specificity': tn / (tn + fp) if tn + fp else float('nan'), 'auc': auc(positive, score)}
+            'specificity': tn / (tn + fp) if tn + fp else float('nan'), 'auc': auc(positive, margin)}
 
 
-def full_report(y, probs, answers):
-    """classification() of the argmax, plus yes_no() on the questions whose truth is yes or no."""
-    res = classification(y, probs.argmax(1), len(answers))
+def full_report(y, logits, answers):
+    """classification() of the argmax of logits float[N, A], plus yes_no() on the questions whose truth is yes or no."""
+    res = classification(y, logits.argmax(1), len(answers))
     if 'yes' in answers and 'no' in answers:
         yes, no = answers.index('yes'), answers.index('no')
         m = (y == yes) | (y == no)
-        if m.any():
-            res['yes_no'] = yes_no(y[m] == yes, probs[m, yes] / np.maximum(probs[m, yes] + probs[m, no], 1e-12))
+        if m.any():  # the margin, not P(yes) / (P(yes) + P(no)): in float32 that is exactly 1.0 past a margin of
+            # ~17, and the ties it makes between sure answers pull the AUC towards 1/2
+            res['yes_no'] = yes_no(y[m] == yes, logits[m, yes].astype(np.float64) - logits[m, no])
     return res
 
 # -----------------------------------------------------------------------------
@@ -171,19 +180,6 @@ def grounding(maps, shares):
             'pointing': (shares[np.arange(Q), maps.argmax(1)] > 0).mean(),  # the top patch touches a referent box
             'pointing_chance': (shares > 0).mean(), 'entropy': entropy.mean(), 'entropy_uniform': np.log(P)}
 
-
-def summary_attention(out):
-    """float[B, L, P]: the summary token's attention to the image in each decoder layer, heads averaged. Under prefix
-    fusion it is the image columns of the summary row, renormalised, since the rest of that row goes to text."""
-    s = out['summary_idx']
-    b = torch.arange(len(s), device=s.device)
-    if out['cross_attn']:
-        maps = [a[b, :, s] for a in out['cross_attn']]                       # L x (B, H, P)
-    else:
-        maps = [a[b, :, out['prefix'] + s, :out['prefix']] for a in out['self_attn']]  # L x (B, H, P)
-    m = torch.stack(maps, 1).float().mean(2)                                  # (B, L, P)
-    return (m / m.sum(-1, keepdim=True)).cpu().numpy()
-
 # -----------------------------------------------------------------------------
 # Robustness: image perturbations and the left-right mirror
 
@@ -219,29 +215,26 @@ def perturb(images, kind, strength, rng, patch):
 
 def load(ckpt_path, data_dir, device):
     """(model, checkpoint dict, meta, data_dir), with one-line errors for the mistakes a user can make."""
-    if not os.path.isfile(ckpt_path):
-        sys.exit(f"no checkpoint at {ckpt_path} ---> HINT: train one with `python train.py config/small.py`, "
-                 f"or pass --ckpt=out-DIR/ckpt.pt")
-    ck = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+    try:  # loaded twice, as a dict (its data_dir, train time, and a place for the temperature) and as a model
+        ck = load_checkpoint(ckpt_path)
+        model = TVLM.from_checkpoint(ckpt_path, device)
+    except (ValueError, FileNotFoundError) as e:  # missing, not a tvlm checkpoint, or one that would run code
+        sys.exit(str(e))
     data_dir = data_dir or ck.get('data_dir', 'data/synthetic')
     meta = load_meta(data_dir)
-    args = ck['model_args']
-    for what, ours, theirs in (('tokenizer', ck['tokenizer'], meta['tokenizer']), ('answers', ck['answers'], meta['answers']),
-                               ('image size', (args['img_h'], args['img_w']), (meta['img_h'], meta['img_w']))):
-        if ours != theirs:
-            sys.exit(f"{ckpt_path} does not fit the dataset {data_dir}: their {what} differ ---> HINT: pass "
-                     f"--data_dir=<the dataset it was trained on>, or retrain on this one")
-    return TVLM.from_checkpoint(ckpt_path, device), ck, meta, data_dir
+    check_compatible(model, meta, data_dir)
+    return model, ck, meta, data_dir
 
 
 @torch.no_grad()
 def predict(model, arrays, batch_questions, max_images=None, transform=None, attn=False):
     """float32[Q, A] logits for the questions of the first max_images images (all by default), whole images per
     batch so the ViT runs once per image; transform(images, questions) may alter both. With attn=True, also the
-    summary token's attention to the image, float32[Q, L, P] (None for a blind model)."""
+    summary token's attention to the image, {name: float32[Q, P]} per tvlm.image_attention map (None for a blind
+    model)."""
     dev = next(model.parameters()).device
     attn = attn and model.cfg.fusion != 'none'
-    logits, maps = [], []
+    logits, maps = [np.zeros((0, model.cfg.n_answers), np.float32)], {}  # an empty split gives (0, A), not an error
     for _, _, images, q, idx in split_batches(arrays, batch_questions, max_images):
         if transform is not None:
             images, q = transform(images, q)
@@ -250,9 +243,11 @@ def predict(model, arrays, batch_questions, max_images=None, transform=None, att
         lg, _ = model(torch.from_numpy(images).to(dev), torch.from_numpy(q).to(dev),
                       image_idx=torch.from_numpy(idx).to(dev), out=out)
         logits.append(lg.float().cpu().numpy())
-        if attn:
-            maps.append(summary_attention(out))
-    return np.concatenate(logits), (np.concatenate(maps) if attn else None)
+        if attn:  # the summary token's row of each map: the position the answer is read from
+            rows = torch.arange(len(q), device=dev)
+            for name, m in image_attention(out):
+                maps.setdefault(name, []).append(m[rows, out['summary_idx']].cpu().numpy())  # (Q', P)
+    return np.concatenate(logits), ({k: np.concatenate(v) for k, v in maps.items()} if attn else None)
 
 # -----------------------------------------------------------------------------
 # The report's sections: each takes the predictions, returns plain numbers for eval.json, and draws its plot
@@ -264,8 +259,11 @@ def by_family(hit, fam, families):
 
 def calibration_section(logits, y, val_logits, val_y, out_dir):
     """ECE, MCE and NLL before and after temperature scaling (T fitted on val), and reliability.png."""
-    T = fit_temperature(val_logits, val_y)
-    res = {'temperature': T}
+    if len(val_y) >= MIN_TEMPERATURE_QUESTIONS:
+        T, how = fit_temperature(val_logits, val_y), f"fitted on {len(val_y):,} val questions"
+    else:
+        T, how = 1.0, f"val has {len(val_y):,} questions: too few to fit a temperature, T = 1"
+    res = {'temperature': T, 'temperature_from': how, 'saved': False}  # evaluate() sets 'saved'
     for name, t in (('before', 1.0), ('after', T)):
         p = softmax(logits, t)
         res[name] = {**calibration(p.max(1), p.argmax(1) == y), 'nll': nll(logits, y, t)}
@@ -283,19 +281,25 @@ def calibration_section(logits, y, val_logits, val_y, out_dir):
     return res
 
 
+def layer_average(maps):
+    """{name: float[Q, P]} -> float[Q, P]: every layer's and kind's map averaged, as viz.py's 'layer average'."""
+    return np.mean(list(maps.values()), axis=0)
+
+
 def grounding_section(maps, arrays, cfg, families):
-    """grounding() of the layer-averaged maps, of each layer and of each family, over the questions that have
-    referent boxes."""
+    """grounding() of the layer-averaged maps, of each map of predict() and of each family, over the questions
+    that have referent boxes."""
+    avg = layer_average(maps)                                                 # (Q, P)
     ref_off, refs, boxes = np.asarray(arrays['ref_offsets']), np.asarray(arrays['referents']), np.asarray(arrays['boxes'])
-    has = np.flatnonzero(np.diff(ref_off[:len(maps) + 1]) > 0)
+    has = np.flatnonzero(np.diff(ref_off[:len(avg) + 1]) > 0)
     if len(has) == 0:
         return None
     shares = np.stack([box_shares(boxes[refs[ref_off[j]:ref_off[j + 1]]], cfg.img_h, cfg.img_w, cfg.patch).ravel()
                        for j in has])                                         # (Qr, P)
-    res = grounding(maps[has].mean(1), shares)
-    res['per_layer'] = [grounding(maps[has, l], shares) for l in range(maps.shape[1])]
+    res = grounding(avg[has], shares)
+    res['per_layer'] = {name: grounding(m[has], shares) for name, m in maps.items()}
     fam = arrays['family'][has]
-    res['per_family'] = {f: grounding(maps[has[fam == i]].mean(1), shares[fam == i])
+    res['per_family'] = {f: grounding(avg[has[fam == i]], shares[fam == i])
                          for i, f in enumerate(families) if (fam == i).any()}
     return res
 
@@ -310,11 +314,14 @@ def majority_by_template(train_template, train_answers, template, n_templates, n
 
 
 def baseline_section(y, fam, pred, arrays, train, meta, blind_logits):
-    """Majority-per-template and (given) blind-model accuracy, and how far the model is above each."""
-    guess = majority_by_template(train['template'], train['answers'], arrays['template'], len(meta['templates']), len(meta['answers']))
-    acc = (pred == y).mean()
-    res = {'majority': {'accuracy': (guess == y).mean(), 'gap': acc - (guess == y).mean(),
-                        'per_family': by_family(guess == y, fam, meta['families'])}}
+    """Majority-per-template (None without train questions to count) and (given) blind-model accuracy, and how far
+    the model is above each."""
+    acc, res = (pred == y).mean(), {'majority': None}
+    if len(train['answers']):
+        guess = majority_by_template(train['template'], train['answers'], arrays['template'], len(meta['templates']),
+                                     len(meta['answers']))
+        res['majority'] = {'accuracy': (guess == y).mean(), 'gap': acc - (guess == y).mean(),
+                           'per_family': by_family(guess == y, fam, meta['families'])}
     if blind_logits is not None:
         hit = blind_logits.argmax(1) == y
         res['blind'] = {'accuracy': hit.mean(), 'gap': acc - hit.mean(), 'per_family': by_family(hit, fam, meta['families'])}
@@ -357,7 +364,8 @@ def confidence_errors(conf, correct, high=HIGH_CONF, low=LOW_CONF):
 
 
 def error_section(y, probs, maps, arrays, model, names, out_dir, k=10, gallery=8):
-    """The most confident errors, confidence_errors(), and failures.png: the worst cases with their attention."""
+    """The most confident errors, confidence_errors(), and failures.png: the worst cases with their layer-averaged
+    attention (maps float[Q, P], None for a blind model)."""
     conf, pred = probs.max(1), probs.argmax(1)
     wrong = np.flatnonzero(pred != y)
     worst = wrong[np.argsort(-conf[wrong], kind='stable')][:k]
@@ -371,20 +379,22 @@ def error_section(y, probs, maps, arrays, model, names, out_dir, k=10, gallery=8
 
 
 def plot_gallery(cases, arrays, maps, cfg, path):
+    """Each case's image, heatmap and referent boxes, drawn by viz.py's overlay and draw_boxes (one convention)."""
     cols = min(4, len(cases))
     rows = -(-len(cases) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    extent = (0, cfg.img_w, cfg.img_h, 0)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, (4 * cfg.img_h / cfg.img_w + 0.6) * rows), squeeze=False)
     ref_off, refs, boxes = arrays['ref_offsets'], arrays['referents'], arrays['boxes']
     for ax, c in zip(axes.flat, cases):
         j = c['question_idx']
-        ax.imshow(arrays['images'][arrays['image_idx'][j]], extent=extent, interpolation='nearest')
-        if maps is not None:  # layers averaged; one square per patch, since that is what the model attends to
-            heat = maps[j].mean(0).reshape(cfg.img_h // cfg.patch, cfg.img_w // cfg.patch)  # (Hi/p, Wi/p)
-            ax.imshow(heat, extent=extent, cmap='jet', alpha=0.45, interpolation='nearest')
-        for x1, y1, x2, y2 in boxes[refs[ref_off[j]:ref_off[j + 1]]]:
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor='lime', linewidth=1.5))
-        ax.set_title(f"{c['image']}: {c['question']}\ntruth {c['truth']}, said {c['prediction']} ({c['confidence']:.2f})", fontsize=8)
+        img = np.asarray(arrays['images'][arrays['image_idx'][j]])                   # (Hi, Wi, 3)
+        title = f"{c['image']}: {c['question']}\ntruth {c['truth']}, said {c['prediction']} ({c['confidence']:.2f})"
+        if maps is None:
+            ax.imshow(img)
+            ax.set_title(title, fontsize=9)
+        else:
+            overlay(ax, img, maps[j].reshape(cfg.img_h // cfg.patch, cfg.img_w // cfg.patch), title)  # (Hi/p, Wi/p)
+        ref = boxes[refs[ref_off[j]:ref_off[j + 1]]]
+        draw_boxes(ax, ref, [''] * len(ref), [True] * len(ref))
     for ax in axes.flat:
         ax.axis('off')
     save_fig(fig, path)
@@ -424,35 +434,41 @@ def write_json(path, obj):
 
 
 def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=500, batch_questions=256,
-             save_temperature=True, device='cpu', seed=1337):
-    """Every section for one checkpoint on one split -> the eval.json dict; writes eval.json and the PNGs to out."""
+             save_temperature=False, device='cpu', seed=1337):
+    """Every section for one checkpoint on one split -> the eval.json dict; writes eval.json and the PNGs to out,
+    and with save_temperature the report's temperature into the checkpoint."""
     model, ck, meta, data_dir = load(ckpt, data_dir, device)
     mtime = os.path.getmtime(ckpt)
     arrays, val, train = (open_split(data_dir, s) for s in (split, 'val', 'train'))
+    if len(arrays['answers']) == 0:  # a BDD tree with only some splits' images prepares the others empty
+        sys.exit(f"the {split} split of {data_dir} has no questions ---> HINT: evaluate a split that has some "
+                 f"(--split=train|val|test), or re-run prepare.py with images for this one")
     out = out or os.path.dirname(os.path.abspath(ckpt))
     os.makedirs(out, exist_ok=True)
     y, fam = arrays['answers'].astype(np.int64), arrays['family'].astype(np.int64)
     logits, maps = predict(model, arrays, batch_questions, attn=True)
     probs = softmax(logits)
-    res = {'ckpt': ckpt, 'split': split, 'data_dir': data_dir, 'n_questions': len(y), 'n_images': len(arrays['q_offsets']) - 1,
+    res = {'ckpt': ckpt, 'split': split, 'data_dir': data_dir, 'source': meta.get('source'),
+           'source_format': meta.get('source_format'), 'n_questions': len(y), 'n_images': len(arrays['q_offsets']) - 1,
            'n_params': model.num_params(), 'train_time': ck.get('train_time'), 'iter_num': ck.get('iter_num'),
            'model_args': ck['model_args'], 'answers': meta['answers'], 'families': meta['families']}
-    res['classification'] = {**full_report(y, probs, meta['answers']), 'per_family': {
-        f: full_report(y[fam == i], probs[fam == i], meta['answers']) for i, f in enumerate(meta['families']) if (fam == i).any()}}
+    res['classification'] = {**full_report(y, logits, meta['answers']), 'per_family': {
+        f: full_report(y[fam == i], logits[fam == i], meta['answers']) for i, f in enumerate(meta['families']) if (fam == i).any()}}
     val_logits = logits if split == 'val' else predict(model, val, batch_questions)[0]  # on val, T is fitted in-sample
     res['calibration'] = calibration_section(logits, y, val_logits, val['answers'].astype(np.int64), out)
     if save_temperature and os.path.getmtime(ckpt) != mtime:  # train.py saved new weights: they need their own T
         print(f"{ckpt} changed during the evaluation: its temperature is left alone")
-    elif save_temperature:  # TVLM.from_checkpoint reads it, so model.answer() gives calibrated probabilities
+    elif save_temperature:  # TVLM.from_checkpoint reads it: answer() and viz.py then divide the logits by it
         ck['temperature'] = res['calibration']['temperature']
         write_atomic(ckpt, lambda tmp: torch.save(ck, tmp))
+        res['calibration']['saved'] = True
     res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg, meta['families'])
     blind_logits = predict(load(blind_ckpt, data_dir, device)[0], arrays, batch_questions)[0] if blind_ckpt else None
     res['baselines'] = baseline_section(y, fam, probs.argmax(1), arrays, train, meta, blind_logits)
     res['robustness'] = robustness_section(model, arrays, logits, robust_max, batch_questions, seed, out)
     with open(os.path.join(data_dir, f'{split}_names.json')) as f:
         names = json.load(f)
-    res['errors'] = error_section(y, probs, maps, arrays, model, names, out)
+    res['errors'] = error_section(y, probs, None if maps is None else layer_average(maps), arrays, model, names, out)
     res['plots'] = ['reliability.png', 'robustness.png'] + (['failures.png'] if res['errors']['most_confident'] else [])
     res = plain(res)
     write_json(os.path.join(out, 'eval.json'), res)
@@ -465,8 +481,9 @@ def fmt(x, spec='.3f'):
 
 def print_report(r):
     answers, c = r['answers'], r['classification']
-    print(f"\n{r['ckpt']} on {r['split']}: {r['n_questions']:,} questions about {r['n_images']:,} images, "
-          f"{r['n_params'] / 1e6:.2f}M parameters")
+    source = ', '.join(filter(None, [r['source'], r['source_format'] and f"{r['source_format']} labels"]))
+    print(f"\n{r['ckpt']} on {r['data_dir']} ({source or 'source not recorded'}), {r['split']} split: "
+          f"{r['n_questions']:,} questions about {r['n_images']:,} images, {r['n_params'] / 1e6:.2f}M parameters")
     print(f"overall: accuracy {fmt(c['accuracy'])}, balanced accuracy {fmt(c['balanced_accuracy'])}, "
           f"macro P/R/F1 {fmt(c['macro_precision'])}/{fmt(c['macro_recall'])}/{fmt(c['macro_f1'])}, weighted F1 {fmt(c['weighted_f1'])}")
     w = max(len(a) for a in answers)
@@ -486,24 +503,30 @@ def print_report(r):
     print(f"\nper family:\n  {'family':<8} {'n':>6} {'acc':>6} {'bal':>6} {'AUC':>6} {'major':>6}" + (f" {'blind':>6}" if 'blind' in b else ''))
     for f, fc in c['per_family'].items():
         auc_ = fc['yes_no']['auc'] if 'yes_no' in fc else None
+        major = b['majority'] and b['majority']['per_family'][f]['accuracy']
         blind = f" {fmt(b['blind']['per_family'][f]['accuracy']):>6}" if 'blind' in b else ''
         print(f"  {f:<8} {fc['n']:>6} {fmt(fc['accuracy']):>6} {fmt(fc['balanced_accuracy']):>6} {fmt(auc_):>6} "
-              f"{fmt(b['majority']['per_family'][f]['accuracy']):>6}{blind}")
+              f"{fmt(major):>6}{blind}")
     print_sections(r)
 
 
 def print_sections(r):
     cal, g, b, rob, e = r['calibration'], r['grounding'], r['baselines'], r['robustness'], r['errors']
     print(f"\ncalibration: ECE {fmt(cal['before']['ece'])} -> {fmt(cal['after']['ece'])}, MCE {fmt(cal['before']['mce'])} -> "
-          f"{fmt(cal['after']['mce'])}, NLL {fmt(cal['before']['nll'])} -> {fmt(cal['after']['nll'])} (temperature {cal['temperature']:.2f}, fitted on val)")
+          f"{fmt(cal['after']['mce'])}, NLL {fmt(cal['before']['nll'])} -> {fmt(cal['after']['nll'])} "
+          f"(temperature {cal['temperature']:.2f}; {cal['temperature_from']})")
+    print("  this temperature is " + ("written into the checkpoint: answer() and viz.py now use it" if cal['saved'] else
+          "not saved: answer() and viz.py keep using the checkpoint's own (--save_temperature=True writes it)"))
     if g:
         print(f"grounding ({g['n']:,} questions with referents): {fmt(g['inside'])} of the attention inside the boxes, "
               f"which cover {fmt(g['baseline'])} -> ratio {fmt(g['ratio'], '.2f')}x; pointing game {fmt(g['pointing'])} "
               f"(chance {fmt(g['pointing_chance'])}); entropy {fmt(g['entropy'], '.2f')} nats (uniform {fmt(g['entropy_uniform'], '.2f')})")
-        for name, parts in (('layer', enumerate(g['per_layer'])), ('family', g['per_family'].items())):
+        for name, parts in (('layer', g['per_layer'].items()), ('family', g['per_family'].items())):
             print(f"  per {name}: " + ', '.join(f"{k} {fmt(x['ratio'], '.2f')}x (pointing {fmt(x['pointing'], '.2f')})"
                                                 for k, x in parts))
-    print(f"baselines: majority answer per template {fmt(b['majority']['accuracy'])} (gap {fmt(b['majority']['gap'], '+.3f')})"
+    major = (f"{fmt(b['majority']['accuracy'])} (gap {fmt(b['majority']['gap'], '+.3f')})" if b['majority']
+             else "unavailable (the train split has no questions to count)")
+    print(f"baselines: majority answer per template {major}"
           + (f", blind model {fmt(b['blind']['accuracy'])} (gap {fmt(b['blind']['gap'], '+.3f')})" if 'blind' in b else ''))
     print(f"robustness, accuracy on the first {rob['n']} questions (clean {fmt(rob['clean'])}):")
     for kind, accs in rob['accuracy'].items():

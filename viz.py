@@ -9,8 +9,9 @@ $ python viz.py --data=data/synthetic --random=8                 # eight random 
 $ python viz.py --log=out-small/                                 # loss, accuracy and lr from train.py's log.jsonl
 
 The heatmap is the attention of the summary token (the question's <eos>, the position the answer is read from)
-over the image patches, averaged over heads: cross-attention for fusion='cross', the text->image block of the
-self-attention for fusion='prefix', both for 'both'. Attention rollout (Abnar & Zuidema, arXiv 2005.00928)
+over the image patches, averaged over heads, as tvlm.image_attention reads it (so does eval.py's grounding):
+cross-attention for fusion='cross', the text->image block of the self-attention renormalised over the image for
+fusion='prefix', both for 'both'. Attention rollout (Abnar & Zuidema, arXiv 2005.00928)
 carries a map from the ViT's output tokens back to its input patches. Attention shows where the model looked,
 not why it answered: read the maps as hints, not proof. Without --ckpt, the newest out-*/ckpt.pt is used.
 """
@@ -27,7 +28,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend or figure s
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from tvlm import TVLM, load_image
+from tvlm import TVLM, image_attention, load_image
 
 PANEL_W = 3.0    # inches per image panel; at DPI 100, four panels make a 1200 px wide figure
 DPI = 100
@@ -59,18 +60,16 @@ def attention_rollout(vit_attn):
 @torch.no_grad()
 def attend(model, img, ids, rollout=False):
     """uint8[Hi, Wi, 3] image at the model's size and int64[T] question ids -> dict with probs float[A], the
-    summary position, the text tokens, and layers: [(name, float[T, gh, gw])], heads averaged."""
+    summary position, the text tokens, and layers: [(name, float[T, gh, gw])] from tvlm.image_attention, heads
+    averaged, each row summing to 1 over the image."""
     cfg = model.cfg
     if cfg.fusion == 'none':
         raise ValueError("this checkpoint is a blind (question-only) model: it never looks at the image")
     device = model.head.weight.device
     out = {}
     logits, _ = model(torch.tensor(img)[None].to(device), torch.tensor(ids)[None].to(device), out=out)  # copies: memmaps are read-only
-    T, P, (gh, gw) = len(ids), out['prefix'], out['grid']
-    # the last T rows are the text: fusion='both' also returns cross-attention rows for the image prefix
-    maps = [(f'cross-attn {i}', a[0, :, -T:]) for i, a in enumerate(out['cross_attn'])]   # (H, T, P) each
-    maps += [(f'self-attn {i}', a[0, :, P:, :P]) for i, a in enumerate(out['self_attn']) if P]
-    layers = [(name, a.float().mean(0)) for name, a in maps]                           # (T, P) each
+    T, (gh, gw) = len(ids), out['grid']
+    layers = [(name, m[0]) for name, m in image_attention(out)]                        # (T, P) each
     if rollout:  # (T, P) @ (P, P): attention on the ViT's outputs, re-expressed on its input patches
         R = attention_rollout([a[0] for a in out['vit_attn']])
         layers = [(name, a @ R) for name, a in layers]
@@ -149,8 +148,7 @@ def explain(model, image, question, per_word=False, rollout=False):
         panels = [(w + (' (summary)' if t == r['summary'] else '') + how, avg[t]) for t, w in enumerate(r['words']) if t]
     else:
         s = r['summary']
-        panels = [(f'{name}{how}' + (f', {m[s].sum():.0%} on image' if m[s].sum() < 0.995 else ''), m[s])
-                  for name, m in r['layers']] + [(f'layer average{how}', avg[s])]
+        panels = [(f'{name}{how}', m[s]) for name, m in r['layers']] + [(f'layer average{how}', avg[s])]
     top = top_answers(model, r['probs'])
     fig, axes = grid(len(panels) + (not per_word), cfg.img_h / cfg.img_w)
     if not per_word:
@@ -161,19 +159,6 @@ def explain(model, image, question, per_word=False, rollout=False):
     alts = ', '.join(f'{a} {p:.0%}' for a, p in top[1:])
     fig.suptitle(f'Q: {question}\nA: {top[0][0]} ({top[0][1]:.0%}; then {alts})', fontsize=11)
     return fig, top
-
-
-def check_dataset(model, meta, data_dir):
-    """Exit with a hint when the dataset and the checkpoint do not speak the same tokens, answers or image size."""
-    hint = "---> HINT: pass the --ckpt trained on this dataset, or the --data it was trained on"
-    if meta['tokenizer']['itos'] != model.tokenizer.itos:
-        sys.exit(f"{data_dir} was made with another tokenizer than the checkpoint ({len(meta['tokenizer']['itos'])} "
-                 f"vs {len(model.tokenizer)} words) {hint}")
-    if list(meta['answers']) != list(model.answers):
-        sys.exit(f"{data_dir} has other answer classes than the checkpoint {hint}")
-    if (meta['img_h'], meta['img_w']) != (model.cfg.img_h, model.cfg.img_w):
-        sys.exit(f"{data_dir} stores {meta['img_h']}x{meta['img_w']} images, the checkpoint expects "
-                 f"{model.cfg.img_h}x{model.cfg.img_w} {hint}")
 
 
 def show_questions(model, meta, arrays, rows, split=''):
@@ -257,12 +242,10 @@ def find_checkpoint():
 
 
 def load_model(path, device):
-    if not os.path.isfile(path):
-        sys.exit(f"no checkpoint at {path} ---> HINT: train one with `python prepare.py && python train.py config/small.py`")
     try:
         return TVLM.from_checkpoint(path, device)
-    except (ValueError, RuntimeError, OSError) as e:  # not a checkpoint, or not a tvlm one
-        sys.exit(f"cannot load {path}: {str(e).splitlines()[0]}")
+    except (ValueError, FileNotFoundError) as e:  # load_checkpoint's one line: missing, not tvlm's, or unsafe
+        sys.exit(str(e))
 
 
 def check_image(path):
@@ -287,7 +270,6 @@ if __name__ == '__main__':
     seed = 0
     log = ''              # an out_dir (or its log.jsonl): plot the training curves
     device = 'cpu'
-    config_keys = ['ckpt', 'out', 'per_word', 'rollout', 'data', 'split', 'idx', 'random', 'seed', 'log', 'device']
     _positional = []      # image and question; configurator.py appends the arguments that are not --key=value
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 
@@ -309,11 +291,13 @@ if __name__ == '__main__':
             sys.exit("the question is empty ---> HINT: ask something like \"Is the light red?\"")
     model = load_model(ckpt or find_checkpoint(), device)
     if data:
-        from prepare import load_meta, open_split  # imported here: the other modes don't need a dataset
+        from prepare import check_compatible, load_meta, open_split  # here: the other modes need no dataset
         meta = load_meta(data)
-        check_dataset(model, meta, data)
+        check_compatible(model, meta, data)
         arrays = open_split(data, split)
         n = len(arrays['answers'])
+        if n == 0:  # a BDD tree with only some splits' images prepares the others empty
+            sys.exit(f"the {split} split of {data} has no questions ---> HINT: show another with --split=train|val|test")
         if random:
             rows = np.random.default_rng(seed).choice(n, size=min(random, n), replace=False)
         elif not 0 <= idx < n:

@@ -1,4 +1,5 @@
 """eval.py: every metric against hand-worked numbers, then an end-to-end run on a tiny dataset and checkpoint."""
+import hashlib
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import torch
 
 import eval as ev
 import prepare
+import viz
 from tvlm import TVLM, TVLMConfig, Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,10 +49,27 @@ def test_constant_predictor():
 
 
 def test_yes_no_by_hand():
-    yn = ev.yes_no(np.array([1, 1, 0, 0]), np.array([0.9, 0.4, 0.6, 0.1]))
+    yn = ev.yes_no(np.array([1, 1, 0, 0]), np.array([2.2, -0.4, 0.4, -2.2]))   # margins: 'yes' when > 0
     assert (yn['tp'], yn['fn'], yn['fp'], yn['tn']) == (1, 1, 1, 1)
     assert (yn['sensitivity'], yn['specificity']) == (0.5, 0.5)
-    assert yn['auc'] == pytest.approx(3 / 4)                            # 0.4 < 0.6 is the one misordered pair
+    assert yn['auc'] == pytest.approx(3 / 4)                            # -0.4 < 0.4 is the one misordered pair
+
+
+def test_yes_no_ranks_saturated_margins():
+    """Margins 40 and 20 are both 'surely yes', but 40 is surer: the float32 P(yes) / (P(yes) + P(no)) of both is
+    exactly 1.0, a tie worth AUC 1/2; the margin keeps them apart."""
+    logits = np.array([[40.0, 0.0], [20.0, 0.0]], np.float32)           # columns yes, no; truth yes, then no
+    p = ev.softmax(logits)
+    assert (p[:, 0] / (p[:, 0] + p[:, 1]) == 1.0).all()                  # what the old score saw: a tie
+    yn = ev.full_report(np.array([0, 1]), logits, ['yes', 'no'])['yes_no']
+    assert yn['auc'] == 1.0 and (yn['tp'], yn['fp']) == (1, 1)
+
+
+def test_confusion_matrix_rejects_ids_outside_the_answers():
+    with pytest.raises(ValueError, match='truth id 3 is outside the 3 answer ids 0..2'):
+        ev.confusion_matrix([0, 3], [0, 1], 3)                           # 3 * 3 + 1 would land in cell (2, ...)
+    with pytest.raises(ValueError, match='prediction id -1 is outside'):
+        ev.confusion_matrix([0, 1], [0, -1], 3)
 
 
 def test_auc_matches_brute_force_pair_count():
@@ -60,6 +79,8 @@ def test_auc_matches_brute_force_pair_count():
     brute = ((p[:, None] > n[None]).sum() + 0.5 * (p[:, None] == n[None]).sum()) / (len(p) * len(n))
     assert ev.auc(pos, score) == pytest.approx(brute, abs=1e-12)
     assert np.isnan(ev.auc(np.ones(3, bool), np.arange(3)))              # undefined without a negative
+    with pytest.raises(ValueError, match='1 of 3 scores are NaN'):
+        ev.auc([True, False, True], [0.2, np.nan, 0.9])                  # np.unique would rank NaN above all
 
 # -----------------------------------------------------------------------------
 # calibration
@@ -170,7 +191,8 @@ def make_dataset(root, n=(48, 16, 24), H=32, W=48, answers=ANSWERS, seed=0):
         for k, v in arrays.items():
             np.save(os.path.join(root, f'{split}_{k}.npy'), v)
         json.dump([f'{split}-{i:04d}' for i in range(N)], open(os.path.join(root, f'{split}_names.json'), 'w'))
-    meta = {'format_version': prepare.FORMAT_VERSION, 'tokenizer': tok.to_dict(), 'max_q_len': 10, 'answers': answers, 'families': families,
+    meta = {'format_version': prepare.FORMAT_VERSION, 'source': 'toy', 'tokenizer': tok.to_dict(), 'max_q_len': 10,
+            'answers': answers, 'families': families,
             'templates': [q for _, q in QUESTIONS], 'box_classes': ['car'], 'img_h': H, 'img_w': W,
             'mean': [40.0] * 3, 'std': [60.0] * 3}
     json.dump(meta, open(os.path.join(root, 'meta.json'), 'w'))
@@ -203,18 +225,26 @@ def make_checkpoint(path, data_dir, steps=10, **kw):
     return path
 
 
+def digest(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-    """A dataset, a cross-attention and a blind checkpoint, and the eval of both (blind gap included)."""
+    """A dataset (val just big enough to fit a temperature), a cross-attention and a blind checkpoint, and the eval
+    of both: the blind one with the defaults, the other with the blind gap and the temperature saved."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # models this tiny run faster on one thread than on two fighting other jobs
     root = tmp_path_factory.mktemp('eval')
-    data = make_dataset(str(root / 'data'))
+    data = make_dataset(str(root / 'data'), n=(48, ev.MIN_TEMPERATURE_QUESTIONS // 3, 24))
     ckpt = make_checkpoint(str(root / 'out-cross' / 'ckpt.pt'), data)
     blind = make_checkpoint(str(root / 'out-blind' / 'ckpt.pt'), data, fusion='none')
-    blind_res = ev.evaluate(blind, robust_max=9, batch_questions=64, save_temperature=False)
-    res = ev.evaluate(ckpt, blind_ckpt=blind, robust_max=30, batch_questions=64)
-    yield {'root': root, 'data': data, 'ckpt': ckpt, 'blind': blind, 'res': res, 'blind_res': blind_res}
+    blind_digest = digest(blind)
+    blind_res = ev.evaluate(blind, robust_max=9, batch_questions=64)
+    res = ev.evaluate(ckpt, blind_ckpt=blind, robust_max=30, batch_questions=64, save_temperature=True)
+    yield {'root': root, 'data': data, 'ckpt': ckpt, 'blind': blind, 'res': res, 'blind_res': blind_res,
+           'blind_untouched': digest(blind) == blind_digest}
     torch.set_num_threads(threads)
 
 
@@ -228,25 +258,54 @@ def test_end_to_end_writes_every_section_and_plot(run):
     assert c['n'] == 72 and set(c['per_family']) == {'exist', 'count', 'spatial'} and 'yes_no' in c
     assert c['per_answer']['support'][ANSWERS.index('2')] == 0
     g = saved['grounding']
-    assert len(g['per_layer']) == 2 and set(g['per_family']) == {'exist', 'count', 'spatial'} and g['n'] == sum(
-        x['n'] for x in g['per_family'].values()) > 0
+    assert list(g['per_layer']) == ['cross-attn 0', 'cross-attn 1'] and set(g['per_family']) == {'exist', 'count', 'spatial'}
+    assert g['n'] == sum(x['n'] for x in g['per_family'].values()) > 0
     assert saved['baselines']['blind']['gap'] == pytest.approx(c['accuracy'] - saved['baselines']['blind']['accuracy'])
     assert set(saved['robustness']['accuracy']) == set(ev.ROBUSTNESS) and saved['robustness']['n'] == 30
     assert 0 <= saved['robustness']['flip']['consistency'] <= 1 and saved['robustness']['flip']['n_left_right'] == 10
     for png in ('reliability.png', 'robustness.png', 'failures.png'):
         assert png in saved['plots'] and os.path.getsize(os.path.join(out, png)) > 1000
-    # the fitted temperature went into the checkpoint, where answer() finds it
-    assert TVLM.from_checkpoint(run['ckpt']).temperature == pytest.approx(saved['calibration']['temperature'])
+    # asked to, eval.py wrote the fitted temperature into the checkpoint, where answer() finds it
+    cal = saved['calibration']
+    assert cal['saved'] and cal['temperature_from'] == 'fitted on 300 val questions' and cal['temperature'] != 1.0
+    assert TVLM.from_checkpoint(run['ckpt']).temperature == pytest.approx(cal['temperature'])
+    # by default it only reports it: the blind checkpoint is byte for byte what training wrote
+    assert not run['blind_res']['calibration']['saved'] and run['blind_untouched']
     assert run['blind_res']['grounding'] is None                          # a blind model has nothing to ground
 
 
-def test_prefix_fusion_attention_is_a_distribution_over_patches(run):
-    ckpt = make_checkpoint(str(run['root'] / 'out-prefix' / 'ckpt.pt'), run['data'], steps=2, fusion='prefix')
-    model = TVLM.from_checkpoint(ckpt)
-    logits, maps = ev.predict(model, ev.open_split(run['data'], 'test'), 64, attn=True)
-    assert logits.shape == (72, len(ANSWERS)) and maps.shape == (72, 2, 6)
-    np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)
-    assert ev.predict(TVLM.from_checkpoint(run['blind']), ev.open_split(run['data'], 'test'), 64, attn=True)[1] is None
+@pytest.mark.parametrize('fusion, names', [('prefix', ['self-attn 0', 'self-attn 1']),
+                                           ('both', ['cross-attn 0', 'cross-attn 1', 'self-attn 0', 'self-attn 1'])])
+def test_grounding_reads_the_maps_viz_shows(run, fusion, names):
+    """One map per tvlm.image_attention entry, each a distribution over the patches; their average for a question
+    is viz.py's 'layer average' panel for it (under 'both': cross and prefix maps alike)."""
+    ckpt = make_checkpoint(str(run['root'] / f'out-{fusion}' / 'ckpt.pt'), run['data'], steps=2, fusion=fusion)
+    model, arrays = TVLM.from_checkpoint(ckpt), ev.open_split(run['data'], 'test')
+    logits, maps = ev.predict(model, arrays, 64, attn=True)
+    assert logits.shape == (72, len(ANSWERS)) and list(maps) == names and all(m.shape == (72, 6) for m in maps.values())
+    np.testing.assert_allclose(np.stack(list(maps.values())).sum(-1), 1.0, rtol=1e-5)
+    for j in (0, 40, 71):
+        r = viz.attend(model, np.asarray(arrays['images'][arrays['image_idx'][j]]), arrays['questions'][j].astype(np.int64))
+        shown = np.mean([m[r['summary']] for _, m in r['layers']], axis=0).ravel()   # (P,)
+        np.testing.assert_allclose(ev.layer_average(maps)[j], shown, rtol=1e-4, atol=1e-6)
+    assert ev.predict(TVLM.from_checkpoint(run['blind']), arrays, 64, attn=True)[1] is None
+
+
+def test_gallery_draws_in_viz_coordinates(run, monkeypatch):
+    """failures.png goes through viz.overlay and viz.draw_boxes: heat on the image's own pixel grid, and a box edge
+    at pixel x drawn at x - 0.5, where imshow puts that pixel's left edge."""
+    figs = []
+    monkeypatch.setattr(ev, 'save_fig', lambda fig, path: figs.append(fig))
+    arrays, cfg = ev.open_split(run['data'], 'test'), TVLM.from_checkpoint(run['ckpt']).cfg
+    j = int(np.flatnonzero(np.diff(arrays['ref_offsets']))[0])              # a question with one referent box
+    case = {'question_idx': j, 'image': 'x', 'question': 'q?', 'truth': 'yes', 'prediction': 'no', 'confidence': 0.9}
+    ev.plot_gallery([case], arrays, np.full((72, 6), 1 / 6), cfg, 'unused.png')
+    ax = figs[0].axes[0]
+    shown, heat = ax.images
+    assert shown.get_extent() == heat.get_extent() == [-0.5, cfg.img_w - 0.5, cfg.img_h - 0.5, -0.5]
+    (rect,) = ax.patches
+    x1, y1 = arrays['boxes'][arrays['referents'][arrays['ref_offsets'][j]]][:2]
+    assert rect.get_xy() == (x1 - 0.5, y1 - 0.5)
 
 
 def test_compare_table(run, tmp_path):
@@ -263,13 +322,63 @@ def test_clear_errors(run, tmp_path):
     with pytest.raises(SystemExit, match='no checkpoint at'):
         ev.evaluate(str(tmp_path / 'missing.pt'))
     other = make_dataset(str(tmp_path / 'other'), n=(3, 3, 3), answers=['yes', 'no', 'none', 'one', 'two'])
-    with pytest.raises(SystemExit, match='answers differ'):
+    with pytest.raises(SystemExit, match='have different answer classes'):
         ev.evaluate(run['ckpt'], data_dir=other)
+
+
+class RunsCode:
+    """Unpickling this calls exec: what a crafted 'checkpoint' from the internet could do."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_unsafe_or_truncated_checkpoints_stop_in_one_line(run, tmp_path):
+    """A pickle that would run code and a half-copied checkpoint: exit code 1, one line on stderr, nothing run."""
+    marker = tmp_path / 'code-ran'
+    torch.save({'model': RunsCode(str(marker)), 'model_args': {}, 'tokenizer': {}, 'answers': []}, tmp_path / 'crafted.pt')
+    with open(run['ckpt'], 'rb') as f:
+        good = f.read()
+    (tmp_path / 'truncated.pt').write_bytes(good[:len(good) // 2])                   # a copy cut short
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    procs = {name: subprocess.Popen([sys.executable, os.path.join(ROOT, 'eval.py'), f'--ckpt={tmp_path / name}.pt',
+                                      f'--out={tmp_path}'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for name in ('crafted', 'truncated')}
+    for name, words in (('crafted', 'refusing to load'), ('truncated', 'is not a readable torch checkpoint')):
+        stdout, stderr = procs[name].communicate(timeout=120)
+        assert procs[name].returncode == 1, stderr
+        assert words in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert not marker.exists(), "loading the crafted checkpoint ran its code"
+    assert not (tmp_path / 'eval.json').exists()
+
+
+def test_a_dataset_with_only_test_questions(run, tmp_path, capsys):
+    """BDD100K's val images alone prepare empty train and val splits: no temperature to fit, no train answers to
+    count, yet every other section runs; an empty evaluated split stops in one line."""
+    data = make_dataset(str(tmp_path / 'test-only'), n=(0, 0, 24))
+    model = TVLM.from_checkpoint(run['ckpt'])
+    assert ev.predict(model, ev.open_split(data, 'val'), 64, attn=True)[0].shape == (0, len(ANSWERS))
+    res = ev.evaluate(run['ckpt'], data_dir=data, out=str(tmp_path), robust_max=9, batch_questions=64)
+    assert res['calibration']['temperature'] == 1.0 and res['baselines']['majority'] is None
+    for key in ('classification', 'grounding', 'robustness', 'errors'):
+        assert res[key], f"no {key} section"
+    ev.print_report(res)
+    report = capsys.readouterr().out
+    assert f"on {data} (toy), test split: 72 questions" in report
+    assert 'val has 0 questions: too few to fit a temperature, T = 1' in report
+    assert 'majority answer per template unavailable' in report
+    with pytest.raises(SystemExit, match=r'^the val split of .*test-only has no questions ---> HINT'):
+        ev.evaluate(run['ckpt'], data_dir=data, split='val', out=str(tmp_path))
 
 
 def test_script_end_to_end(run, tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f"--ckpt={run['ckpt']}", f'--out={tmp_path}',
-           '--robust_max=9', '--batch_questions=64', '--save_temperature=False']
+           '--robust_max=9', '--batch_questions=64']
+    before = digest(run['ckpt'])
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert res.returncode == 0, res.stderr
     assert 'grounding' in res.stdout and 'per family' in res.stdout and (tmp_path / 'eval.json').exists()
+    assert f"on {run['data']} (toy), test split" in res.stdout and 'this temperature is not saved' in res.stdout
+    assert digest(run['ckpt']) == before, "eval.py changed the checkpoint without --save_temperature=True"
