@@ -314,14 +314,15 @@ def majority_by_template(train_template, train_answers, template, n_templates, n
 
 
 def baseline_section(y, fam, pred, arrays, train, meta, blind_logits):
-    """Majority-per-template (None without train questions to count) and (given) blind-model accuracy, and how far
-    the model is above each."""
-    acc, res = (pred == y).mean(), {'majority': None}
-    if len(train['answers']):
-        guess = majority_by_template(train['template'], train['answers'], arrays['template'], len(meta['templates']),
-                                     len(meta['answers']))
-        res['majority'] = {'accuracy': (guess == y).mean(), 'gap': acc - (guess == y).mean(),
-                           'per_family': by_family(guess == y, fam, meta['families'])}
+    """Majority-per-template and (given) blind-model accuracy, and how far the model is above each. The majority
+    answers are counted on train; a dataset without train questions (BDD's val images alone) counts them on the
+    evaluated split itself: an in-sample question prior, the strongest baseline that never looks at the image."""
+    acc = (pred == y).mean()
+    src = train if len(train['answers']) else arrays
+    guess = majority_by_template(src['template'], src['answers'], arrays['template'], len(meta['templates']),
+                                 len(meta['answers']))
+    res = {'majority': {'accuracy': (guess == y).mean(), 'gap': acc - (guess == y).mean(), 'counted_on':
+                        'train' if src is train else 'this split', 'per_family': by_family(guess == y, fam, meta['families'])}}
     if blind_logits is not None:
         hit = blind_logits.argmax(1) == y
         res['blind'] = {'accuracy': hit.mean(), 'gap': acc - hit.mean(), 'per_family': by_family(hit, fam, meta['families'])}
@@ -503,7 +504,7 @@ def print_report(r):
     print(f"\nper family:\n  {'family':<8} {'n':>6} {'acc':>6} {'bal':>6} {'AUC':>6} {'major':>6}" + (f" {'blind':>6}" if 'blind' in b else ''))
     for f, fc in c['per_family'].items():
         auc_ = fc['yes_no']['auc'] if 'yes_no' in fc else None
-        major = b['majority'] and b['majority']['per_family'][f]['accuracy']
+        major = b['majority']['per_family'][f]['accuracy']
         blind = f" {fmt(b['blind']['per_family'][f]['accuracy']):>6}" if 'blind' in b else ''
         print(f"  {f:<8} {fc['n']:>6} {fmt(fc['accuracy']):>6} {fmt(fc['balanced_accuracy']):>6} {fmt(auc_):>6} "
               f"{fmt(major):>6}{blind}")
@@ -524,9 +525,9 @@ def print_sections(r):
         for name, parts in (('layer', g['per_layer'].items()), ('family', g['per_family'].items())):
             print(f"  per {name}: " + ', '.join(f"{k} {fmt(x['ratio'], '.2f')}x (pointing {fmt(x['pointing'], '.2f')})"
                                                 for k, x in parts))
-    major = (f"{fmt(b['majority']['accuracy'])} (gap {fmt(b['majority']['gap'], '+.3f')})" if b['majority']
-             else "unavailable (the train split has no questions to count)")
-    print(f"baselines: majority answer per template {major}"
+    m = b['majority']
+    print(f"baselines: majority answer per template (counted on {m['counted_on']}) {fmt(m['accuracy'])} "
+          f"(gap {fmt(m['gap'], '+.3f')})"
           + (f", blind model {fmt(b['blind']['accuracy'])} (gap {fmt(b['blind']['gap'], '+.3f')})" if 'blind' in b else ''))
     print(f"robustness, accuracy on the first {rob['n']} questions (clean {fmt(rob['clean'])}):")
     for kind, accs in rob['accuracy'].items():

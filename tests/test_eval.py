@@ -361,14 +361,14 @@ def test_a_dataset_with_only_test_questions(run, tmp_path, capsys):
     model = TVLM.from_checkpoint(run['ckpt'])
     assert ev.predict(model, ev.open_split(data, 'val'), 64, attn=True)[0].shape == (0, len(ANSWERS))
     res = ev.evaluate(run['ckpt'], data_dir=data, out=str(tmp_path), robust_max=9, batch_questions=64)
-    assert res['calibration']['temperature'] == 1.0 and res['baselines']['majority'] is None
+    assert res['calibration']['temperature'] == 1.0 and res['baselines']['majority']['counted_on'] == 'this split'
     for key in ('classification', 'grounding', 'robustness', 'errors'):
         assert res[key], f"no {key} section"
     ev.print_report(res)
     report = capsys.readouterr().out
     assert f"on {data} (toy), test split: 72 questions" in report
     assert 'val has 0 questions: too few to fit a temperature, T = 1' in report
-    assert 'majority answer per template unavailable' in report
+    assert 'majority answer per template (counted on this split)' in report
     with pytest.raises(SystemExit, match=r'^the val split of .*test-only has no questions ---> HINT'):
         ev.evaluate(run['ckpt'], data_dir=data, split='val', out=str(tmp_path))
 
