@@ -5,8 +5,10 @@ Measure what a tvlm user feels, on whatever device this runs, and print it as on
                and compiled with --compile=True; fp32, plus bf16 autocast on CUDA (or --dtype=bfloat16 alone)
   3 sharing    questions/s with 1..8 questions per image: the ViT runs once per image, not per question
   4 answer     inference throughput at batch 32, single-question latency, 6 questions about one frame
-  5 data       train.py's batch sampling + host->device copy, as a share of the train step
-  6 prepare    full-size 1280x720 JPEGs/s through tvlm.load_image (JPEG draft mode), on `workers` processes
+  5 generate   greedy decoding of max_answer_len words after a full-length question, tokens/s with and without
+               the key/value cache (a classify-mode config times its twin with answer='generate')
+  6 data       train.py's batch sampling + host->device copy, as a share of the train step
+  7 prepare    full-size 1280x720 JPEGs/s through tvlm.load_image (JPEG draft mode), on `workers` processes
 $ python bench.py config/small.py            # times exactly the model and batches that train.py config/small.py trains
 $ python bench.py config/bench.py            # the reference model on random data; compare its figures across machines
 The model comes from the same config and dataset as in train.py (prepare.model_config); with no prepared dataset
@@ -17,7 +19,7 @@ import os
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from multiprocessing import Pool
 
 import numpy as np
@@ -25,7 +27,7 @@ import torch
 from PIL import Image
 
 from prepare import DATASET_FIELDS, data_shape, load_meta, model_config, open_split, patch_labels, sample_batch
-from tvlm import TVLM, TVLMConfig, configure_optimizers, flops_per_sample, load_image
+from tvlm import TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, load_image
 
 # -----------------------------------------------------------------------------
 # defaults: train.py's, run from its own source, so any config file for train.py works here unchanged and
@@ -101,6 +103,7 @@ def make_dataset(tmp):
     n, q_per = 256, 6
     rng = np.random.default_rng(0)
     q = rng.integers(4, vocab_size, (n * q_per, max_q_len)).astype(np.uint16)
+    q[:, 0], q[:, max_q_len * 3 // 4 - 1] = Tokenizer.bos_id, Tokenizer.eos_id   # as encoded: answers follow <eos>
     q[:, max_q_len * 3 // 4:] = 0                                  # padding, which sample_batch strips
     xy = np.sort(rng.uniform(0, 1, (n * q_per, 2, 2)), axis=1) * [img_w, img_h]   # q_per boxes per image
     arrays = {'images': rng.integers(0, 256, (n, img_h, img_w, 3), dtype=np.uint8), 'questions': q,
@@ -129,7 +132,20 @@ def get_batch(qpi=questions_per_image):
     """train.py's get_batch without the augmentations: sampled from the memmaps, patch labels, device copy."""
     *batch, rows = sample_batch(data, batch_size // qpi, qpi, gen)
     images, q, a, idx = (to_device(x) for x in batch)
+    if cfg.answer == 'generate':  # the sequences answer='generate' trains on, the answers random stand-ins
+        q = with_answers(q)
+        a = answer_targets(q)
     return images, q, a, idx, to_device(patch_labels(data, rows, cfg.patch)) if cfg.n_patch_labels else None
+
+
+def with_answers(q):
+    """Questions int64 (B, T) -> (B, T + max_answer_len): each followed by max_answer_len - 1 random words and
+    <eos>, the longest answer the model is built for (no prepared dataset holds answers in words yet)."""
+    A = cfg.max_answer_len
+    words = torch.randint(4, cfg.vocab_size, (len(q), A), generator=gen).to(q.device)   # (B, A)
+    words[:, -1] = Tokenizer.eos_id
+    at = (q != Tokenizer.pad_id).sum(1, keepdim=True) + torch.arange(A, device=q.device)  # (B, A) after each question
+    return torch.cat([q, torch.zeros_like(words)], dim=1).scatter(1, at, words)          # (B, T + A)
 
 
 def make_train_step(precision, use_compile):
@@ -212,11 +228,31 @@ with torch.inference_mode(), autocast(precisions[-1]):
     row('answer', '6 questions, 1 frame: latency p50', f"{np.percentile(t, 50):.1f} ms", f"p95 {np.percentile(t, 95):.1f} ms")
 del model
 
-# 5 data path: get_batch's share of the train step
+# 5 generate: greedy decoding of a written answer, the whole sequence rerun each step or one token through the cache
+# (the figures count the tokens actually written: an untrained model may write <eos> early)
+# a classify-mode config times its generate-mode twin, less the class-weighting loss knobs that the twin refuses
+gen_cfg = cfg if cfg.answer == 'generate' else replace(cfg, answer='generate', answer_weights=(), focal_gamma=0.0)
+gen_model = TVLM(gen_cfg).to(device).eval()
+n_new = gen_model.cfg.max_answer_len
+with torch.inference_mode(), autocast(precisions[-1]):
+    for n in (32, 1):
+        images, tokens, _ = random_questions(n, 1)
+        t = {}
+        for use_cache in (True, False):
+            decode = functools.partial(gen_model.generate, images, tokens, n_new, use_cache=use_cache)
+            written = decode().shape[1] - tokens.shape[1]
+            t[use_cache] = float(np.median(timed(decode)))
+            row('generate', f"batch {n}, {'cache' if use_cache else 'no cache'}: tokens/s",
+                f"{n * written / t[use_cache]:,.0f}", f"{written} new tokens after {tokens.shape[1]} question tokens")
+        row('generate', f"batch {n}: speedup of the cache", f"{t[False] / t[True]:.1f}x",
+            f"{t[True] * 1e3:.1f} vs {t[False] * 1e3:.1f} ms a call, each with one pass of the image encoder")
+del gen_model
+
+# 6 data path: get_batch's share of the train step
 t = float(np.median(timed(get_batch, 5 * iters)))
 row('data', 'get_batch: ms, share of train step', f"{t * 1e3:.2f} ms", f"{100 * t / t_train:.1f}% of {t_train * 1e3:.1f} ms")
 
-# 6 preparation: decode + centre-crop + resize of full-size dash-cam JPEGs
+# 7 preparation: decode + centre-crop + resize of full-size dash-cam JPEGs
 rng = np.random.default_rng(0)  # smooth shapes plus sensor noise, so the JPEGs are photo-sized, not tiny
 for i in range(prep_images):
     low = Image.fromarray(rng.integers(0, 256, (9, 16, 3), dtype=np.uint8)).resize((1280, 720), Image.BICUBIC)

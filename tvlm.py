@@ -3,7 +3,7 @@ tvlm: a small PaliGemma-style vision-language model for questions about traffic 
 
 Read it top to bottom: config -> tokenizer -> image loading -> building blocks (RMSNorm, RoPE, attention,
 MLPs) -> the SigLIP-style vision encoder -> the Gemma-style decoder -> TVLM, which fuses the two and
-answers -> optimizer, learning-rate schedule, FLOP count.
+answers, with a classifier or in words -> optimizer, learning-rate schedule, FLOP count.
 
 Papers: ViT (arXiv 2010.11929), SigLIP (2303.15343), RoPE (2104.09864), GQA (2305.13245),
 RMSNorm (1910.07467), gated GELU MLPs (2002.05202), Gemma (2403.08295), PaliGemma (2407.07726).
@@ -54,7 +54,11 @@ class TVLMConfig:
     dec_mlp: int = 512
     vocab_size: int = 128
     max_q_len: int = 24              # question tokens, <bos> and <eos> included
+    # how the model answers: 'classify' = a linear head over n_answers classes on the question's <eos>; 'generate' =
+    # the tied LM head writes "answer : reason <eos>" after the question, as PaliGemma writes its suffix
+    answer: str = 'classify'
     n_answers: int = 16
+    max_answer_len: int = 12         # generate: answer and reason tokens, the closing <eos> included
     # how the image enters the decoder: 'cross' attends to image tokens from every block, 'prefix' puts them in
     # front of the question (PaliGemma), 'both' does both, 'none' never looks (the question-only ablation)
     fusion: str = 'cross'
@@ -85,6 +89,10 @@ class TVLMConfig:
             (self.pos in ('rope', 'learned'), f"pos={self.pos!r} must be 'rope' or 'learned'"),
             (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
             (len(self.answer_weights) in (0, self.n_answers), f"{len(self.answer_weights)} answer_weights for {self.n_answers} answers"),
+            (self.answer in ('classify', 'generate'), f"answer={self.answer!r} must be 'classify' or 'generate'"),
+            # both reweight answer classes, which a written answer does not have: refused, not silently dropped
+            (self.answer == 'classify' or not self.answer_weights and not self.focal_gamma,
+             "answer='generate' writes answers as words: answer_weights (class_weights) and focal_gamma need answer='classify'"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -102,6 +110,10 @@ class TVLMConfig:
     @property
     def image_cross(self):
         return self.fusion in ('cross', 'both')
+
+    @property
+    def max_text_len(self):  # the text positions the decoder has tables for: the question, and a written answer
+        return self.max_q_len + (self.max_answer_len if self.answer == 'generate' else 0)
 
 # -----------------------------------------------------------------------------
 # Tokenizer: word level, because the questions come from a few hundred templates and a word is the
@@ -142,7 +154,7 @@ class Tokenizer:
     def decode(self, ids):
         words = [self.itos[i] if 0 <= i < len(self.itos) else '<unk>' for i in ids]
         words = [w for w in words if w not in ('<pad>', '<bos>', '<eos>')]
-        return re.sub(r" ([?.,!])", r"\1", ' '.join(words))
+        return re.sub(r" ([?.,!:])", r"\1", ' '.join(words))
 
     def to_dict(self):
         return {'itos': self.itos}
@@ -221,21 +233,30 @@ class Attention(nn.Module):
         self.wo = nn.Linear(n_head * self.head_dim, width, bias=bias)
         self.dropout = dropout
 
-    def forward(self, x, ctx=None, ctx_idx=None, rope=None, mask=None, probs=None):
+    def forward(self, x, ctx=None, ctx_idx=None, rope=None, mask=None, probs=None, cache=None):
         """x (B, T, C) attends to ctx (N, S, C) (default: x itself). ctx_idx (B,) picks each row's context, so
         keys and values are projected once per distinct image. mask: 'causal' or bool (T, S), True = may attend.
-        A list passed as `probs` takes the explicit path and receives the attention weights (B, H, T, S)."""
-        ctx = x if ctx is None else ctx
+        A list passed as `probs` takes the explicit path and receives the attention weights (B, H, T, S).
+        cache (generate()): a dict that keeps this layer's keys and values between decoding steps. Self-attention
+        appends the new tokens' (`rope` holds their absolute positions); cross-attention fills it once, then reads."""
         B, T, C = x.shape
-        N, S, _ = ctx.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)              # (B, H, T, D)
-        k, v = self.wkv(ctx).view(N, S, 2, self.n_kv_head, self.head_dim).unbind(2)       # 2 x (N, S, Hkv, D)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)                                       # (N, Hkv, S, D)
-        if ctx_idx is not None:
-            # index_select, not k[ctx_idx]: its backward (index_add) was ~10x faster on CPU than indexing's
-            k, v = k.index_select(0, ctx_idx), v.index_select(0, ctx_idx)                 # (B, Hkv, S, D)
-        if rope is not None:  # positions only mean something when q and k index the same sequence
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if ctx is not None and cache:  # the image's keys and values, projected at the first step
+            k, v = cache['k'], cache['v']                                                 # (B, Hkv, S, D)
+        else:
+            ctx = x if ctx is None else ctx
+            N, S, _ = ctx.shape
+            k, v = self.wkv(ctx).view(N, S, 2, self.n_kv_head, self.head_dim).unbind(2)   # 2 x (N, S, Hkv, D)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)                                   # (N, Hkv, S, D)
+            if ctx_idx is not None:
+                # index_select, not k[ctx_idx]: its backward (index_add) was ~10x faster on CPU than indexing's
+                k, v = k.index_select(0, ctx_idx), v.index_select(0, ctx_idx)             # (B, Hkv, S, D)
+            if rope is not None:  # positions only mean something when q and k index the same sequence
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            if cache is not None:
+                if cache:  # self-attention: the earlier tokens' keys and values, then the new ones'
+                    k, v = torch.cat([cache['k'], k], dim=2), torch.cat([cache['v'], v], dim=2)  # (B, Hkv, S, D)
+                cache.update(k=k, v=v)
         causal = isinstance(mask, str)
         assert not causal or mask == 'causal', f"unknown mask {mask!r}"
         p_drop = self.dropout if self.training else 0.0
@@ -341,11 +362,14 @@ class DecoderBlock(nn.Module):
         self.mlp = MLP(C, cfg.dec_mlp, gated=True, dropout=cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, ctx, ctx_idx, rope, mask, out, P=0):
-        x = x + self.drop(self.attn(self.norm1(x), rope=rope, mask=mask, probs=out and out['self_attn']))
+    def forward(self, x, ctx, ctx_idx, rope, mask, out, P=0, cache=None):
+        """cache: this layer's {'self': {}, 'cross': {}} of key/value dicts while generating (see Attention)."""
+        kv_self, kv_cross = (None, None) if cache is None else (cache['self'], cache['cross'])
+        x = x + self.drop(self.attn(self.norm1(x), rope=rope, mask=mask, probs=out and out['self_attn'], cache=kv_self))
         if self.cross is not None:  # only text rows ask the image; under 'both' the first P rows are the image
             t = x[:, P:]                                                       # (B, T, C)
-            t = t + self.drop(self.cross(self.norm2(t), ctx=ctx, ctx_idx=ctx_idx, probs=out and out['cross_attn']))
+            t = t + self.drop(self.cross(self.norm2(t), ctx=ctx, ctx_idx=ctx_idx, probs=out and out['cross_attn'],
+                                         cache=kv_cross))
             x = torch.cat([x[:, :P], t], dim=1) if P else t                    # (B, P+T, C)
         return x + self.mlp(self.norm3(x))
 
@@ -372,7 +396,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dec_width)
-        max_len = cfg.max_q_len + (cfg.n_patches if cfg.image_prefix else 0)
+        max_len = cfg.max_text_len + (cfg.n_patches if cfg.image_prefix else 0)
         if cfg.pos == 'learned':
             self.wpe = nn.Parameter(torch.randn(max_len, cfg.dec_width) * 0.02)
         else:  # computed once, not per step; not saved, since they follow from the config
@@ -382,25 +406,31 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.dec_depth))
         self.norm = RMSNorm(cfg.dec_width, cfg.norm_eps)
 
-    def forward(self, tokens, prefix=None, ctx=None, ctx_idx=None, out=None):
-        """prefix: (B, P, C) image tokens put before the text; ctx: (N, P, C) image tokens for cross-attention."""
+    def forward(self, tokens, prefix=None, ctx=None, ctx_idx=None, out=None, cache=None):
+        """prefix: (B, P, C) image tokens put before the text; ctx: (N, P, C) image tokens for cross-attention.
+        cache: generate()'s per-layer key/value dicts; once they hold the prompt (and prefix), `tokens` is only the
+        newest token, at the position after the cached rows."""
         x = self.embed(tokens) * math.sqrt(self.cfg.dec_width)                 # (B, T, C), Gemma's scaling
         P = 0 if prefix is None else prefix.shape[1]
         if P:
             x = torch.cat([prefix.to(x.dtype), x], dim=1)                       # (B, P+T, C)
-        L = x.shape[1]
+        past = cache[0]['self']['k'].shape[2] if cache and cache[0]['self'] else 0   # rows already cached
+        assert not past or x.shape[1] == 1, f"after the prompt the cache takes one token a step, not {x.shape[1]}"
+        L = past + x.shape[1]
         rope = None
         if self.cfg.pos == 'learned':
-            x = x + self.wpe[:L]
+            x = x + self.wpe[past:L]
         else:
-            rope = (self.rope_cos[:L], self.rope_sin[:L])                      # 2 x (L, D/2)
-        mask = prefix_lm_mask(P, L, x.device) if P else 'causal'
-        for block in self.blocks:
-            x = block(x, ctx, ctx_idx, rope, mask, out, P)
+            rope = (self.rope_cos[past:L], self.rope_sin[past:L])              # 2 x (L - past, D/2)
+        # a new token after the cached rows may read all of them: no mask
+        mask = None if past else prefix_lm_mask(P, L, x.device) if P else 'causal'
+        for i, block in enumerate(self.blocks):
+            x = block(x, ctx, ctx_idx, rope, mask, out, P, None if cache is None else cache[i])
         return self.norm(x)[:, P:]                                             # (B, T, C)
 
 # -----------------------------------------------------------------------------
-# The full model: ViT -> linear projection -> decoder (cross-attention and/or image prefix) -> answer classifier
+# The full model: ViT -> linear projection -> decoder (cross-attention and/or image prefix) -> answer classifier,
+# or, with answer='generate', the tied LM head that writes the answer and its reason word by word
 
 def answer_loss(logits, targets, label_smoothing=0.0, weight=None, focal_gamma=0.0):
     """Cross-entropy over answers (fp32 for a stable log-softmax), with the options imbalanced real data asks
@@ -413,6 +443,23 @@ def answer_loss(logits, targets, label_smoothing=0.0, weight=None, focal_gamma=0
     return loss.sum() / (weight[targets].sum() if weight is not None else len(targets))
 
 
+def answer_targets(tokens):
+    """Generate mode's next-token targets int64[B, T] for sequences int64[B, T] `<bos> question <eos> answer : reason
+    <eos> <pad>..`: tokens[t+1] from the question's <eos> (PaliGemma's separator of prefix and suffix) up to the token
+    before the closing <eos>, -100 (cross_entropy's ignore_index) elsewhere: only the answer and its reason are
+    learned, as PaliGemma's mask_loss. For [bos is it night ? eos yes : it is dark eos pad], with - for -100:
+        tokens   bos   is    it    night ?     eos   yes   :     it    is    dark  eos   pad
+        targets  -     -     -     -     -     yes   :     it    is    dark  eos   -     -
+    """
+    eos = tokens == Tokenizer.eos_id
+    assert eos.any(1).all(), "every sequence needs the question's <eos> before its answer"
+    pos = torch.arange(tokens.shape[1], device=tokens.device)                 # (T,)
+    first = eos.int().argmax(1, keepdim=True)                                 # (B, 1) the question's <eos>
+    last = (tokens != Tokenizer.pad_id).sum(1, keepdim=True) - 1              # (B, 1) the closing <eos>
+    nxt = F.pad(tokens[:, 1:], (0, 1))                                        # (B, T) the token after each
+    return torch.where((pos >= first) & (pos < last), nxt, -100)              # (B, T)
+
+
 def load_checkpoint(path, device='cpu'):
     """A train.py checkpoint as a dict, or a one-line ValueError / FileNotFoundError that says what is wrong.
     Tensors and plain values only (weights_only=True), so loading runs no code. Every script loads through here."""
@@ -422,12 +469,10 @@ def load_checkpoint(path, device='cpu'):
         raise FileNotFoundError(f"no checkpoint at {path} ---> HINT: train one with `python train.py config/small.py`") from None
     except IsADirectoryError:
         raise FileNotFoundError(f"{path} is a folder ---> HINT: pass the checkpoint file in it, e.g. {path}/ckpt.pt") from None
-    except pickle.UnpicklingError as e:
+    except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, OSError) as e:
         if 'Unsupported global' in str(e):  # torch's safe unpickler names the class or function it refused
             raise ValueError(f"refusing to load {path}: it holds Python objects, not only tensors and plain values, "
                              f"so loading it could run code; tvlm checkpoints never do") from None
-        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt? {type(e).__name__})") from None
-    except (EOFError, KeyError, RuntimeError, OSError) as e:
         raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt? {type(e).__name__})") from None
     missing = {'model', 'model_args', 'tokenizer', 'answers'} - set(ckpt if isinstance(ckpt, dict) else ())
     if missing:
@@ -439,7 +484,8 @@ def load_checkpoint(path, device='cpu'):
 
 
 class TVLM(nn.Module):
-    """Answers a question about an image: uint8[N, Hi, Wi, 3] images + int64[B, T] questions -> float[B, A] logits."""
+    """Answers a question about an image: uint8[N, Hi, Wi, 3] images + int64[B, T] questions -> float[B, A] logits,
+    or with answer='generate' float[B, T, V] next-token logits over question + answer sequences."""
     def __init__(self, cfg, tokenizer=None, answers=None, mean=(128.0,) * 3, std=(64.0,) * 3):
         super().__init__()
         self.cfg, self.tokenizer, self.answers, self.temperature = cfg, tokenizer, answers, 1.0
@@ -447,7 +493,7 @@ class TVLM(nn.Module):
         self.vit = ViT(cfg, mean, std) if sees else None
         self.proj = nn.Linear(cfg.vit_width, cfg.dec_width) if sees else None  # vision width -> text width
         self.dec = Decoder(cfg)
-        self.head = nn.Linear(cfg.dec_width, cfg.n_answers)
+        self.head = nn.Linear(cfg.dec_width, cfg.n_answers) if cfg.answer == 'classify' else None
         self.patch_head = nn.Linear(cfg.vit_width, cfg.n_patch_labels) if sees and cfg.n_patch_labels else None
         # not a parameter and not saved: it follows from the config, which the checkpoint holds
         weight = torch.tensor(cfg.answer_weights, dtype=torch.float32) if cfg.answer_weights else None
@@ -457,9 +503,9 @@ class TVLM(nn.Module):
             if name.endswith(('wo.weight', 'mlp.proj.weight')):
                 depth = cfg.vit_depth if name.startswith('vit.') else cfg.dec_depth
                 nn.init.normal_(p, mean=0.0, std=p.shape[1] ** -0.5 / math.sqrt(2 * depth))
-        # zero head (big_vision head_zeroinit): every answer starts equally likely, loss = ln(A) exactly
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if self.head is not None:  # zero head (big_vision head_zeroinit): every answer equally likely, loss = ln(A)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -478,8 +524,9 @@ class TVLM(nn.Module):
     def describe(self):
         """One line with the size and the shapes that decide the cost of a step (train.py and bench.py print it)."""
         c = self.cfg
+        answers = f"{c.n_answers} answers" if c.answer == 'classify' else f"answers written in <= {c.max_answer_len} tokens"
         return (f"model: {self.num_params() / 1e6:.2f}M parameters, fusion={c.fusion}, {c.n_patches} image tokens of "
-                f"{c.img_h}x{c.img_w}, questions of <= {c.max_q_len} tokens, {c.vocab_size} words, {c.n_answers} answers, "
+                f"{c.img_h}x{c.img_w}, questions of <= {c.max_q_len} tokens, {c.vocab_size} words, {answers}, "
                 f"{c.n_patch_labels} patch labels")
 
     def encode_image(self, images, image_idx=None, out=None):
@@ -501,25 +548,37 @@ class TVLM(nn.Module):
         """images uint8[N, Hi, Wi, 3], tokens int64[B, T] (0 = pad), targets int64[B], image_idx int64[B]
         (question -> image row; None means N == B), patch_targets float[N, Hi/p, Wi/p, n_patch_labels] ->
         (float[B, A] logits, the training loss of self.loss, or None without targets).
+        answer='generate': tokens are whole sequences (see answer_targets), targets int64[B, T] with -100 where
+        nothing is learned, and the logits float[B, T, V] predict each next token.
         A dict passed as `out` takes the explicit attention path and is filled with the attention maps."""
         cfg = self.cfg
         if out is not None:
             out.update(vit_attn=[], self_attn=[], cross_attn=[], grid=(cfg.img_h // cfg.patch, cfg.img_w // cfg.patch))
         vis, prefix, ctx = self.encode_image(images, image_idx, out)
         h = self.dec(tokens, prefix, ctx, image_idx, out)                      # (B, T, C)
-        # the summary token is the last real one (<eos>): in a causal decoder only it has read the whole question
-        summary = (tokens != Tokenizer.pad_id).sum(1) - 1                      # (B,)
+        if self.head is None:  # the question's <eos> writes the first answer word
+            summary = (tokens == Tokenizer.eos_id).int().argmax(1)             # (B,)
+            logits = h @ self.dec.embed.weight.T                               # (B, T, V), tied to the embedding
+        else:  # the summary token is the last real one (<eos>): in a causal decoder only it has read the whole question
+            summary = (tokens != Tokenizer.pad_id).sum(1) - 1                  # (B,)
+            logits = self.head(h[torch.arange(h.shape[0], device=h.device), summary])  # (B, A)
         if out is not None:
             out.update(summary_idx=summary, prefix=0 if prefix is None else prefix.shape[1])
-        logits = self.head(h[torch.arange(h.shape[0], device=h.device), summary])  # (B, A)
         loss = None if targets is None else self.loss(logits, targets, vis, patch_targets)
         return logits, loss
 
     def loss(self, logits, targets, vis=None, patch_targets=None):
-        """The training loss, the only one: answer_loss with the config's smoothing, weights and focal term, plus
+        """The training loss, the only one: answer_loss with the config's smoothing, weights and focal term (in
+        generate mode: token cross-entropy, smoothed, averaged over the targets that are not -100), plus
         patch_weight x the patch-label loss when the model has a patch head and patch_targets are given."""
         cfg = self.cfg
-        loss = answer_loss(logits, targets, cfg.label_smoothing, self.answer_weight, cfg.focal_gamma)
+        if cfg.answer == 'generate':
+            assert targets.shape == logits.shape[:2], f"targets {tuple(targets.shape)} for logits {tuple(logits.shape)}"
+            # -100 targets are F.cross_entropy's ignore_index: the mean runs over the answer positions only
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                   label_smoothing=cfg.label_smoothing)                 # (B*T, V) against (B*T,)
+        else:
+            loss = answer_loss(logits, targets, cfg.label_smoothing, self.answer_weight, cfg.focal_gamma)
         if patch_targets is not None and self.patch_head is not None and cfg.patch_weight:
             # multi-label: a binary cross-entropy per label, summed over a patch's K labels, averaged over patches
             bce = F.binary_cross_entropy_with_logits(self.patch_head(vis).float(), patch_targets.flatten(1, 2),
@@ -528,21 +587,31 @@ class TVLM(nn.Module):
         return loss
 
     @torch.no_grad()
-    def generate(self, images, tokens, max_new_tokens, temperature=1.0, image_idx=None):
-        """Continue unpadded prompts int64[B, T] with the tied LM head: greedy when temperature == 0.
-        UNTRAINED: no loss in this repo trains next-token prediction (the classifier head answers), so from any
-        checkpoint it emits noise. It shows how a PaliGemma-style decoder would speak, not what this one knows."""
-        assert (tokens != Tokenizer.pad_id).all(), "generate() takes unpadded prompts of one length"
-        assert tokens.shape[1] + max_new_tokens <= self.cfg.max_q_len, f"prompt + new tokens exceed max_q_len={self.cfg.max_q_len}"
+    def generate(self, images, prompts, max_new_tokens, image_idx=None, use_cache=True, temperature=0.0):
+        """Greedy decoding with the tied LM head (sampling when temperature > 0): images uint8[N, Hi, Wi, 3], unpadded
+        prompts int64[B, T] of one length (a question up to its <eos>, for an answer) -> int64[B, T + n], n <=
+        max_new_tokens: it stops once every row has written <eos>, and pads a finished row after its <eos>.
+        use_cache keeps each layer's keys and values (Attention), so a step runs one token through the decoder;
+        use_cache=False reruns the whole sequence each step, the reference the cache is tested against.
+        answer='generate' trains the LM head (train with --answer=generate); a classify-mode checkpoint's is
+        untrained, so from it this emits noise."""
+        B, T = prompts.shape
+        assert (prompts != Tokenizer.pad_id).all(), "generate() takes unpadded prompts of one length"
+        assert T + max_new_tokens <= self.cfg.max_text_len, f"prompt + new tokens exceed {self.cfg.max_text_len} positions"
         _, prefix, ctx = self.encode_image(images, image_idx)
+        cache = [{'self': {}, 'cross': {}} for _ in self.dec.blocks] if use_cache else None
+        tokens, x = prompts, prompts
+        done = torch.zeros(B, dtype=torch.bool, device=prompts.device)
         for _ in range(max_new_tokens):
-            h = self.dec(tokens, prefix, ctx, image_idx)[:, -1]                 # (B, C)
-            logits = h @ self.dec.embed.weight.T                               # (B, V), tied to the embedding
-            if temperature == 0:
-                nxt = logits.argmax(-1, keepdim=True)                          # (B, 1)
-            else:
-                nxt = torch.multinomial((logits / temperature).softmax(-1), 1)  # (B, 1)
-            tokens = torch.cat([tokens, nxt], dim=1)                           # (B, T+1)
+            logits = self.dec(x, prefix, ctx, image_idx, cache=cache)[:, -1] @ self.dec.embed.weight.T  # (B, V)
+            nxt = logits.argmax(-1) if temperature == 0 else torch.multinomial((logits / temperature).softmax(-1), 1)[:, 0]
+            nxt = nxt.masked_fill(done, Tokenizer.pad_id)                       # (B,)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)                   # (B, T+1)
+            done |= nxt == Tokenizer.eos_id
+            if done.all():
+                break
+            # the cache holds the prompt and the image prefix now: only the new token goes in
+            x, prefix = (nxt[:, None], None) if use_cache else (tokens, prefix)  # (B, 1) or (B, T+1)
         return tokens
 
     @classmethod
@@ -579,17 +648,29 @@ class TVLM(nn.Module):
 
     @torch.no_grad()
     def answer(self, image, question):
-        """One image (path, PIL image or array, any size or mode) and one question -> (answer, prob, {answer: prob})."""
+        """One image (path, PIL image or array, any size or mode) and one question -> (answer, prob, {answer: prob}).
+        answer='generate' -> (answer, prob, {'reason': reason}): the words written before ':' and after it, prob the
+        product of the answer words' probabilities."""
         assert self.tokenizer is not None and self.answers is not None, "answer() needs a model from from_checkpoint()"
         if not question.strip():
             raise ValueError("the question is empty: ask something like 'Is the light red?'")
-        device = self.head.weight.device
-        img = torch.from_numpy(load_image(image, self.cfg.img_h, self.cfg.img_w)).to(device)  # (Hi, Wi, 3)
-        ids, _ = self.tokenizer.encode(question, self.cfg.max_q_len)
-        logits, _ = self(img[None], torch.from_numpy(ids)[None].to(device))   # (1, A)
-        probs = (logits[0].float() / self.temperature).softmax(-1)             # (A,)
-        best = int(probs.argmax())
-        return self.answers[best], float(probs[best]), dict(zip(self.answers, probs.tolist()))
+        device = self.dec.embed.weight.device
+        img = torch.from_numpy(load_image(image, self.cfg.img_h, self.cfg.img_w)).to(device)[None]  # (1, Hi, Wi, 3)
+        ids = torch.from_numpy(self.tokenizer.encode(question, self.cfg.max_q_len)[0])[None].to(device)  # (1, max_q_len)
+        if self.head is not None:
+            logits, _ = self(img, ids)                                         # (1, A)
+            probs = (logits[0].float() / self.temperature).softmax(-1)         # (A,)
+            best = int(probs.argmax())
+            return self.answers[best], float(probs[best]), dict(zip(self.answers, probs.tolist()))
+        Tq = int((ids != Tokenizer.pad_id).sum())
+        seq = self.generate(img, ids[:, :Tq], self.cfg.max_answer_len)         # (1, Tq + n)
+        logits, _ = self(img, seq)                                             # (1, Tq + n, V)
+        written = seq[0, Tq:]                                                  # (n,)
+        probs = (logits[0, Tq - 1:-1].float() / self.temperature).softmax(-1)  # (n, V): the steps that wrote them
+        p = probs.gather(1, written[:, None])[:, 0]                            # (n,)
+        cut = next((i for i, t in enumerate(written.tolist()) if self.tokenizer.itos[t] in (':', '<eos>')), len(written))
+        return (self.tokenizer.decode(written[:cut].tolist()), float(p[:cut].prod()),
+                {'reason': self.tokenizer.decode(written[cut + 1:].tolist())})
 
 def image_attention(out):
     """Where the text looked, from the `out` dict of a forward pass: [(name, float[B, T, P])], one entry per decoder
@@ -635,7 +716,7 @@ def get_lr(it, warmup_iters, lr_decay_iters, lr, min_lr):
 def flops_per_sample(cfg, questions_per_image=1, text_len=None):
     """Forward FLOPs per question (2 per multiply-add, matmuls only); the image's share is split between
     the questions that use it. Multiply by 3 for forward + backward."""
-    T = text_len or cfg.max_q_len
+    T = text_len or cfg.max_text_len
     P, p, Cv, Cd, Hd = cfg.n_patches, cfg.patch, cfg.vit_width, cfg.dec_width, cfg.dec_width // cfg.dec_heads
     kv = 2 * cfg.dec_kv_heads * Hd                                   # width of the fused key/value projection
     image = 0
@@ -655,5 +736,6 @@ def flops_per_sample(cfg, questions_per_image=1, text_len=None):
     dec_layer = L * (2 * Cd * Cd + Cd * kv + 3 * Cd * cfg.dec_mlp) + (2 if cfg.image_prefix else 1) * L * L * Cd
     if cfg.image_cross:
         dec_layer += T * 2 * Cd * Cd + 2 * T * P * Cd
-    text = 2 * (cfg.dec_depth * dec_layer + Cd * cfg.n_answers)
+    head = Cd * cfg.n_answers if cfg.answer == 'classify' else T * Cd * cfg.vocab_size  # one summary token, or all
+    text = 2 * (cfg.dec_depth * dec_layer + head)
     return image / questions_per_image + text

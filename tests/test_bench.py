@@ -26,10 +26,30 @@ def run_bench(args):
 def test_bench_runs_and_prints_every_section():
     out = run_bench(TINY)
     sections = {line.split()[0] for line in out.splitlines() if line.strip()}
-    missing = {'ceiling', 'train', 'sharing', 'answer', 'data', 'prepare'} - sections
+    missing = {'ceiling', 'train', 'sharing', 'answer', 'generate', 'data', 'prepare'} - sections
     assert not missing, f"sections {sorted(missing)} not printed:\n{out}"
     for qpi in (1, 2, 4, 6, 8):
         assert f"{qpi} question(s)/image" in out, f"no row for {qpi} questions per image:\n{out}"
+    check_generate_rows(out, question_len=8)
+
+
+def check_generate_rows(out, question_len):
+    """Section 5 times greedy decoding of up to max_answer_len (12) tokens, cached and not, at batch 32 and 1."""
+    for n in (32, 1):
+        for kind in ('cache', 'no cache'):
+            m = re.search(rf"^generate +batch {n}, {kind}: tokens/s +([\d,]+) +(\d+) new tokens after (\d+) question",
+                          out, re.M)
+            assert m, f"no generate row for batch {n}, {kind}:\n{out}"
+            assert int(m.group(1).replace(',', '')) > 0 and 0 < int(m.group(2)) <= 12 and int(m.group(3)) == question_len
+        assert re.search(rf"^generate +batch {n}: speedup of the cache +\d+\.\dx", out, re.M), out
+
+
+def test_bench_in_generate_mode():
+    """--answer=generate times the step on question + answer sequences (random answers of max_answer_len tokens
+    after questions of 6), and generates with the model itself."""
+    out = run_bench(TINY + ['--answer=generate'])
+    assert 'answers written in <= 12 tokens' in out and 'B=8 questions of 18 tokens' in out
+    check_generate_rows(out, question_len=8)
 
 
 def test_bench_in_bfloat16():
@@ -51,18 +71,21 @@ def test_bench_times_the_model_train_py_trains(toy_data, tmp_path):
     assert 'as train.py reads it' in bench and 'B=12 questions' in bench
 
 
-@pytest.mark.parametrize('fusion, qpi, stem', [('cross', 1, ()), ('cross', 4, ()), ('prefix', 1, ()), ('prefix', 4, ()),
-                                               ('both', 1, ()), ('both', 4, ()), ('cross', 4, (16, 32, 64, 128))])
-def test_flops_per_sample_matches_flop_counter(fusion, qpi, stem):
+@pytest.mark.parametrize('fusion, qpi, stem, answer', [
+    ('cross', 1, (), 'classify'), ('cross', 4, (), 'classify'), ('prefix', 1, (), 'classify'), ('prefix', 4, (), 'classify'),
+    ('both', 1, (), 'classify'), ('both', 4, (), 'classify'), ('cross', 4, (16, 32, 64, 128), 'classify'),
+    ('cross', 4, (), 'generate'), ('both', 1, (), 'generate')])
+def test_flops_per_sample_matches_flop_counter(fusion, qpi, stem, answer):
     """config/small.py's shapes. out={} takes the explicit attention path: FlopCounterMode does not count the CPU
-    flash-attention kernel that F.scaled_dot_product_attention picks, but does count the q@k and att@v matmuls."""
+    flash-attention kernel that F.scaled_dot_product_attention picks, but does count the q@k and att@v matmuls.
+    In generate mode the tied LM head runs at every position of question + answer."""
     torch.manual_seed(0)
-    cfg = TVLMConfig(img_h=144, img_w=256, fusion=fusion, stem=stem)
+    cfg = TVLMConfig(img_h=144, img_w=256, fusion=fusion, stem=stem, answer=answer)
     model, B = TVLM(cfg), 4
     images = torch.randint(0, 256, (B // qpi, cfg.img_h, cfg.img_w, 3), dtype=torch.uint8)   # (N, Hi, Wi, 3)
-    tokens = torch.randint(4, cfg.vocab_size, (B, cfg.max_q_len))                           # (B, T)
+    tokens = torch.randint(4, cfg.vocab_size, (B, cfg.max_text_len))                        # (B, T)
     idx = torch.arange(B // qpi).repeat_interleave(qpi)                                     # (B,)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(images, tokens, image_idx=idx, out={})
-    counted, formula = counter.get_total_flops() / B, flops_per_sample(cfg, qpi, cfg.max_q_len)
+    counted, formula = counter.get_total_flops() / B, flops_per_sample(cfg, qpi, cfg.max_text_len)
     assert abs(formula / counted - 1) < 0.05, f"{fusion}, {qpi} q/image: formula {formula:.4g} vs counted {counted:.4g}"

@@ -11,8 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from tvlm import (TVLM, Attention, RMSNorm, TVLMConfig, Tokenizer, answer_loss, apply_rope, configure_optimizers,
-                  get_lr, load_checkpoint, load_image, prefix_lm_mask, rope_cache)  # conftest.py: root on sys.path
+from tvlm import (TVLM, Attention, RMSNorm, TVLMConfig, Tokenizer, answer_loss, answer_targets, apply_rope,
+                  configure_optimizers, get_lr, load_checkpoint, load_image, prefix_lm_mask,
+                  rope_cache)  # conftest.py: root on sys.path
 
 CORPUS = ["Is the traffic light red?", "How many cars are on the left?", "Is there a pedestrian?",
           "What's the weather like?", "Is the road wet, or dry?"]
@@ -134,13 +135,14 @@ def test_the_image_moves_the_answer_at_initialisation():
 
 @pytest.mark.parametrize('kw', VARIANTS, ids=VARIANT_IDS)
 def test_generate_emits_tokens_untrained(kw):
-    """An untrained decoder continues a prompt: the prompt is kept and new ids are valid vocabulary ids."""
+    """An untrained decoder continues a prompt: the prompt is kept and new ids are valid vocabulary ids. The prompt
+    stops before <eos>: an untrained tied head echoes its input, and an echoed <eos> would end generation at once."""
     model = make_model(**kw)
-    prompt = encode(["is the light red?"] * 2, 7)                                 # 7 real tokens, no pads
+    prompt = encode(["is the light red?"] * 2, 7)[:, :6]                         # 6 real tokens, no pads, no <eos>
     assert (prompt != 0).all()
     out = model.generate(images(2), prompt, max_new_tokens=4, temperature=0)
-    assert out.shape == (2, 11) and out.dtype == torch.int64
-    assert torch.equal(out[:, :7], prompt)
+    assert out.shape == (2, 10) and out.dtype == torch.int64
+    assert torch.equal(out[:, :6], prompt)
     assert ((out >= 0) & (out < len(TOK))).all()
     assert torch.equal(out, model.generate(images(2), prompt, max_new_tokens=4, temperature=0))  # greedy
     sampled = model.generate(images(2), prompt, max_new_tokens=4, temperature=1.0)
@@ -409,6 +411,140 @@ def test_blind_model_ignores_the_image():
         assert not torch.allclose(seeing(images(2, seed=1), toks)[0], seeing(images(2, seed=2), toks)[0])
 
 # -----------------------------------------------------------------------------
+# Generative answers (answer='generate'): "answer: reason" written after the question
+
+REPLIES = ["yes: the light is red", "no: it is green", "no: nobody crosses", "yes: a man crosses"]
+GEN_TOK = Tokenizer.build(CORPUS + REPLIES)
+
+
+def gen_model(seed=0, **kw):
+    """A tiny generate-mode model in eval mode, on a vocabulary that also holds the replies' words."""
+    torch.manual_seed(seed)
+    return TVLM(tiny_cfg(answer='generate', vocab_size=len(GEN_TOK), **kw), GEN_TOK, ANSWERS).eval()
+
+
+def sequences(pairs):
+    """[(question, reply)] -> int64 (B, T) `<bos> question <eos> reply <eos> <pad>..`, T the longest row."""
+    rows = []
+    for question, reply in pairs:
+        q, r = GEN_TOK.encode(question, 32)[0], GEN_TOK.encode(reply, 32)[0]
+        rows.append(list(q[q != 0]) + list(r[r != 0][1:]))                        # the reply without its <bos>
+    out = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.int64)
+    for b, row in enumerate(rows):
+        out[b, :len(row)] = torch.tensor(row)
+    return out
+
+
+def test_answer_targets_matches_worked_example():
+    """answer_targets on its docstring's example, plus a row that is only a question: it has nothing to learn."""
+    tok = Tokenizer.build(["is it night? yes: it is dark"])
+    ids = lambda words: [-100 if w == '-' else tok.stoi[{'bos': '<bos>', 'eos': '<eos>', 'pad': '<pad>'}.get(w, w)]
+                         for w in words.split()]
+    tokens = torch.tensor([ids('bos is it night ? eos yes : it is dark eos pad'),
+                           ids('bos is it night ? eos pad pad pad pad pad pad pad')])
+    expected = torch.tensor([ids('-   -  -  -     - yes : it is dark eos -   -'), [-100] * 13])
+    assert torch.equal(answer_targets(tokens), expected)
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.1])
+def test_generate_loss_is_cross_entropy_over_the_answer_positions(smoothing):
+    """The generate-mode loss is the mean next-token cross-entropy over exactly the positions from each question's
+    <eos> to its reply's last word: nothing is learned from the question or the padding."""
+    model = gen_model(fusion='both', label_smoothing=smoothing)
+    seqs = sequences(list(zip(CORPUS[:3], REPLIES[:3])))
+    logits, loss = model(images(2), seqs, answer_targets(seqs), image_idx=torch.tensor([0, 1, 1]))
+    assert logits.shape == (*seqs.shape, len(GEN_TOK))
+    rows, cols, labels = [], [], []
+    for b, seq in enumerate(seqs.tolist()):
+        real = [t for t in seq if t != 0]
+        for t in range(real.index(Tokenizer.eos_id), len(real) - 1):              # the question's <eos> .. last word
+            rows.append(b), cols.append(t), labels.append(real[t + 1])
+    by_hand = F.cross_entropy(logits[rows, cols], torch.tensor(labels), label_smoothing=smoothing)
+    close(loss, by_hand)
+    assert len(labels) == sum(len(GEN_TOK.split(r)) + 1 for r in REPLIES[:3])   # each reply's words and its <eos>
+
+
+@pytest.mark.parametrize('kw', VARIANTS, ids=VARIANT_IDS)
+def test_cached_decoding_equals_full_forward(kw):
+    """Feeding a prompt (with the image prefix), then one token at a time through the key/value cache, gives the
+    hidden states of one full forward pass, at every position; questions share images through image_idx."""
+    model, imgs, idx = gen_model(**kw), images(2), torch.tensor([0, 0, 1, 1, 0])
+    tokens = torch.randint(4, len(GEN_TOK), (5, 20), generator=torch.Generator().manual_seed(0))   # (B, T)
+    cache = [{'self': {}, 'cross': {}} for _ in model.dec.blocks]
+    with torch.no_grad():
+        _, prefix, ctx = model.encode_image(imgs, idx)
+        full = model.dec(tokens, prefix, ctx, idx)                                # (B, T, C)
+        steps = [model.dec(tokens[:, :7], prefix, ctx, idx, cache=cache)]       # the prompt
+        steps += [model.dec(tokens[:, t:t + 1], None, ctx, idx, cache=cache) for t in range(7, 20)]
+    close(torch.cat(steps, dim=1), full)
+    P = 0 if prefix is None else prefix.shape[1]
+    assert cache[0]['self']['k'].shape == (5, 2, P + 20, 8)                        # (B, Hkv, P+T, D)
+
+
+@pytest.mark.parametrize('kw', VARIANTS, ids=VARIANT_IDS)
+def test_cached_greedy_decoding_equals_uncached(kw):
+    """generate() with the cache writes token for token what rerunning the whole sequence writes, up to the end of
+    the position tables (max_q_len + max_answer_len), with several questions per image; cross-attention projects
+    each image's keys and values once, not per step or per question; rows that wrote <eos> continue with <pad>."""
+    model, imgs, idx = gen_model(**kw), images(2), torch.tensor([0, 0, 1, 1, 0])
+    with torch.no_grad():  # an untrained tied head mostly echoes its input: smaller embeddings let the context speak
+        model.dec.embed.weight.mul_(0.1)
+    prompts = torch.randint(4, len(GEN_TOK), (5, 6), generator=torch.Generator().manual_seed(0))  # (B, T)
+    projected = []                                                                  # rows of each image k/v projection
+    for block in model.dec.blocks:
+        if block.cross is not None:
+            block.cross.wkv.register_forward_hook(lambda mod, args, y: projected.append(args[0].shape[0]))
+    cached = model.generate(imgs, prompts, 18, image_idx=idx)
+    assert projected == [2] * (model.cfg.dec_depth if model.cfg.image_cross else 0)
+    assert torch.equal(cached, model.generate(imgs, prompts, 18, image_idx=idx, use_cache=False))
+    assert cached.shape == (5, 24) and torch.equal(cached[:, :6], prompts)
+    assert max(len(set(row)) for row in cached[:, 6:].tolist()) > 2, "the test decodes nothing but echoes"
+    for row in cached[:, 6:].tolist():
+        if Tokenizer.eos_id in row:
+            assert set(row[row.index(Tokenizer.eos_id) + 1:]) <= {Tokenizer.pad_id}
+
+
+def test_generate_mode_overfits_eight_sequences():
+    """llm.c's sanity check: trained on 8 fixed (image, question, reply) sequences, a tiny generate-mode model writes
+    each reply back word for word by greedy decoding. The replies differ between images, so it has to look."""
+    model, imgs = gen_model(fusion='cross'), images(4)
+    questions = [CORPUS[0], CORPUS[2]]
+    replies = {CORPUS[0]: [REPLIES[0], REPLIES[1], REPLIES[0], REPLIES[1]],       # per image 0..3
+               CORPUS[2]: [REPLIES[2], REPLIES[3], REPLIES[3], REPLIES[2]]}
+    pairs = [(q, replies[q][i]) for q in questions for i in range(4)]
+    seqs, idx = sequences(pairs), torch.arange(4).repeat(2)                       # (8, T), (8,)
+    targets = answer_targets(seqs)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model.train()
+    for step in range(400):                                                     # ~210 steps on seeds 0-2
+        _, loss = model(imgs, seqs, targets, image_idx=idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    model.eval()
+    assert loss.item() < 0.01, f"the loss is still {loss.item():.3f} after {step + 1} steps"
+    for q in questions:
+        ids = GEN_TOK.encode(q, 32)[0]
+        prompt = torch.from_numpy(ids[ids != 0]).repeat(4, 1)                      # (4, Tq) up to the question's <eos>
+        out = model.generate(imgs, prompt, model.cfg.max_answer_len, image_idx=torch.arange(4))
+        want = sequences([(q, r) for r in replies[q]])                              # shorter replies end in <pad>
+        assert torch.equal(out, want), f"{q}:\n{out}\n!=\n{want}"
+    ans, prob, extra = model.answer(imgs[1].numpy(), CORPUS[0])
+    assert (ans, extra) == ('no', {'reason': 'it is green'}) and 0.5 < prob <= 1
+
+
+def test_generate_mode_has_no_classifier_head():
+    """answer='generate' drops the head (and only it) and sizes the position tables for question + answer."""
+    classify, generate = make_model(fusion='prefix', pos='learned'), gen_model(fusion='prefix', pos='learned')
+    assert generate.head is None
+    assert {n for n, _ in classify.named_parameters()} - {n for n, _ in generate.named_parameters()} == \
+        {'head.weight', 'head.bias'}
+    assert classify.dec.wpe.shape[0] == 12 + 24 and generate.dec.wpe.shape[0] == 12 + 12 + 24
+
+
+# -----------------------------------------------------------------------------
 # Tokenizer
 
 
@@ -623,6 +759,9 @@ def test_wrong_image_size_is_a_clear_error():
     (dict(fusion='late'), r"fusion='late'"),
     (dict(pos='alibi'), r"pos='alibi'"),
     (dict(stem=(8, 16)), r"a stem of 2 stride-2 convs shrinks by 4, not by patch=8"),
+    (dict(answer='speak'), r"answer='speak' must be 'classify' or 'generate'"),
+    (dict(answer='generate', focal_gamma=2.0), r"answer='generate' writes answers as words: .*focal_gamma"),
+    (dict(answer='generate', answer_weights=(1.0,) * 5), r"answer='generate' writes answers as words: answer_weights"),
 ])
 def test_invalid_config_names_the_problem(kw, problem):
     """An invalid TVLMConfig raises a ValueError that names the offending values."""
