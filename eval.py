@@ -215,9 +215,9 @@ def perturb(images, kind, strength, rng, patch):
 
 def load(ckpt_path, data_dir, device):
     """(model, checkpoint dict, meta, data_dir), with one-line errors for the mistakes a user can make."""
-    try:  # loaded twice, as a dict (its data_dir, train time, and a place for the temperature) and as a model
+    try:  # the dict too: its data_dir, its train time, and a place for the temperature
         ck = load_checkpoint(ckpt_path)
-        model = TVLM.from_checkpoint(ckpt_path, device)
+        model = TVLM.from_checkpoint(ck, device)
     except (ValueError, FileNotFoundError) as e:  # missing, not a tvlm checkpoint, or one that would run code
         sys.exit(str(e))
     data_dir = data_dir or ck.get('data_dir', 'data/synthetic')

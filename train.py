@@ -134,9 +134,11 @@ try:
         cfg = TVLMConfig(**checkpoint['model_args'])
         iter_num, best_val_acc, train_time = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['train_time']
     else:
-        # fine-tuning keeps the pretrained shapes; how to train (dropout and the loss knobs) is this run's config
+        # fine-tuning keeps the pretrained shapes; how to train and answer (dropout, the loss knobs, classify or
+        # generate) is this run's config, so a classifier can learn to answer in words
         arch = {} if checkpoint is None else {k: v for k, v in checkpoint['model_args'].items()
-                                              if k not in ('dropout', 'label_smoothing', 'focal_gamma', 'patch_weight')}
+                                              if k not in ('dropout', 'label_smoothing', 'focal_gamma', 'patch_weight',
+                                                           'answer', 'max_answer_len')}
         cfg = model_config({**config, **arch}, data_shape(meta), np.bincount(train_data['answers'], minlength=len(answers)))
 except ValueError as e:
     sys.exit(str(e))

@@ -616,10 +616,14 @@ class TVLM(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device='cpu'):
-        """A ready-to-answer model from a train.py checkpoint (see load_checkpoint), in eval mode."""
-        ckpt = load_checkpoint(path, device)
-        model = cls(TVLMConfig(**ckpt['model_args']), Tokenizer.from_dict(ckpt['tokenizer']), ckpt['answers'])
-        model.load_state_dict(ckpt['model'])  # strict: a missing or renamed weight must fail loudly
+        """A ready-to-answer model, in eval mode, from a train.py checkpoint: its path, or the dict load_checkpoint
+        returned (for a caller that also reads the checkpoint's other entries)."""
+        ckpt = path if isinstance(path, dict) else load_checkpoint(path, device)
+        try:
+            model = cls(TVLMConfig(**ckpt['model_args']), Tokenizer.from_dict(ckpt['tokenizer']), ckpt['answers'])
+            model.load_state_dict(ckpt['model'])  # strict: a missing or renamed weight must fail loudly
+        except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: weights of other names or shapes
+            raise ValueError(f"the checkpoint's weights do not fit its own model_args: {str(e).splitlines()[0]}") from None
         model.temperature = float(ckpt.get('temperature', 1.0))
         return model.to(device).eval()
 

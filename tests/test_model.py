@@ -677,6 +677,15 @@ def test_load_pretrained_matches_words_and_answers_by_name():
                        'head.bias (1 of 3 rows new)']
 
 
+def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(tmp_path):
+    model, path = make_model(), str(tmp_path / 'odd.pt')
+    args = dict(dataclasses.asdict(model.cfg), dec_mlp=96)                   # the weights were built with 64
+    torch.save({'model': model.state_dict(), 'model_args': args, 'tokenizer': TOK.to_dict(), 'answers': ANSWERS}, path)
+    with pytest.raises(ValueError, match=r"weights do not fit its own model_args") as e:
+        TVLM.from_checkpoint(path)
+    assert '\n' not in str(e.value)
+
+
 def test_missing_checkpoint_gives_a_hint(tmp_path):
     """A missing checkpoint raises FileNotFoundError that says how to make one."""
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*train\.py"):
