@@ -234,7 +234,7 @@ def predict(model, arrays, batch_questions, max_images=None, transform=None, att
     model)."""
     dev = next(model.parameters()).device
     attn = attn and model.cfg.fusion != 'none'
-    logits, maps = [np.zeros((0, model.cfg.n_answers), np.float32)], {}  # an empty split gives (0, A), not an error
+    logits, maps = [np.zeros((0, len(model.answers)), np.float32)], {}  # an empty split gives (0, A), not an error
     for _, _, images, q, idx in split_batches(arrays, batch_questions, max_images):
         if transform is not None:
             images, q = transform(images, q)
@@ -242,14 +242,31 @@ def predict(model, arrays, batch_questions, max_images=None, transform=None, att
         out = {} if attn else None
         lg, _ = model(torch.from_numpy(images).to(dev), torch.from_numpy(q).to(dev),
                       image_idx=torch.from_numpy(idx).to(dev), out=out)
-        logits.append(lg.float().cpu().numpy())
+        logits.append(model.answer_logits(lg, torch.from_numpy(q).to(dev)).float().cpu().numpy())  # (Q', A)
         if attn:  # the summary token's row of each map: the position the answer is read from
             rows = torch.arange(len(q), device=dev)
             for name, m in image_attention(out):
                 maps.setdefault(name, []).append(m[rows, out['summary_idx']].cpu().numpy())  # (Q', P)
     return np.concatenate(logits), ({k: np.concatenate(v) for k, v in maps.items()} if attn else None)
 
+@torch.no_grad()
+def generate_all(model, arrays, batch_questions):
+    """Generate mode: the greedy 'answer: reason' text for every question of a split, in file order."""
+    dev, said = next(model.parameters()).device, []
+    for _, _, images, q, idx in split_batches(arrays, batch_questions):
+        images = torch.from_numpy(np.require(images, requirements=['C', 'W'])).to(dev)
+        lengths, text = (q != 0).sum(1), [''] * len(q)
+        for L in np.unique(lengths):  # generate() takes prompts of one length: one call per question length
+            rows = np.flatnonzero(lengths == L)
+            seq = model.generate(images, torch.from_numpy(q[rows, :L]).to(dev), model.cfg.max_answer_len,
+                                 torch.from_numpy(idx[rows]).to(dev))
+            for r, s in zip(rows, seq[:, L:].tolist()):
+                text[r] = model.tokenizer.decode(s)
+        said += text
+    return said
+
 # -----------------------------------------------------------------------------
+# The report's sections# -----------------------------------------------------------------------------
 # The report's sections: each takes the predictions, returns plain numbers for eval.json, and draws its plot
 
 
@@ -364,6 +381,35 @@ def confidence_errors(conf, correct, high=HIGH_CONF, low=LOW_CONF):
             'high_conf_error_rate': rate(hi), 'low_conf_error_rate': rate(lo)}
 
 
+def split_answer(text):
+    """'yes: a car is close on the left' -> ('yes', 'a car is close on the left')."""
+    answer, _, reason = text.partition(':')
+    return answer.strip(), reason.strip()
+
+
+def generation_section(said, arrays, y, fam, meta, tokenizer, k=6):
+    """Generate mode: exact match of the answer words, and how often the reason names the object class and the side
+    that decided the answer, i.e. those the stored reason names (from the rules' referents), on right answers and
+    on errors."""
+    truth = [split_answer(tokenizer.decode(t)) for t in arrays['answer_text']]
+    got = [split_answer(t) for t in said]
+    hit = np.array([g[0] == meta['answers'][a] for g, a in zip(got, y)])
+    classes = sorted(meta['box_classes'], key=len, reverse=True)  # 'traffic light' is found before 'light' could be
+
+    def facts(reason):
+        padded = f' {reason} '
+        return (next((c for c in classes if f' {c} ' in padded), None),
+                next((side for side in ('left', 'right', 'ahead') if f' {side} ' in padded), None))
+    named = np.array([all(facts(r)) for _, r in truth])          # the deciding fact is an object on a side
+    same = np.array([facts(g[1]) == facts(t[1]) for g, t in zip(got, truth)])
+    rate = lambda m: same[m].mean() if m.any() else float('nan')
+    return {'exact_match': hit.mean(), 'per_family': by_family(hit, fam, meta['families']),
+            'reason_names_object_and_side': {'on_correct': rate(named & hit), 'n_correct': int((named & hit).sum()),
+                                             'on_errors': rate(named & ~hit), 'n_errors': int((named & ~hit).sum())},
+            'examples': [{'question': tokenizer.decode(arrays['questions'][j]), 'said': said[j],
+                          'truth': ': '.join(truth[j])} for j in range(min(k, len(said)))]}
+
+
 def error_section(y, probs, maps, arrays, model, names, out_dir, k=10, gallery=8):
     """The most confident errors, confidence_errors(), and failures.png: the worst cases with their layer-averaged
     attention (maps float[Q, P], None for a blind model)."""
@@ -469,6 +515,9 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     res['robustness'] = robustness_section(model, arrays, logits, robust_max, batch_questions, seed, out)
     with open(os.path.join(data_dir, f'{split}_names.json')) as f:
         names = json.load(f)
+    if model.cfg.answer == 'generate':
+        res['generation'] = generation_section(generate_all(model, arrays, batch_questions), arrays, y, fam, meta,
+                                               model.tokenizer)
     res['errors'] = error_section(y, probs, None if maps is None else layer_average(maps), arrays, model, names, out)
     res['plots'] = ['reliability.png', 'robustness.png'] + (['failures.png'] if res['errors']['most_confident'] else [])
     res = plain(res)
@@ -513,6 +562,15 @@ def print_report(r):
 
 def print_sections(r):
     cal, g, b, rob, e = r['calibration'], r['grounding'], r['baselines'], r['robustness'], r['errors']
+    gen = r.get('generation')
+    if gen:
+        rs = gen['reason_names_object_and_side']
+        print(f"\ngenerated answers: exact match {fmt(gen['exact_match'])} (" + ', '.join(
+            f"{f} {fmt(x['accuracy'])}" for f, x in gen['per_family'].items()) + f"); the reason names the deciding "
+            f"object and side on {fmt(rs['on_correct'])} of {rs['n_correct']} right answers, {fmt(rs['on_errors'])} of "
+            f"{rs['n_errors']} errors")
+        for x in gen['examples']:
+            print(f"  {x['question']!r} -> {x['said']!r} (rules: {x['truth']!r})")
     print(f"\ncalibration: ECE {fmt(cal['before']['ece'])} -> {fmt(cal['after']['ece'])}, MCE {fmt(cal['before']['mce'])} -> "
           f"{fmt(cal['after']['mce'])}, NLL {fmt(cal['before']['nll'])} -> {fmt(cal['after']['nll'])} "
           f"(temperature {cal['temperature']:.2f}; {cal['temperature_from']})")
@@ -553,8 +611,9 @@ def compare_runs(dirs, out_dir):
             sys.exit(f"no {path} ---> HINT: run `python eval.py --ckpt={os.path.join(d, 'ckpt.pt')}` first")
         with open(path) as f:
             r = json.load(f)
-        g, blind = r['grounding'], r['baselines'].get('blind')
+        g, blind, gen = r['grounding'], r['baselines'].get('blind'), r.get('generation')
         rows.append({'run': d, 'accuracy': r['classification']['accuracy'],
+                     'exact_match': gen['exact_match'] if gen else r['classification']['accuracy'],  # a class is its words
                      **{f: fc['accuracy'] for f, fc in r['classification']['per_family'].items()},
                      'ece': r['calibration']['before']['ece'], 'grounding_ratio': g and g['ratio'],
                      'blind_gap': blind and blind['gap'], 'params_M': r['n_params'] / 1e6,

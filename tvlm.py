@@ -627,6 +627,16 @@ class TVLM(nn.Module):
         model.temperature = float(ckpt.get('temperature', 1.0))
         return model.to(device).eval()
 
+    def answer_logits(self, logits, tokens):
+        """float[B, A], a score per answer class in either mode, from forward's logits on question-only tokens: the
+        classifier's own, or in generate mode the LM's logits for each answer's first word right after the question's
+        <eos> (no two answers share a first word), so every answer-class metric applies to both modes."""
+        if self.cfg.answer == 'classify':
+            return logits
+        last = (tokens != Tokenizer.pad_id).sum(1) - 1                           # (B,) the question's <eos>
+        first = [self.tokenizer.stoi[self.tokenizer.split(a)[0]] for a in self.answers]
+        return logits[torch.arange(len(tokens), device=tokens.device), last][:, first]   # (B, A)
+
     @torch.no_grad()
     def load_pretrained(self, ckpt):
         """Start from another checkpoint's weights (load_checkpoint's dict), e.g. synthetic pretraining before real

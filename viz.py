@@ -65,7 +65,7 @@ def attend(model, img, ids, rollout=False):
     cfg = model.cfg
     if cfg.fusion == 'none':
         raise ValueError("this checkpoint is a blind (question-only) model: it never looks at the image")
-    device = model.head.weight.device
+    device = next(model.parameters()).device
     out = {}
     logits, _ = model(torch.tensor(img)[None].to(device), torch.tensor(ids)[None].to(device), out=out)  # copies: memmaps are read-only
     T, (gh, gw) = len(ids), out['grid']
@@ -74,6 +74,7 @@ def attend(model, img, ids, rollout=False):
         R = attention_rollout([a[0] for a in out['vit_attn']])
         layers = [(name, a @ R) for name, a in layers]
     n = int(out['summary_idx'][0]) + 1
+    logits = model.answer_logits(logits, torch.tensor(ids)[None].to(device))          # (1, A), in either mode
     return {'probs': (logits[0].float() / model.temperature).softmax(-1).cpu(),        # as model.answer() does
             'summary': n - 1, 'words': [model.tokenizer.itos[i] for i in ids[:n]],
             'layers': [(name, a.view(T, gh, gw).cpu().numpy()) for name, a in layers]}
@@ -157,7 +158,11 @@ def explain(model, image, question, per_word=False, rollout=False):
     for ax, (title, att) in zip(axes[(not per_word):], panels):
         overlay(ax, show, att, title)
     alts = ', '.join(f'{a} {p:.0%}' for a, p in top[1:])
-    fig.suptitle(f'Q: {question}\nA: {top[0][0]} ({top[0][1]:.0%}; then {alts})', fontsize=11)
+    said = ''
+    if cfg.answer == 'generate':  # the answer in words, as the decoder writes it, with its reason
+        answer, p, extra = model.answer(image, question)
+        said = f"\nsaid: {answer} ({p:.0%}): {extra['reason']}"
+    fig.suptitle(f'Q: {question}\nA: {top[0][0]} ({top[0][1]:.0%}; then {alts}){said}', fontsize=11)
     return fig, top
 
 
@@ -314,4 +319,7 @@ if __name__ == '__main__':
         except ValueError as e:
             sys.exit(str(e))
         print(f"Q: {question}\nA: {top[0][0]} ({top[0][1]:.1%})    top-3: " + ', '.join(f'{a} {p:.1%}' for a, p in top))
+        if model.cfg.answer == 'generate':
+            answer, p, extra = model.answer(image, question)
+            print(f"said: {answer}: {extra['reason']} ({p:.1%} for the answer words)")
         save(fig, out)
