@@ -78,7 +78,7 @@ force = False
 synth_train = 6300        # synthetic frames rendered into BDD's train (~5% of them become our val)
 synth_val = 500           # synthetic frames rendered into BDD's val (our test)
 
-VERSION = 'prepare-3'
+VERSION = 'prepare-4'
 FORMAT_VERSION = 2            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green']
@@ -394,7 +394,7 @@ def decode_split(path, items, cfg, pool, skipped, stats):
 
 
 def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
-    """All of one split's files; -> (answers int[Q], templates int[Q]) for the stats."""
+    """All of one split's files; -> ({name: array} as written, {attribute: {value: frames}})."""
     kept = decode_split(os.path.join(tmp, f'{split}_images.npy'), items, cfg, pool, skipped, stats)
     counts = np.zeros((len(TEMPLATES), len(ANSWERS)), dtype=np.int64)
     qs, box_offsets, q_offsets = [], [0], [0]          # qs: (template, answer, image, split-global box rows)
@@ -422,11 +422,45 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
         np.save(os.path.join(tmp, f'{split}_{k}.npy'), arr)
     with open(os.path.join(tmp, f'{split}_names.json'), 'w') as fh:
         json.dump([k[0] for k in kept], fh)
-    return arrays
+    mix = {k: {} for k in BDD_MIX}                     # the memmaps keep no attributes: meta.json keeps their counts
+    for _, attrs, *_ in kept:
+        for k, counts in mix.items():
+            v = attrs.get(k, 'undefined')
+            counts[v] = counts.get(v, 0) + 1
+    return arrays, mix
 
 
-def summarize(arrays):
-    """-> counts, answer_dist, blind_majority_acc (majority answer per template, learned on train)."""
+# The real distribution, as measured on 339 BDD100K frames (../shared/BDD100K_FORMAT.md section 7), written as
+# it is there: px of a 720-high frame, % of frames. report() prints every prepared dataset's figures beside them.
+BDD_H = 720
+BDD_BOXES = {  # class: (boxes per frame, % of frames with one, box height px p10/p50/p90, box bottom y px p10/p50/p90)
+    'car': (9.4, 99, (14, 35, 144), (286, 379, 507)), 'traffic sign': (3.7, 83, (9, 19, 51), (152, 272, 389)),
+    'traffic light': (2.9, 59, (11, 20, 46), (164, 274, 384)), 'pedestrian': (1.8, 41, (21, 50, 125), (286, 375, 489)),
+    'truck': (0.6, 31, (18, 58, 206), (263, 366, 507)), 'bicycle': (0.2, 13, (31, 52, 152), (322, 430, 571)),
+    'bus': (0.2, 16, (21, 74, 299), (277, 375, 505)), 'rider': (0.2, 13, (21, 54, 153), (280, 370, 478)),
+    'motorcycle': (0.1, 6, (25, 49, 162), (343, 398, 499)), 'train': (0.0, 1, None, None)}
+BDD_MIX = {'scene': {'city street': 51, 'highway': 21, 'residential': 12},           # % of frames; the rest of each
+           'timeofday': {'daytime': 52, 'night': 23, 'dawn/dusk': 12, 'undefined': 1},   # row is other values
+           'weather': {'clear': 32, 'undefined': 15, 'snowy': 12, 'overcast': 11, 'partly cloudy': 9, 'rainy': 8,
+                       'foggy': 0.5}}                                                  # foggy: "<1%"
+
+
+def box_stats(a, H):
+    """Per class of a split's boxes: boxes per frame, share of frames with one, and box height and bottom y
+    p10/p50/p90 as fractions of the image height H (so they compare across resolutions)."""
+    n = max(len(a['box_offsets']) - 1, 1)
+    frame = np.repeat(np.arange(len(a['box_offsets']) - 1), np.diff(a['box_offsets']))    # (M,) image of each box
+    q = lambda v: np.percentile(v / H, [10, 50, 90]).round(3).tolist() if len(v) else None
+    out = {'boxes_per_frame': round(len(a['boxes']) / n, 2)}
+    for k, c in enumerate(BOX_CLASSES):
+        b = a['boxes'][a['box_class'] == k]                                          # (m, 4) x1, y1, x2, y2
+        out[c] = {'per_frame': round(len(b) / n, 2), 'frames': round(len(np.unique(frame[a['box_class'] == k])) / n, 3),
+                  'height': q(b[:, 3] - b[:, 1]), 'bottom': q(b[:, 3])}
+    return out
+
+
+def summarize(arrays, H):
+    """-> counts, answer_dist, blind_majority_acc (majority answer per template, learned on train), box_stats."""
     tr = arrays['train']
     majority = {t: np.bincount(tr['answers'][tr['template'] == t], minlength=len(ANSWERS)).argmax()
                 for t in range(len(TEMPLATES))}
@@ -440,7 +474,7 @@ def summarize(arrays):
                    for i, f in enumerate(FAMILIES)}
         guess = np.asarray([majority[t] for t in a['template']], dtype=np.int64)
         blind[s] = float((guess == a['answers']).mean()) if len(guess) else 0.0
-    return counts, dist, blind
+    return counts, dist, blind, {s: box_stats(a, H) for s, a in arrays.items()}
 
 
 def build(cfg, root, name, source):
@@ -464,17 +498,18 @@ def build(cfg, root, name, source):
             assert len(tok) < 2 ** 16 and max(len(Tokenizer.split(q)) for _, q in TEMPLATES) + 2 <= cfg['max_q_len'], \
                 f"questions do not fit max_q_len={cfg['max_q_len']}"
             stats = np.zeros((3, 3))                      # sum, sum of squares, pixel count per channel
-            arrays = {s: write_split(tmp, s, splits[s], cfg, pool, skipped, tok, stats if s == 'train' else None)
-                      for s in ('train', 'val', 'test')}
+            written = {s: write_split(tmp, s, splits[s], cfg, pool, skipped, tok, stats if s == 'train' else None)
+                       for s in ('train', 'val', 'test')}
         mean = stats[0] / np.maximum(stats[2], 1)
         std = np.sqrt(np.maximum(stats[1] / np.maximum(stats[2], 1) - mean ** 2, 0))
-        counts, dist, blind = summarize(arrays)
+        counts, dist, blind, box = summarize({s: w[0] for s, w in written.items()}, cfg['img_h'])
         meta = {'format_version': FORMAT_VERSION, 'generator_version': VERSION, 'source': source, 'source_format': fmt,
                 'tokenizer': tok.to_dict(), 'max_q_len': cfg['max_q_len'], 'answers': ANSWERS, 'families': FAMILIES,
                 'templates': [q for _, q in TEMPLATES], 'template_family': [f for f, _ in TEMPLATES],
                 'box_classes': BOX_CLASSES, 'img_h': cfg['img_h'], 'img_w': cfg['img_w'],
                 'mean': mean.round(4).tolist(), 'std': std.round(4).tolist(), 'counts': counts, 'answer_dist': dist,
-                'blind_majority_acc': blind, 'filters': {k: cfg[k] for k in ('weather', 'timeofday', 'max_images')},
+                'blind_majority_acc': blind, 'box_stats': box, 'attributes': {s: w[1] for s, w in written.items()},
+                'filters': {k: cfg[k] for k in ('weather', 'timeofday', 'max_images')},
                 'skipped': dict(sorted(skipped.items())), 'seed': cfg['seed'], 'args': args,
                 'rules': {'horizon': HORIZON, 'slope': SLOPE, 'visible': VISIBLE, 'tiny': TINY, 'close': CLOSE,
                           'far': FAR, 'light_visible': LIGHT_VISIBLE, 'light_tiny': LIGHT_TINY, 'lane_margin': LANE_MARGIN}}
@@ -503,6 +538,28 @@ def report(final, meta):
     print("  question-only majority accuracy: " + ', '.join(f"{s} {a:.3f}" for s, a in meta['blind_majority_acc'].items()))
     if meta['skipped']:
         print("  skipped: " + ', '.join(f"{r}: {n}" for r, n in meta['skipped'].items()))
+    s = max(meta['counts'], key=lambda s: (s == 'train' and meta['counts'][s]['images'] > 0, meta['counts'][s]['images']))
+    print(f"  {s} split vs real BDD100K (heights and bottoms as fractions of the image height H):")
+    for line in bdd_comparison(meta['box_stats'][s], meta['attributes'][s]):
+        print('    ' + line)
+
+
+def bdd_comparison(box, mix):
+    """One line per statistic: a split's box_stats and attribute counts, each beside BDD_BOXES' or BDD_MIX's figure."""
+    frac = lambda v: '/'.join(f'{x:.2f}' for x in v) if v else '-'
+    pct = lambda v: '<1%' if 0 < v < 1 else f'{v:.0f}%'
+    lines = [f"boxes per frame {box['boxes_per_frame']:.1f} (BDD {sum(r[0] for r in BDD_BOXES.values()):.1f})"]
+    for c, (per_frame, frames, height, bottom) in BDD_BOXES.items():
+        s, bdd = box[c], lambda px: frac([v / BDD_H for v in px] if px else None)
+        lines.append(f"{c:13s} per frame {s['per_frame']:4.1f} (BDD {per_frame:.1f}), in {pct(100 * s['frames']):>3s} of "
+                     f"frames (BDD {pct(frames)}), height p10/p50/p90 {frac(s['height'])} H (BDD {bdd(height)}), "
+                     f"bottom y {frac(s['bottom'])} H (BDD {bdd(bottom)})")
+    for k, ref in BDD_MIX.items():
+        n = max(sum(mix[k].values()), 1)
+        lines.append(f"{k:9s} " + ', '.join(f"{v} {pct(100 * mix[k].get(v, 0) / n)} (BDD {pct(ref[v]) if v in ref else '-'})"
+                                            for v in list(ref) + sorted(set(mix[k]) - set(ref))))
+    return lines
+
 
 
 def run(cfg):

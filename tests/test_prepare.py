@@ -261,7 +261,7 @@ def test_interrupted_write_leaves_no_dataset(tmp_path, monkeypatch):
     root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
     make_tree(root, '2018')
 
-    def boom(arrays):
+    def boom(*args):
         raise KeyboardInterrupt
     monkeypatch.setattr(prepare, 'summarize', boom)
     with pytest.raises(KeyboardInterrupt):
@@ -299,6 +299,42 @@ def test_same_seed_gives_byte_identical_output(tmp_path, monkeypatch):
     assert files == sorted(os.listdir(dirs[1])) and 'train_images.npy' in files
     for f in files:
         assert open(os.path.join(dirs[0], f), 'rb').read() == open(os.path.join(dirs[1], f), 'rb').read(), f
+
+def test_box_stats_describe_a_split_in_fractions_of_its_height():
+    """Per class: boxes per frame, share of frames with one, height and bottom-y percentiles over H."""
+    car, sign = BOX_CLASSES.index('car'), BOX_CLASSES.index('traffic sign')
+    a = {'boxes': np.array([[0, 10, 5, 20], [0, 30, 5, 50], [0, 0, 1, 4], [0, 60, 5, 100]], np.float32),
+         'box_class': np.array([car, car, sign, car], np.int16), 'box_offsets': np.array([0, 3, 3, 4, 4])}   # 4 frames
+    s = prepare.box_stats(a, H=100)
+    assert s['boxes_per_frame'] == 1.0 and s['car']['per_frame'] == 0.75 and s['car']['frames'] == 0.5
+    np.testing.assert_allclose(s['car']['height'], np.percentile([0.1, 0.2, 0.4], [10, 50, 90]), atol=1e-3)
+    np.testing.assert_allclose(s['car']['bottom'], np.percentile([0.2, 0.5, 1.0], [10, 50, 90]), atol=1e-3)
+    assert s['traffic sign']['frames'] == 0.25 and s['bus'] == {'per_frame': 0.0, 'frames': 0.0, 'height': None, 'bottom': None}
+
+
+def test_bdd_comparison_prints_each_statistic_beside_the_real_figure():
+    """One line for boxes per frame, one per class, one per attribute; BDD's px of 720 become fractions of H."""
+    car = BOX_CLASSES.index('car')
+    a = {'boxes': np.array([[0, 10, 5, 20]], np.float32), 'box_class': np.array([car], np.int16),
+         'box_offsets': np.array([0, 1, 1])}
+    mix = {'scene': {'highway': 2}, 'timeofday': {'night': 1, 'dawn/dusk': 1}, 'weather': {'snowy': 1, 'foggy': 1}}
+    lines = prepare.bdd_comparison(prepare.box_stats(a, H=100), mix)
+    assert len(lines) == 1 + len(prepare.BDD_BOXES) + len(prepare.BDD_MIX)
+    car_line = next(l for l in lines if l.startswith('car '))
+    assert 'per frame  0.5 (BDD 9.4)' in car_line and 'in 50% of frames (BDD 99%)' in car_line
+    assert 'height p10/p50/p90 0.10/0.10/0.10 H (BDD 0.02/0.05/0.20)' in car_line   # 14/35/144 px of 720
+    assert 'highway 100% (BDD 21%)' in lines[-3] and 'night 50% (BDD 23%)' in lines[-2]
+    assert 'foggy 50% (BDD <1%)' in lines[-1]
+
+
+def test_meta_counts_frame_attributes_per_split(tmp_path):
+    root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
+    make_tree(root, '2018')
+    prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    meta = json.load(open(os.path.join(out, 'meta.json')))
+    assert meta['attributes']['test'] == {'scene': {'city street': 1}, 'timeofday': {'night': 1}, 'weather': {'clear': 1}}
+    assert meta['box_stats']['test']['car']['per_frame'] == 1.0
+
 
 def test_mirror_tables_swap_left_and_right():
     """hflip's permutations: 'left' <-> 'right' in questions and answers, everything else unchanged."""
