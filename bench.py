@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prepare import DATASET_FIELDS, data_shape, load_meta, model_config, open_split, patch_labels, sample_batch
+from prepare import DATASET_FIELDS, data_shape, join_answers, load_meta, model_config, open_split, patch_labels, sample_batch
 from tvlm import TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, load_image
 
 # -----------------------------------------------------------------------------
@@ -35,7 +35,7 @@ from tvlm import TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimize
 _train = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')).read()
 exec(_train[_train.index('# defaults'):_train.index('exec(open(')])
 # the dataset's shape, used only when data_dir holds no prepared dataset (config/bench.py sets its own)
-img_h, img_w, vocab_size, max_q_len, n_answers = (asdict(TVLMConfig())[k] for k in DATASET_FIELDS[:5])
+img_h, img_w, vocab_size, max_q_len, max_answer_len, n_answers = (asdict(TVLMConfig())[k] for k in DATASET_FIELDS[:6])
 threads = 0                   # torch.set_num_threads; 0 keeps torch's default (one per core)
 warmup, iters = 3, 10         # untimed, then timed repetitions; figures are medians
 latency_iters = 50            # repetitions for the latency percentiles
@@ -105,8 +105,10 @@ def make_dataset(tmp):
     q = rng.integers(4, vocab_size, (n * q_per, max_q_len)).astype(np.uint16)
     q[:, 0], q[:, max_q_len * 3 // 4 - 1] = Tokenizer.bos_id, Tokenizer.eos_id   # as encoded: answers follow <eos>
     q[:, max_q_len * 3 // 4:] = 0                                  # padding, which sample_batch strips
+    answer_text = rng.integers(4, vocab_size, (n * q_per, max_answer_len)).astype(np.uint16)   # the longest answers
+    answer_text[:, -1] = Tokenizer.eos_id
     xy = np.sort(rng.uniform(0, 1, (n * q_per, 2, 2)), axis=1) * [img_w, img_h]   # q_per boxes per image
-    arrays = {'images': rng.integers(0, 256, (n, img_h, img_w, 3), dtype=np.uint8), 'questions': q,
+    arrays = {'images': rng.integers(0, 256, (n, img_h, img_w, 3), dtype=np.uint8), 'questions': q, 'answer_text': answer_text,
               'answers': rng.integers(0, n_answers, n * q_per).astype(np.int16),
               'q_offsets': np.arange(0, n * q_per + 1, q_per, dtype=np.int64),
               'boxes': xy.reshape(-1, 4).astype(np.float32), 'box_offsets': np.arange(0, n * q_per + 1, q_per),
@@ -122,7 +124,7 @@ if os.path.exists(os.path.join(data_dir, 'meta.json')):
     shape, data = data_shape(load_meta(data_dir)), open_split(data_dir, 'train')
     source = f"{data_dir}, as train.py reads it"
 else:
-    shape, data = {k: globals()[k] for k in DATASET_FIELDS[:5]}, make_dataset(_tmp.name)
+    shape, data = {k: globals()[k] for k in DATASET_FIELDS[:6]}, make_dataset(_tmp.name)
     source = f"random data (no prepared dataset at {data_dir})"
 cfg = model_config(config, shape, np.bincount(data['answers'], minlength=shape['n_answers']))
 gen = torch.Generator().manual_seed(seed)
@@ -130,22 +132,12 @@ gen = torch.Generator().manual_seed(seed)
 
 def get_batch(qpi=questions_per_image):
     """train.py's get_batch without the augmentations: sampled from the memmaps, patch labels, device copy."""
-    *batch, rows = sample_batch(data, batch_size // qpi, qpi, gen)
-    images, q, a, idx = (to_device(x) for x in batch)
-    if cfg.answer == 'generate':  # the sequences answer='generate' trains on, the answers random stand-ins
-        q = with_answers(q)
-        a = answer_targets(q)
-    return images, q, a, idx, to_device(patch_labels(data, rows, cfg.patch)) if cfg.n_patch_labels else None
-
-
-def with_answers(q):
-    """Questions int64 (B, T) -> (B, T + max_answer_len): each followed by max_answer_len - 1 random words and
-    <eos>, the longest answer the model is built for (no prepared dataset holds answers in words yet)."""
-    A = cfg.max_answer_len
-    words = torch.randint(4, cfg.vocab_size, (len(q), A), generator=gen).to(q.device)   # (B, A)
-    words[:, -1] = Tokenizer.eos_id
-    at = (q != Tokenizer.pad_id).sum(1, keepdim=True) + torch.arange(A, device=q.device)  # (B, A) after each question
-    return torch.cat([q, torch.zeros_like(words)], dim=1).scatter(1, at, words)          # (B, T + A)
+    images, q, a, idx, rows, q_rows = sample_batch(data, batch_size // qpi, qpi, gen)
+    if cfg.answer == 'generate':  # the question, then its answer and reason, as train.py's generative mode reads them
+        q = join_answers(q, data['answer_text'][q_rows])
+    images, q, a, idx = (to_device(x) for x in (images, q, a, idx))
+    targets = answer_targets(q) if cfg.answer == 'generate' else a
+    return images, q, targets, idx, to_device(patch_labels(data, rows, cfg.patch)) if cfg.n_patch_labels else None
 
 
 def make_train_step(precision, use_compile):

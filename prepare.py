@@ -47,6 +47,7 @@ Question rules (one set for every source; H and W are the stored image height an
 import glob
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -72,6 +73,7 @@ timeofday = ''            # keep only frames with this time of day, e.g. 'daytim
 img_h = 144
 img_w = 256
 max_q_len = 16            # question tokens incl. <bos> and <eos>
+max_answer_len = 16       # 'answer : reason' tokens incl. the closing <eos> (the generative mode's target)
 seed = 1337
 workers = 2
 force = False
@@ -79,7 +81,7 @@ synth_train = 6300        # synthetic frames rendered into BDD's train (~5% of t
 synth_val = 500           # synthetic frames rendered into BDD's val (our test)
 
 VERSION = 'prepare-4'
-FORMAT_VERSION = 2            # bump when the files' layout changes; readers refuse other versions
+FORMAT_VERSION = 3            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green']
 FAMILIES = ['exist', 'count', 'spatial', 'light', 'safety', 'scene']
@@ -133,10 +135,15 @@ def between(u, a, b):
     return np.where(inside, YES, np.where(outside, NO, MAYBE)).astype(np.int8)
 
 
+def lane_position(boxes, H, W):
+    """u, each box's footprint in lane units: |u| < 1 is the ego lane, u < -1 left of it, u > 1 right of it."""
+    x, y = (boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3]
+    return (x - W / 2) / (SLOPE * np.maximum(y - HORIZON * H, 1e-3))   # above the horizon: huge |u|, never close
+
+
 def object_facts(boxes, cls, H, W):
     """Three-valued facts about each box; boxes float[M, 4] x1,y1,x2,y2 in stored pixels."""
-    x, y, h = (boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3], boxes[:, 3] - boxes[:, 1]  # footprint, height
-    u = (x - W / 2) / (SLOPE * np.maximum(y - HORIZON * H, 1e-3))   # above the horizon: huge |u|, never close
+    y, h, u = boxes[:, 3], boxes[:, 3] - boxes[:, 1], lane_position(boxes, H, W)   # footprint y, height, lane
     visible = tri(h, TINY * H, VISIBLE * H)
     close = np.minimum(tri(y, FAR * H, CLOSE * H), visible)
     road = np.isin(cls, ROAD_USERS).astype(np.int8) * YES
@@ -205,6 +212,58 @@ def candidates(boxes, cls, colour, attrs, H, W):
                               'foggy': 'no'}.get(attrs.get('weather')), [])
     return [(t, ans[q][0], np.asarray(ans[q][1], dtype=np.int64)) for t, (_, q) in enumerate(TEMPLATES)
             if ans.get(q, (None,))[0] is not None]
+
+
+# Reasons: the facts that decided an answer, in words, for the generative mode ("yes: a car is close on the right").
+# Two phrasings each, so the model learns the facts rather than one sentence; {what} is a box class, {where} a side.
+REASONS = {'object': ['a {what} is {state} {where}', 'there is a {what} {state} {where}'],
+           'absent': ['no {what} is {state}', 'there is no {what} {state}'],
+           'clear': ['nothing is close {where}', 'the way is clear {where}'],
+           'light': ['the light is {colour}', 'the signal is {colour}'],
+           'go': ['the light is {colour} and nothing is close {where}', 'it is {colour} and the way is clear {where}'],
+           'go_unlit': ['no light, and nothing is close {where}', 'no signal, and the way is clear {where}'],
+           'night': ['it is dark', 'it is night time'], 'day': ['it is daytime', 'it is light out'],
+           'rain': ['it is raining', 'rain is falling'], 'dry': ['the weather is {weather}', 'it is {weather}, not rainy']}
+WHERE = {'Is the left lane clear?': 'in the left lane', 'Is the right lane clear?': 'in the right lane',
+         'Is the road ahead clear?': 'ahead', 'Is there a car on the left?': 'on the left',
+         'Is there a car on the right?': 'on the right', 'Can I safely turn left?': 'on the left',
+         'Can I safely turn right?': 'on the right', 'Is it safe to go straight?': 'ahead', 'Should I stop?': 'ahead'}
+WEATHERS = ['clear', 'partly cloudy', 'overcast', 'foggy']     # the weathers that answer "Is it raining?" with no
+
+
+def reason(question, answer, refs, boxes, cls, colour, attrs, H, W, variant):
+    """Why the rules gave `answer` to `question` on one image: a light's colour, the biggest (nearest) referent and
+    its side, or what is absent or clear. refs: the image's referent rows; variant 0 or 1 picks the phrasing."""
+    fam, pick = dict((q, f) for f, q in TEMPLATES)[question], lambda kind, **kw: REASONS[kind][variant].format(**kw)
+    lights = [r for r in refs if BOX_CLASSES[cls[r]] == 'traffic light']
+    goes = (fam == 'safety') and answer == ('no' if question == 'Should I stop?' else 'yes')
+    if goes:  # the way is clear, and the light (if any) allows it
+        where = WHERE[question]
+        return pick('go', colour=COLOURS[colour[lights[0]]], where=where) if lights else pick('go_unlit', where=where)
+    if lights:
+        return pick('light', colour=COLOURS[colour[lights[0]]])
+    if len(refs):  # an object decided it: name the nearest, with the side of its footprint
+        r = refs[np.argmax(boxes[refs, 3] - boxes[refs, 1])]
+        u = lane_position(boxes[r:r + 1], H, W)[0]
+        where = 'ahead' if abs(u) < 1 else 'on the left' if u < 0 else 'on the right'
+        return pick('object', what=BOX_CLASSES[cls[r]], state='visible' if fam == 'exist' else 'close', where=where)
+    if fam == 'scene':
+        if question == 'Is it night?':
+            return pick('night' if answer == 'yes' else 'day')
+        return pick('rain') if answer == 'yes' else pick('dry', weather=attrs['weather'])
+    if fam == 'exist':
+        return pick('absent', what=EXIST_CLASS[question], state='visible')
+    if fam == 'count':
+        return pick('absent', what='car' if 'cars' in question else 'pedestrian', state='close')
+    if question in ('Is there a car on the left?', 'Is there a car on the right?'):
+        return pick('absent', what='car', state='close ' + WHERE[question])
+    return pick('clear', where=WHERE[question])
+
+
+def reason_corpus():
+    """Every word a reason can use, for the tokenizer: the phrasings with their slots filled by every value."""
+    slots = [*BOX_CLASSES, 'visible', 'close', *WHERE.values(), *COLOURS[1:], *WEATHERS]
+    return [re.sub(r'\{\w+\}', ' ', p) for ps in REASONS.values() for p in ps] + slots
 
 
 def choose_questions(cands, counts, rng):
@@ -397,14 +456,17 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
     """All of one split's files; -> ({name: array} as written, {attribute: {value: frames}})."""
     kept = decode_split(os.path.join(tmp, f'{split}_images.npy'), items, cfg, pool, skipped, stats)
     counts = np.zeros((len(TEMPLATES), len(ANSWERS)), dtype=np.int64)
-    qs, box_offsets, q_offsets = [], [0], [0]          # qs: (template, answer, image, split-global box rows)
+    qs, box_offsets, q_offsets = [], [0], [0]          # qs: (template, answer, image, split-global box rows, text)
+    H, W, R = cfg['img_h'], cfg['img_w'], cfg['max_answer_len']
     for i, (name, attrs, boxes, cls, colour) in enumerate(kept):
         rng = np.random.default_rng([cfg['seed'], zlib.crc32(name.encode())])
-        cands = candidates(boxes, cls, colour, attrs, cfg['img_h'], cfg['img_w'])
-        qs += [(t, a, i, refs + box_offsets[-1]) for t, a, refs in choose_questions(cands, counts, rng)]
+        for t, a, refs in choose_questions(candidates(boxes, cls, colour, attrs, H, W), counts, rng):
+            why = reason(TEMPLATES[t][1], ANSWERS[a], refs, boxes, cls, colour, attrs, H, W, int(rng.integers(2)))
+            qs.append((t, a, i, refs + box_offsets[-1], f"{ANSWERS[a]} : {why}"))
         box_offsets.append(box_offsets[-1] + len(boxes))
         q_offsets.append(len(qs))
-    template, answer, image, refs = zip(*qs) if qs else [()] * 4
+    template, answer, image, refs, text = zip(*qs) if qs else [()] * 5
+    assert all(len(Tokenizer.split(x)) < R for x in text), f"an answer and its reason do not fit max_answer_len={R}" 
     enc = np.stack([tok.encode(q, cfg['max_q_len'])[0] for _, q in TEMPLATES]).astype(np.uint16)  # (templates, T)
     template = np.asarray(template, dtype=np.int16)
     arrays = {'boxes': np.concatenate([k[2] for k in kept] + [np.zeros((0, 4), np.float32)]),     # (M, 4)
@@ -412,6 +474,8 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
               'box_colour': np.concatenate([k[4] for k in kept] + [np.zeros(0, np.int8)]),
               'box_offsets': np.asarray(box_offsets, dtype=np.int64),
               'questions': enc[template.astype(np.int64)].reshape(-1, cfg['max_q_len']),     # (Q, T)
+              # 'answer : reason <eos>' after the question: the generative mode's target (the <bos> dropped)
+              'answer_text': np.asarray([tok.encode(x, R + 1)[0][1:] for x in text], np.uint16).reshape(-1, R),  # (Q, R)
               'answers': np.asarray(answer, dtype=np.int16), 'template': template,
               'family': np.asarray([FAMILIES.index(TEMPLATES[t][0]) for t in template], dtype=np.uint8),
               'image_idx': np.asarray(image, dtype=np.int32),
@@ -494,7 +558,7 @@ def build(cfg, root, name, source):
         with make_pool(cfg['workers']) as pool:
             skipped = {}
             fmt, splits = load_frames(root, cfg, skipped)
-            tok = Tokenizer.build([q for _, q in TEMPLATES])
+            tok = Tokenizer.build([q for _, q in TEMPLATES] + ANSWERS + reason_corpus())  # the same for every source
             assert len(tok) < 2 ** 16 and max(len(Tokenizer.split(q)) for _, q in TEMPLATES) + 2 <= cfg['max_q_len'], \
                 f"questions do not fit max_q_len={cfg['max_q_len']}"
             stats = np.zeros((3, 3))                      # sum, sum of squares, pixel count per channel
@@ -504,7 +568,8 @@ def build(cfg, root, name, source):
         std = np.sqrt(np.maximum(stats[1] / np.maximum(stats[2], 1) - mean ** 2, 0))
         counts, dist, blind, box = summarize({s: w[0] for s, w in written.items()}, cfg['img_h'])
         meta = {'format_version': FORMAT_VERSION, 'generator_version': VERSION, 'source': source, 'source_format': fmt,
-                'tokenizer': tok.to_dict(), 'max_q_len': cfg['max_q_len'], 'answers': ANSWERS, 'families': FAMILIES,
+                'tokenizer': tok.to_dict(), 'max_q_len': cfg['max_q_len'], 'max_answer_len': cfg['max_answer_len'],
+                'answers': ANSWERS, 'families': FAMILIES,
                 'templates': [q for _, q in TEMPLATES], 'template_family': [f for f, _ in TEMPLATES],
                 'box_classes': BOX_CLASSES, 'img_h': cfg['img_h'], 'img_w': cfg['img_w'],
                 'mean': mean.round(4).tolist(), 'std': std.round(4).tolist(), 'counts': counts, 'answer_dist': dist,
@@ -561,7 +626,6 @@ def bdd_comparison(box, mix):
     return lines
 
 
-
 def run(cfg):
     t0 = time.time()
     if cfg['bdd_root']:
@@ -581,8 +645,8 @@ def run(cfg):
 # -----------------------------------------------------------------------------
 # Reading a prepared dataset: train.py, eval.py, viz.py and bench.py all come through here
 
-SPLIT_ARRAYS = ('images', 'boxes', 'box_class', 'box_colour', 'box_offsets', 'questions', 'answers', 'family',
-                'template', 'image_idx', 'q_offsets', 'referents', 'ref_offsets')
+SPLIT_ARRAYS = ('images', 'boxes', 'box_class', 'box_colour', 'box_offsets', 'questions', 'answer_text', 'answers',
+                'family', 'template', 'image_idx', 'q_offsets', 'referents', 'ref_offsets')
 
 
 def load_meta(data_dir):
@@ -608,13 +672,14 @@ def check_compatible(model, meta, data_dir):
                      f"dataset it was trained on (--data_dir), or fine-tune it on this one")
 
 
-DATASET_FIELDS = ('img_h', 'img_w', 'vocab_size', 'max_q_len', 'n_answers', 'n_patch_labels', 'answer_weights')
+DATASET_FIELDS = ('img_h', 'img_w', 'vocab_size', 'max_q_len', 'max_answer_len', 'n_answers', 'n_patch_labels',
+                  'answer_weights')
 
 
 def data_shape(meta):
     """The TVLMConfig fields a prepared dataset fixes: image size, vocabulary, question length, answers."""
     return {'img_h': meta['img_h'], 'img_w': meta['img_w'], 'vocab_size': len(meta['tokenizer']['itos']),
-            'max_q_len': meta['max_q_len'], 'n_answers': len(meta['answers'])}
+            'max_q_len': meta['max_q_len'], 'max_answer_len': meta['max_answer_len'], 'n_answers': len(meta['answers'])}
 
 
 def model_config(settings, shape, answer_counts):
@@ -639,7 +704,7 @@ def sample_batch(arrays, n_images, questions_per_image, generator):
     """A random training batch: n_images images, then questions_per_image of each image's questions (with
     replacement, so an image with fewer questions still fills its share). All numpy: images uint8
     (n_images, H, W, 3), questions int64 (B, T) cut to the longest question, answers (B,), image_idx (B,),
-    and the images' rows in the split (n_images,), for patch_labels."""
+    the images' rows in the split (n_images,), for patch_labels, and the questions' rows (B,)."""
     counts = np.diff(arrays['q_offsets'])                                      # (N,) questions per image
     has_q = np.flatnonzero(counts)
     pick = np.sort(has_q[torch.randint(len(has_q), (n_images,), generator=generator).numpy()])  # file order reads
@@ -648,7 +713,20 @@ def sample_batch(arrays, n_images, questions_per_image, generator):
     q = arrays['questions'][rows].astype(np.int64)                             # (B, T)
     q = q[:, :int((q != 0).sum(1).max())]                                      # drop the columns of pure padding
     return arrays['images'][pick], q, arrays['answers'][rows].astype(np.int64), \
-        np.repeat(np.arange(n_images), questions_per_image), pick
+        np.repeat(np.arange(n_images), questions_per_image), pick, rows
+
+
+def join_answers(questions, answer_text):
+    """The generative mode's sequences: each question int64 (B, T) (<bos> .. <eos>, then pads) directly followed by
+    its 'answer : reason <eos>' (B, R) -> int64 (B, T') with T' the longest question + answer."""
+    q_len, a_len = (questions != 0).sum(1), (answer_text != 0).sum(1)               # (B,), (B,)
+    out = np.zeros((len(questions), int((q_len + a_len).max(initial=0))), np.int64)  # (B, T')
+    out[:, :questions.shape[1]] = questions[:, :out.shape[1]]
+    col = np.arange(answer_text.shape[1])                                            # (R,)
+    keep = col < a_len[:, None]                                                      # (B, R)
+    rows = np.broadcast_to(np.arange(len(questions))[:, None], keep.shape)          # (B, R)
+    out[rows[keep], (q_len[:, None] + col)[keep]] = answer_text[keep]
+    return out
 
 
 def patch_labels(arrays, rows, patch):

@@ -27,9 +27,10 @@ from PIL import Image
 from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from prepare import (DATASET_FIELDS, data_shape, load_meta, mirror_tables, model_config, open_split, patch_labels,
-                     sample_batch, split_batches)
-from tvlm import TVLM, TVLMConfig, Tokenizer, configure_optimizers, flops_per_sample, get_lr, load_checkpoint
+from prepare import (DATASET_FIELDS, data_shape, join_answers, load_meta, mirror_tables, model_config, open_split,
+                     patch_labels, sample_batch, split_batches)
+from tvlm import (TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
+                  load_checkpoint)
 
 # -----------------------------------------------------------------------------
 # defaults: plain globals, overridden by config files and --key=value (configurator.py). bench.py runs this
@@ -195,9 +196,14 @@ def photometric(images):
 
 
 def get_batch():
-    """A training batch on the device: images uint8 (N, H, W, 3), questions (B, T), answers (B,), image_idx (B,),
-    and the patch-label targets (N, H/p, W/p, K) when the model has a patch head."""
-    images, q, a, idx, rows = sample_batch(train_data, batch_size // questions_per_image, questions_per_image, batch_gen)
+    """A training batch on the device: images uint8 (N, H, W, 3), tokens (B, T), targets, image_idx (B,), and the
+    patch-label targets (N, H/p, W/p, K) when the model has a patch head. Tokens and targets: the questions and
+    their answer classes (B,), or in generate mode the questions followed by their answers and reasons, with
+    next-token targets (B, T) on those words only (tvlm.answer_targets)."""
+    images, q, a, idx, rows, q_rows = sample_batch(train_data, batch_size // questions_per_image, questions_per_image,
+                                                   batch_gen)
+    if cfg.answer == 'generate':
+        q = join_answers(q, train_data['answer_text'][q_rows])
     patches = patch_labels(train_data, rows, cfg.patch) if cfg.n_patch_labels else None
     if hflip:  # mirror half of the images; their questions say right where they said left, and vice versa
         flip = (torch.rand(len(images), generator=batch_gen) < 0.5).numpy()
@@ -212,7 +218,18 @@ def get_batch():
     images = to_device(images)                                                 # (N, H, W, 3) uint8
     if augment:
         images = photometric(images)
-    return images, to_device(q), to_device(a), to_device(idx), None if patches is None else to_device(patches)
+    q = to_device(q)
+    targets = answer_targets(q) if cfg.answer == 'generate' else to_device(a)
+    return images, q, targets, to_device(idx), None if patches is None else to_device(patches)
+
+
+def answer_hits(logits, tokens, targets):
+    """bool[B], the right answers: the classifier's choice, or in generate mode the first answer word that the
+    decoder predicts after the question's <eos> (teacher-forced; no two answers start with the same word)."""
+    if cfg.answer == 'classify':
+        return logits.argmax(-1) == targets
+    b, sep = torch.arange(len(tokens), device=tokens.device), (tokens == Tokenizer.eos_id).int().argmax(1)
+    return logits[b, sep].argmax(-1) == targets[b, sep]
 
 
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
@@ -249,17 +266,20 @@ def evaluate():
     for rows, q_rows, images, q, idx in split_batches(val_data, 4 * batch_size):
         if n >= eval_max_questions:
             break
-        a = to_device(val_data['answers'][q_rows].astype(np.int64))
+        if cfg.answer == 'generate':
+            q = join_answers(q, val_data['answer_text'][q_rows])
+        q = to_device(q)
+        targets = answer_targets(q) if cfg.answer == 'generate' else to_device(val_data['answers'][q_rows].astype(np.int64))
         patches = to_device(patch_labels(val_data, rows, cfg.patch)) if cfg.n_patch_labels else None
         with ctx:
-            logits, loss = raw_model(to_device(images), to_device(q), a, image_idx=to_device(idx), patch_targets=patches)
-        loss_sum += loss.item() * len(a)
-        hit = (logits.argmax(-1) == a).cpu().numpy()
+            logits, loss = raw_model(to_device(images), q, targets, image_idx=to_device(idx), patch_targets=patches)
+        loss_sum += loss.item() * len(q)
+        hit = answer_hits(logits, q, targets).cpu().numpy()
         fam = val_data['family'][q_rows]
         correct += int(hit.sum())
         np.add.at(fam_correct, fam, hit)
         np.add.at(fam_total, fam, 1)
-        n += len(a)
+        n += len(q)
     raw_model.train()
     per_family = {f'val_acc_{f}': float(c / t) for f, c, t in zip(families, fam_correct, fam_total) if t}
     return {'val_loss': loss_sum / n, 'val_acc': correct / n, **per_family}  # plain floats: weights_only loads them
@@ -332,18 +352,18 @@ try:
 
         # forward, backward, update; the next batch is drawn while the device works on this one
         for micro_step in range(grad_accum):
-            images, q, a, idx, patches = batch
+            images, q, targets, idx, patches = batch
             # gradients are averaged across ranks only on the last micro-step, not on every one
             with model.no_sync() if ddp and micro_step < grad_accum - 1 else nullcontext():
                 with ctx:
-                    logits, loss = model(images, q, a, image_idx=idx, patch_targets=patches)
+                    logits, loss = model(images, q, targets, image_idx=idx, patch_targets=patches)
                     loss = loss / grad_accum
                 batch_state = batch_gen.get_state()
                 batch = get_batch()
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
-            hits += (logits.argmax(-1) == a).sum()
-            seen += len(a)
+            hits += answer_hits(logits, q, targets).sum()
+            seen += len(q)
         if grad_clip:
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)  # a device tensor

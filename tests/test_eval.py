@@ -165,7 +165,8 @@ def make_dataset(root, n=(48, 16, 24), H=32, W=48, answers=ANSWERS, seed=0):
     """Each image holds at most one bright 16x16 'car' on a patch cell; the questions ask about it, and its box
     is the referent of the questions it decides."""
     rng = np.random.default_rng(seed)
-    tok = Tokenizer.build([q for _, q in QUESTIONS] + ['right'])        # 'right': the flipped left question
+    tok = Tokenizer.build([q for _, q in QUESTIONS] + ['right'] + ANSWERS + [': a car is close on the left none'])
+    # 'right': the flipped left question; the rest: the words of 'answer : reason' (answer_text)
     families = ['exist', 'count', 'spatial']
     os.makedirs(root, exist_ok=True)
     for split, N in zip(('train', 'val', 'test'), n):
@@ -179,10 +180,12 @@ def make_dataset(root, n=(48, 16, 24), H=32, W=48, answers=ANSWERS, seed=0):
         a = np.stack([np.where(has, 0, 1), np.where(left, 0, 1), np.where(has, 3, 2)], 1).ravel()
         box_row = np.cumsum(has) - 1                                      # image -> its box row
         refs = [[box_row[i]] if (has[i] and j != 1) or (left[i] and j == 1) else [] for i in range(N) for j in range(3)]
+        text = [f"{answers[x]} : {'a car is close on the left' if r else 'none'}" for x, r in zip(a, refs)]
         arrays = {'images': images, 'boxes': boxes.reshape(-1, 4), 'box_class': np.zeros(has.sum(), np.int16),
                   'box_colour': np.zeros(has.sum(), np.int8),
                   'box_offsets': np.concatenate([[0], np.cumsum(has)]).astype(np.int64),
                   'questions': np.tile(np.stack([tok.encode(q, 10)[0] for _, q in QUESTIONS]), (N, 1)).astype(np.uint16),
+                  'answer_text': np.asarray([tok.encode(t, 11)[0][1:] for t in text], np.uint16).reshape(-1, 10),
                   'answers': a.astype(np.int16), 'family': np.tile([families.index(f) for f, _ in QUESTIONS], N).astype(np.uint8),
                   'template': np.tile(np.arange(3), N).astype(np.int16), 'image_idx': np.repeat(np.arange(N), 3).astype(np.int32),
                   'q_offsets': np.arange(0, 3 * N + 1, 3).astype(np.int64),
@@ -192,6 +195,7 @@ def make_dataset(root, n=(48, 16, 24), H=32, W=48, answers=ANSWERS, seed=0):
             np.save(os.path.join(root, f'{split}_{k}.npy'), v)
         json.dump([f'{split}-{i:04d}' for i in range(N)], open(os.path.join(root, f'{split}_names.json'), 'w'))
     meta = {'format_version': prepare.FORMAT_VERSION, 'source': 'toy', 'tokenizer': tok.to_dict(), 'max_q_len': 10,
+            'max_answer_len': 10,
             'answers': answers, 'families': families,
             'templates': [q for _, q in QUESTIONS], 'box_classes': ['car'], 'img_h': H, 'img_w': W,
             'mean': [40.0] * 3, 'std': [60.0] * 3}

@@ -20,7 +20,7 @@ H, W = 144, 256   # stored size of the rule table below
 
 
 def cfg(**kw):
-    c = dict(bdd_root='', out='', max_images=0, weather='', timeofday='', img_h=36, img_w=64, max_q_len=16,
+    c = dict(bdd_root='', out='', max_images=0, weather='', timeofday='', img_h=36, img_w=64, max_q_len=16, max_answer_len=16,
              seed=1, workers=1, force=False, synth_train=6, synth_val=3)
     c.update(kw)
     return c
@@ -347,9 +347,10 @@ def test_mirror_tables_swap_left_and_right():
 def test_sample_batch_keeps_questions_with_their_images(toy_data):
     """Every sampled question sits under the image it was asked about, and padding-only columns are cut."""
     arrays = prepare.open_split(toy_data, 'train')
-    images, q, a, idx, rows = prepare.sample_batch(arrays, 8, 3, torch.Generator().manual_seed(0))
+    images, q, a, idx, rows, q_rows = prepare.sample_batch(arrays, 8, 3, torch.Generator().manual_seed(0))
     assert images.shape == (8, 32, 48, 3) and q.shape[0] == a.shape[0] == idx.shape[0] == 24
     assert (images == np.asarray(arrays['images'])[rows]).all()
+    assert (np.asarray(arrays['answers'])[q_rows] == a).all() and (arrays['image_idx'][q_rows] == rows[idx]).all()
     assert q.dtype == a.dtype == np.int64 and (q[:, -1] != 0).any()
     file_images = np.asarray(arrays['images'])
     for j in range(24):  # find question j's row by its image and text, and check the answer stored there

@@ -228,7 +228,7 @@ def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):
     with prepare.make_pool(1) as pool:
         world.render_tree(tree, 3, 60, 6, pool)
     prepare.build(dict(bdd_root=tree, out=data, max_images=0, weather='', timeofday='', img_h=32, img_w=48,
-                       max_q_len=16, seed=1, workers=1, force=False, synth_train=0, synth_val=0), tree, 'bdd', 'bdd100k')
+                       max_q_len=16, max_answer_len=16, seed=1, workers=1, force=False, synth_train=0, synth_val=0), tree, 'bdd', 'bdd100k')
     out = str(tmp_path / 'fine')
     p = run_train([f'--init_from={tmp_path / "pre" / "ckpt.pt"}', '--max_iters=6', '--eval_interval=3', '--augment'],
                   out, data)
@@ -237,6 +237,19 @@ def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):
     assert model.answers == prepare.ANSWERS and len(model.tokenizer) > 10
     p = run_train([f'--init_from={tmp_path / "nowhere.pt"}'], out, data, check=False)
     assert p.returncode == 1 and 'no checkpoint at' in p.stderr.strip().splitlines()[-1]
+
+
+def test_generate_mode_learns_to_answer_in_words(toy_data, tmp_path):
+    """answer='generate' trains the decoder on 'answer : reason' after the question (loss on those words only);
+    eval.py then scores what it writes by exact match."""
+    import eval as ev
+    out = str(tmp_path / 'gen')
+    run_train(['--answer=generate', '--max_iters=120', '--eval_interval=40', '--lr=3e-3', '--hflip'], out, toy_data)
+    evals = read_log(out, 'eval')
+    assert evals[-1]['val_loss'] < 0.5 * evals[0]['val_loss'] and evals[-1]['val_acc'] > 0.7
+    res = ev.evaluate(os.path.join(out, 'ckpt.pt'), out=out, robust_max=9, batch_questions=64)
+    gen = res['generation']
+    assert gen['exact_match'] > 0.6 and all(':' in x['said'] for x in gen['examples'])
 
 
 # -----------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def write_dataset(d, tok=TOK, n=6, seed=0):
                   boxes=np.tile(np.array([[2, 3, 20, 17], [30, 8, 46, 30]], np.float32), (n, 1)),
                   box_class=np.tile(np.array([0, 1], np.int16), n), box_colour=np.zeros(2 * n, np.int8),
                   box_offsets=np.arange(0, 2 * n + 1, 2),
-                  questions=ids.astype(np.uint16), answers=np.tile(np.array([0, 1], np.int16), n),
+                  questions=ids.astype(np.uint16), answer_text=np.zeros((2 * n, 4), np.uint16),
+                  answers=np.tile(np.array([0, 1], np.int16), n),
                   family=np.tile(np.array([0, 1], np.uint8), n), template=np.tile(np.array([0, 1], np.int16), n),
                   image_idx=np.repeat(np.arange(n), 2).astype(np.int32), q_offsets=np.arange(0, 2 * n + 1, 2),
                   referents=np.arange(0, 2 * n, 2).astype(np.int32),
@@ -61,7 +62,7 @@ def write_dataset(d, tok=TOK, n=6, seed=0):
     for name, a in arrays.items():
         np.save(os.path.join(d, f'val_{name}.npy'), a)
     meta = dict(format_version=prepare.FORMAT_VERSION, tokenizer=tok.to_dict(), answers=ANSWERS, families=['exist', 'count'],
-                box_classes=['car', 'pedestrian'], img_h=H, img_w=W, max_q_len=12, mean=[128.0] * 3, std=[64.0] * 3)
+                box_classes=['car', 'pedestrian'], img_h=H, img_w=W, max_q_len=12, max_answer_len=4, mean=[128.0] * 3, std=[64.0] * 3)
     with open(os.path.join(d, 'meta.json'), 'w') as f:
         json.dump(meta, f)
     return meta, {name: np.load(os.path.join(d, f'val_{name}.npy'), mmap_mode='r') for name in arrays}
