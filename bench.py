@@ -229,15 +229,20 @@ n_new = gen_model.cfg.max_answer_len
 with torch.inference_mode(), autocast(precisions[-1]):
     for n in (32, 1):
         images, tokens, _ = random_questions(n, 1)
-        t = {}
+        t, per_token = {}, {}
         for use_cache in (True, False):
             decode = functools.partial(gen_model.generate, images, tokens, n_new, use_cache=use_cache)
             written = decode().shape[1] - tokens.shape[1]
             t[use_cache] = float(np.median(timed(decode)))
+            # a token after the first: the call less a one-token call (image encoder, prefill), per further token
+            first = float(np.median(timed(functools.partial(gen_model.generate, images, tokens, 1, use_cache=use_cache))))
+            per_token[use_cache] = (t[use_cache] - first) / max(written - 1, 1)
             row('generate', f"batch {n}, {'cache' if use_cache else 'no cache'}: tokens/s",
                 f"{n * written / t[use_cache]:,.0f}", f"{written} new tokens after {tokens.shape[1]} question tokens")
         row('generate', f"batch {n}: speedup of the cache", f"{t[False] / t[True]:.1f}x",
             f"{t[True] * 1e3:.1f} vs {t[False] * 1e3:.1f} ms a call, each with one pass of the image encoder")
+        row('generate', f"batch {n}: per further token", f"{per_token[False] / per_token[True]:.1f}x",
+            f"{per_token[True] * 1e3:.2f} vs {per_token[False] * 1e3:.2f} ms a token: decoding alone, cache vs none")
 del gen_model
 
 # 6 data path: get_batch's share of the train step
