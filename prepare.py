@@ -40,9 +40,12 @@ Question rules (one set for every source; H and W are the stored image height an
            road user on that side" in place of "the road ahead is clear".
   - scene  "Is it night?": yes at night, no by day (dawn/dusk skipped). "Is it raining?": yes if rainy, no
            if clear, partly cloudy, overcast or foggy (snowy and undefined skipped).
+  - out of scope "What color is the car?", "Is the driver tired?", ...: always "can't answer"; asked on a third
+           of the images, beside the others.
   Each image gets at most one question per family, from the template of that family asked least so far;
   within a template no answer may run ahead of its share (yes/no: half), so a question-only model stays
-  near chance.
+  near chance. Each question is asked in one of its template's PHRASINGS (python prepare.py --list_questions=True);
+  a fifth of them are held out of training and asked, beside a seen one, on val and test.
 """
 import glob
 import json
@@ -79,12 +82,14 @@ workers = 2
 force = False
 synth_train = 6300        # synthetic frames rendered into BDD's train (~5% of them become our val)
 synth_val = 500           # synthetic frames rendered into BDD's val (our test)
+list_questions = False    # True: print every phrasing, grouped by template, the held-out ones marked, and exit
 
-VERSION = 'prepare-4'
-FORMAT_VERSION = 3            # bump when the files' layout changes; readers refuse other versions
+VERSION = 'prepare-5'
+FORMAT_VERSION = 4            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
-ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green']
-FAMILIES = ['exist', 'count', 'spatial', 'light', 'safety', 'scene']
+CANT = "can't answer"        # its first word is no other answer's: eval and generate mode read answers by it
+ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green', CANT]
+FAMILIES = ['exist', 'count', 'spatial', 'light', 'safety', 'scene', 'out of scope']
 BOX_CLASSES = ['pedestrian', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
                'traffic light', 'traffic sign']  # det_20 order (bdd100k configs/det.toml)
 CATEGORY_MAP = {**{c: c for c in BOX_CLASSES}, 'person': 'pedestrian', 'bike': 'bicycle', 'motor': 'motorcycle',  # 2018
@@ -115,12 +120,83 @@ TEMPLATES = [('exist', 'Is there a pedestrian?'), ('exist', 'Is there a car?'), 
              ('light', 'Is the light green?'),
              ('safety', 'Can I safely turn left?'), ('safety', 'Can I safely turn right?'),
              ('safety', 'Is it safe to go straight?'), ('safety', 'Should I stop?'),
-             ('scene', 'Is it night?'), ('scene', 'Is it raining?')]
+             ('scene', 'Is it night?'), ('scene', 'Is it raining?'),
+             ('out of scope', 'What color is the car?')]   # no rule in candidates(): prepare asks it, always CANT
+OUT_OF_SCOPE = len(TEMPLATES) - 1
 EXIST_CLASS = {'Is there a pedestrian?': 'pedestrian', 'Is there a car?': 'car', 'Are there any trucks?': 'truck',
                'Is there a bus?': 'bus', 'Is there a cyclist?': 'rider', 'Is there a traffic sign?': 'traffic sign'}
 MAX_SHARE = {'What color is the traffic light?': 0.45, 'How many cars are close?': 0.3,   # of a template's
              'How many pedestrians are close?': 0.3}     # questions one answer may take; yes/no: 0.5
 SLACK = 3                                   # ...plus this many, so the first images are not starved
+OOS_SHARE = 1 / 3                           # of the images also get an out-of-scope question (beside one per family)
+
+# Questions as people ask them: each template's phrasings, asked in its place with its answer (the rules stay in
+# candidates()). Every 5th phrasing of a list (the 5th, 10th, ...) is held out of training: val and test ask each
+# question twice, in a seen and in a held-out phrasing. Held-out words all occur in seen phrasings, so the held-out
+# ones test new wordings, not new words. Sides and colours share one list, so a mirrored question stays a phrasing.
+SIDE = {'lane': ['Is the {s} lane clear?', 'Is the {s} lane free?', 'Is the {s} lane empty?', 'Is the lane on the {s} clear?',
+                 'Is the lane on the {s} free?', 'Is the {s} hand lane clear?', 'Is the lane to my {s} empty?'],
+        'car': ['Is there a car on the {s}?', 'Is there a car to my {s}?', 'Are there cars on the {s}?',
+                'Any cars on the {s}?', 'Is a car on my {s}?', 'Is there a car on the {s} side?', 'Do you see a car on the {s}?'],
+        'turn': ['Can I safely turn {s}?', 'Can I turn {s}?', 'Is it safe to turn {s}?', 'Am I clear to turn {s}?',
+                 'Is it OK to turn {s} here?', 'Can I turn {s} now?', 'Is it ok to turn {s}?'],
+        'light': ['Is the light {s}?', 'Is the traffic light {s}?', 'Is the signal {s}?', 'Is it a {s} light?',
+                  'Is the traffic signal {s}?', 'Is the light on {s}?', 'Is the light showing {s}?']}
+PHRASINGS = {
+    'Is there a pedestrian?': ['Is there a pedestrian?', 'Is there a person?', 'Are there any pedestrians?',
+                               'Are there people?', 'Is anyone walking?', 'Do you see a pedestrian?', 'Is anyone on foot?',
+                               'Is someone walking?'],
+    'Is there a car?': ['Is there a car?', 'Are there any cars?', 'Do you see a car?', 'Any cars around?',
+                        'Is a car visible?', 'Can you see a car?'],
+    'Are there any trucks?': ['Are there any trucks?', 'Is there a truck?', 'Is there a lorry?', 'Any trucks around?',
+                              'Do you see a lorry?', 'Is a truck visible?'],
+    'Is there a bus?': ['Is there a bus?', 'Are there any buses?', 'Any buses around?', 'Do you see a bus?',
+                        'Can you see a bus?', 'Is a bus visible?'],
+    'Is there a cyclist?': ['Is there a cyclist?', 'Is there a rider?', 'Is anyone riding a bike?', 'Are there any cyclists?',
+                            'Is there a person on a bike?', 'Do you see a cyclist?', 'Is someone on a bicycle?'],
+    'Is there a traffic sign?': ['Is there a traffic sign?', 'Is there a sign?', 'Are there any road signs?',
+                                 'Do you see a traffic sign?', 'Any signs around?', 'Is a sign visible?'],
+    'How many cars are close?': ['How many cars are close?', 'How many cars are near?', 'How many cars are nearby?',
+                                 'How many cars are close to me?', 'How many cars are near me?',
+                                 'Count the cars close to me.', 'How many close cars are there?'],
+    'How many pedestrians are close?': ['How many pedestrians are close?', 'How many people are close?',
+                                        'How many pedestrians are near?', 'How many people are nearby?',
+                                        'How many pedestrians are close to me?', 'Count the people close to me.',
+                                        'How many close pedestrians are there?'],
+    **{f'Is the {s} lane clear?': [p.format(s=s) for p in SIDE['lane']] for s in ('left', 'right')},
+    'Is the road ahead clear?': ['Is the road ahead clear?', 'Is the road ahead free?', 'Is the way ahead clear?',
+                                 'Is my lane clear?', 'Is the lane ahead empty?', 'Is the road in front of me clear?',
+                                 'Is the road ahead empty?'],
+    **{f'Is there a car on the {s}?': [p.format(s=s) for p in SIDE['car']] for s in ('left', 'right')},
+    'What color is the traffic light?': ['What color is the traffic light?', 'What color is the light?',
+                                         'What colour is the traffic light?', 'What color is the signal?',
+                                         'What colour is the light?', 'Which color is the traffic signal?',
+                                         'What is the light showing?'],
+    **{f'Is the light {c}?': [p.format(s=c) for p in SIDE['light']] for c in ('red', 'green')},
+    **{f'Can I safely turn {s}?': [p.format(s=s) for p in SIDE['turn']] for s in ('left', 'right')},
+    'Is it safe to go straight?': ['Is it safe to go straight?', 'Can I go straight?', 'Can I drive straight on?',
+                                   'Is it safe to keep going?', 'Am I clear to go straight?', 'Can I go straight here?',
+                                   'Is it ok to continue straight?'],
+    'Should I stop?': ['Should I stop?', 'Do I have to stop?', 'Do I need to stop?', 'Must I stop?', 'Should I stop here?',
+                       'Do I need to brake?', 'Should I stop now?'],
+    'Is it night?': ['Is it night?', 'Is it dark?', 'Is it night time?', 'Is it dark outside?', 'Is it night time now?',
+                     'Are we driving at night?', 'Is it dark now?'],
+    'Is it raining?': ['Is it raining?', 'Is the weather rainy?', 'Is there rain?', 'Is it raining outside?', 'Is it rainy?',
+                       'Are we driving in the rain?', 'Is rain falling?'],
+    # out of scope: questions about the road's words that no rule answers, and words of their own
+    'What color is the car?': ['What color is the car?', 'Is the driver tired?', 'How fast is the bus going?',
+                               'Where is the driver going?', 'What color is the truck?', 'Is the car expensive?',
+                               'How old is the driver?', 'Is the bus full?', 'How fast is the car going?',
+                               'Is the truck expensive?', 'Who is driving the truck?', 'Is the pedestrian tired?',
+                               'What is the driver thinking?', 'Where is the bus going?', 'What time is it?']}
+# test only: words no training question or reason uses, so the tokenizer reads them as <unk> (by design)
+NEW_WORD_QUESTIONS = ['Is it snowing?', 'What brand is the truck?', 'Is the pedestrian happy?', 'Is the road wet?',
+                      'What model is the car?', 'Is the cyclist wearing a helmet?']
+# every question a split can hold: (template id, text, held out of training, has words unknown to the tokenizer)
+PHRASES = [(t, p, i % 5 == 4, False) for t, (_, q) in enumerate(TEMPLATES) for i, p in enumerate(PHRASINGS[q])] + \
+          [(OUT_OF_SCOPE, p, True, True) for p in NEW_WORD_QUESTIONS]
+PHRASE_IDS = {key: [k for k, (t, _, h, n) in enumerate(PHRASES) if (t, h, n) == key]   # (template, held out, new
+              for key in {(t, h, n) for t, _, h, n in PHRASES}}                          # words) -> ids, for ask()
 
 
 def tri(v, lo, hi):
@@ -223,7 +299,8 @@ REASONS = {'object': ['a {what} is {state} {where}', 'there is a {what} {state} 
            'go': ['the light is {colour} and nothing is close {where}', 'it is {colour} and the way is clear {where}'],
            'go_unlit': ['no light, and nothing is close {where}', 'no signal, and the way is clear {where}'],
            'night': ['it is dark', 'it is night time'], 'day': ['it is daytime', 'it is light out'],
-           'rain': ['it is raining', 'rain is falling'], 'dry': ['the weather is {weather}', 'it is {weather}, not rainy']}
+           'rain': ['it is raining', 'rain is falling'], 'dry': ['the weather is {weather}', 'it is {weather}, not rainy'],
+           'scope': ['the question is not about the road', 'that is not a question about the road']}
 WHERE = {'Is the left lane clear?': 'in the left lane', 'Is the right lane clear?': 'in the right lane',
          'Is the road ahead clear?': 'ahead', 'Is there a car on the left?': 'on the left',
          'Is there a car on the right?': 'on the right', 'Can I safely turn left?': 'on the left',
@@ -235,6 +312,8 @@ def reason(question, answer, refs, boxes, cls, colour, attrs, H, W, variant):
     """Why the rules gave `answer` to `question` on one image: a light's colour, the biggest (nearest) referent and
     its side, or what is absent or clear. refs: the image's referent rows; variant 0 or 1 picks the phrasing."""
     fam, pick = dict((q, f) for f, q in TEMPLATES)[question], lambda kind, **kw: REASONS[kind][variant].format(**kw)
+    if fam == 'out of scope':
+        return pick('scope')
     lights = [r for r in refs if BOX_CLASSES[cls[r]] == 'traffic light']
     goes = (fam == 'safety') and answer == ('no' if question == 'Should I stop?' else 'yes')
     if goes:  # the way is clear, and the light (if any) allows it
@@ -282,6 +361,25 @@ def choose_questions(cands, counts, rng):
             counts[t, ai] += 1
             picked.append((t, ai, rows))
     return picked
+
+
+def ask(t, split, rng):
+    """Phrasings (ids into PHRASES) to ask template t in: a seen one; on val and test also a held-out one (the same
+    question twice on the same image, so seen and unseen wordings compare fairly); out of scope on test, also one
+    with new words."""
+    kinds = [(False, False)] + [(True, False)] * (split != 'train') + [(True, True)] * (split == 'test' and t == OUT_OF_SCOPE)
+    return [int(rng.choice(PHRASE_IDS[(t, *kind)])) for kind in kinds]
+
+
+def print_questions():
+    """--list_questions=True: every phrasing under its template and family, held-out ones marked."""
+    for t, (fam, q) in enumerate(TEMPLATES):
+        print(f"{fam}: {q}")
+        for _, p, held, new in (x for x in PHRASES if x[0] == t):
+            print(f"    {'new words' if new else 'held out' if held else '':9s} {p}")
+    held = [h for _, _, h, n in PHRASES if not n]
+    print(f"{len(held)} phrasings of {len(TEMPLATES)} templates, {sum(held)} held out of training; "
+          f"{len(NEW_WORD_QUESTIONS)} test-only questions with new words")
 
 # -----------------------------------------------------------------------------
 # BDD100K ingestion: 2018 aggregated, legacy per-image and 2020 det_20 labels (../shared/BDD100K_FORMAT.md)
@@ -456,24 +554,29 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
     """All of one split's files; -> ({name: array} as written, {attribute: {value: frames}})."""
     kept = decode_split(os.path.join(tmp, f'{split}_images.npy'), items, cfg, pool, skipped, stats)
     counts = np.zeros((len(TEMPLATES), len(ANSWERS)), dtype=np.int64)
-    qs, box_offsets, q_offsets = [], [0], [0]          # qs: (template, answer, image, split-global box rows, text)
+    qs, box_offsets, q_offsets = [], [0], [0]  # qs: (template, answer, image, split-global box rows, text, phrasing)
     H, W, R = cfg['img_h'], cfg['img_w'], cfg['max_answer_len']
     for i, (name, attrs, boxes, cls, colour) in enumerate(kept):
         rng = np.random.default_rng([cfg['seed'], zlib.crc32(name.encode())])
-        for t, a, refs in choose_questions(candidates(boxes, cls, colour, attrs, H, W), counts, rng):
+        chosen = choose_questions(candidates(boxes, cls, colour, attrs, H, W), counts, rng)
+        if rng.random() < OOS_SHARE:
+            chosen.append((OUT_OF_SCOPE, ANSWERS.index(CANT), np.zeros(0, np.int64)))
+        for t, a, refs in chosen:
             why = reason(TEMPLATES[t][1], ANSWERS[a], refs, boxes, cls, colour, attrs, H, W, int(rng.integers(2)))
-            qs.append((t, a, i, refs + box_offsets[-1], f"{ANSWERS[a]} : {why}"))
+            for p in ask(t, split, rng):
+                qs.append((t, a, i, refs + box_offsets[-1], f"{ANSWERS[a]} : {why}", p))
         box_offsets.append(box_offsets[-1] + len(boxes))
         q_offsets.append(len(qs))
-    template, answer, image, refs, text = zip(*qs) if qs else [()] * 5
+    template, answer, image, refs, text, phrasing = zip(*qs) if qs else [()] * 6
     assert all(len(Tokenizer.split(x)) < R for x in text), f"an answer and its reason do not fit max_answer_len={R}" 
-    enc = np.stack([tok.encode(q, cfg['max_q_len'])[0] for _, q in TEMPLATES]).astype(np.uint16)  # (templates, T)
-    template = np.asarray(template, dtype=np.int16)
+    enc = np.stack([tok.encode(p, cfg['max_q_len'])[0] for _, p, _, _ in PHRASES]).astype(np.uint16)  # (phrasings, T)
+    template, phrasing = np.asarray(template, dtype=np.int16), np.asarray(phrasing, dtype=np.int16)
     arrays = {'boxes': np.concatenate([k[2] for k in kept] + [np.zeros((0, 4), np.float32)]),     # (M, 4)
               'box_class': np.concatenate([k[3] for k in kept] + [np.zeros(0, np.int16)]),
               'box_colour': np.concatenate([k[4] for k in kept] + [np.zeros(0, np.int8)]),
               'box_offsets': np.asarray(box_offsets, dtype=np.int64),
-              'questions': enc[template.astype(np.int64)].reshape(-1, cfg['max_q_len']),     # (Q, T)
+              'questions': enc[phrasing.astype(np.int64)].reshape(-1, cfg['max_q_len']),     # (Q, T)
+              'phrasing': phrasing,                                                             # (Q,) into PHRASES
               # 'answer : reason <eos>' after the question: the generative mode's target (the <bos> dropped)
               'answer_text': np.asarray([tok.encode(x, R + 1)[0][1:] for x in text], np.uint16).reshape(-1, R),  # (Q, R)
               'answers': np.asarray(answer, dtype=np.int16), 'template': template,
@@ -544,7 +647,7 @@ def summarize(arrays, H):
 def build(cfg, root, name, source):
     """Ingest the BDD tree at root into data/<name>/ (or cfg['out']); -> the folder."""
     final = cfg['out'] or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name)
-    args = {k: v for k, v in cfg.items() if k not in ('out', 'force', 'workers')}  # what decides the content
+    args = {k: v for k, v in cfg.items() if k not in ('out', 'force', 'workers', 'list_questions')}  # the content's
     if os.path.exists(os.path.join(final, 'meta.json')) and not cfg['force']:
         meta = read_json(os.path.join(final, 'meta.json'))
         if meta.get('args') == args and meta.get('generator_version') == VERSION:
@@ -558,9 +661,11 @@ def build(cfg, root, name, source):
         with make_pool(cfg['workers']) as pool:
             skipped = {}
             fmt, splits = load_frames(root, cfg, skipped)
-            tok = Tokenizer.build([q for _, q in TEMPLATES] + ANSWERS + reason_corpus())  # the same for every source
-            assert len(tok) < 2 ** 16 and max(len(Tokenizer.split(q)) for _, q in TEMPLATES) + 2 <= cfg['max_q_len'], \
-                f"questions do not fit max_q_len={cfg['max_q_len']}"
+            # from constants only, so the same for every source (eval.py refuses a model of other words); held-out
+            # phrasings too (their words also occur in seen ones), never the new-word questions
+            tok = Tokenizer.build([p for _, p, _, new in PHRASES if not new] + ANSWERS + reason_corpus())
+            long = [p for _, p, _, _ in PHRASES if len(Tokenizer.split(p)) + 2 > cfg['max_q_len']]
+            assert len(tok) < 2 ** 16 and not long, f"questions do not fit max_q_len={cfg['max_q_len']}: {long}"
             stats = np.zeros((3, 3))                      # sum, sum of squares, pixel count per channel
             written = {s: write_split(tmp, s, splits[s], cfg, pool, skipped, tok, stats if s == 'train' else None)
                        for s in ('train', 'val', 'test')}
@@ -571,6 +676,8 @@ def build(cfg, root, name, source):
                 'tokenizer': tok.to_dict(), 'max_q_len': cfg['max_q_len'], 'max_answer_len': cfg['max_answer_len'],
                 'answers': ANSWERS, 'families': FAMILIES,
                 'templates': [q for _, q in TEMPLATES], 'template_family': [f for f, _ in TEMPLATES],
+                'phrasings': [p for _, p, _, _ in PHRASES], 'phrasing_template': [t for t, _, _, _ in PHRASES],
+                'held_out': [h for _, _, h, _ in PHRASES], 'new_words': [n for _, _, _, n in PHRASES],
                 'box_classes': BOX_CLASSES, 'img_h': cfg['img_h'], 'img_w': cfg['img_w'],
                 'mean': mean.round(4).tolist(), 'std': std.round(4).tolist(), 'counts': counts, 'answer_dist': dist,
                 'blind_majority_acc': blind, 'box_stats': box, 'attributes': {s: w[1] for s, w in written.items()},
@@ -646,7 +753,7 @@ def run(cfg):
 # Reading a prepared dataset: train.py, eval.py, viz.py and bench.py all come through here
 
 SPLIT_ARRAYS = ('images', 'boxes', 'box_class', 'box_colour', 'box_offsets', 'questions', 'answer_text', 'answers',
-                'family', 'template', 'image_idx', 'q_offsets', 'referents', 'ref_offsets')
+                'family', 'template', 'phrasing', 'image_idx', 'q_offsets', 'referents', 'ref_offsets')
 
 
 def load_meta(data_dir):
@@ -782,6 +889,9 @@ if __name__ == '__main__':
     # except below would not catch)
     sys.modules['prepare'] = sys.modules['__main__']
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    if list_questions:
+        print_questions()
+        sys.exit(0)
     try:
         run({k: globals()[k] for k in config_keys})
     except LabelError as e:

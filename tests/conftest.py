@@ -43,7 +43,7 @@ def write_toy_dataset(out, n_images=120, H=32, W=48, seed=0):
             questions=np.tile(np.stack([tok.encode(q, 8)[0] for q in questions]), (n_images, 1)).astype(np.uint16),
             answer_text=np.asarray([tok.encode(t, 9)[0][1:] for t in text], np.uint16).reshape(-1, 8),  # no <bos>
             answers=np.where(answers, 0, 1).astype(np.int16), family=np.tile([0, 0, 1], n_images).astype(np.uint8),
-            template=np.tile([0, 1, 2], n_images).astype(np.int16),
+            template=np.tile([0, 1, 2], n_images).astype(np.int16), phrasing=np.tile([0, 1, 2], n_images).astype(np.int16),
             image_idx=np.repeat(np.arange(n_images), 3).astype(np.int32),
             q_offsets=np.arange(0, 3 * n_images + 1, 3, dtype=np.int64),
             referents=np.stack([ref[:, 0], ref[:, 1], ref[:, 0], ref[:, 1]], 1).ravel().astype(np.int32),  # L, R, L+R

@@ -187,7 +187,8 @@ def make_dataset(root, n=(48, 16, 24), H=32, W=48, answers=ANSWERS, seed=0):
                   'questions': np.tile(np.stack([tok.encode(q, 10)[0] for _, q in QUESTIONS]), (N, 1)).astype(np.uint16),
                   'answer_text': np.asarray([tok.encode(t, 11)[0][1:] for t in text], np.uint16).reshape(-1, 10),
                   'answers': a.astype(np.int16), 'family': np.tile([families.index(f) for f, _ in QUESTIONS], N).astype(np.uint8),
-                  'template': np.tile(np.arange(3), N).astype(np.int16), 'image_idx': np.repeat(np.arange(N), 3).astype(np.int32),
+                  'template': np.tile(np.arange(3), N).astype(np.int16), 'phrasing': np.tile(np.arange(3), N).astype(np.int16),
+                  'image_idx': np.repeat(np.arange(N), 3).astype(np.int32),
                   'q_offsets': np.arange(0, 3 * N + 1, 3).astype(np.int64),
                   'referents': np.array([r for rs in refs for r in rs], np.int32),
                   'ref_offsets': np.concatenate([[0], np.cumsum([len(r) for r in refs])]).astype(np.int64)}
