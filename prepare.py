@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tvlm import TVLMConfig, Tokenizer, load_image
+from tvlm import CANT, TVLMConfig, Tokenizer, load_image
 
 # -----------------------------------------------------------------------------
 # defaults, overridable as --key=value (configurator.py)
@@ -87,8 +87,8 @@ list_questions = False    # True: print every phrasing, grouped by template, the
 VERSION = 'prepare-5'
 FORMAT_VERSION = 4            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
-CANT = "can't answer"        # its first word is no other answer's: eval and generate mode read answers by it
-ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green', CANT]
+ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green', CANT]  # first words differ:
+assert len({a.split()[0] for a in ANSWERS}) == len(ANSWERS), "eval and generate mode read answers by their first word"
 FAMILIES = ['exist', 'count', 'spatial', 'light', 'safety', 'scene', 'out of scope']
 BOX_CLASSES = ['pedestrian', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
                'traffic light', 'traffic sign']  # det_20 order (bdd100k configs/det.toml)

@@ -119,6 +119,9 @@ class TVLMConfig:
 # Tokenizer: word level, because the questions come from a few hundred templates and a word is the
 # unit a reader can see in an attention map. Ids 0-3 are fixed: 0 pads, so a mask is just `ids != 0`.
 
+CANT = "can't answer"   # the abstention answer (prepare.py's ANSWERS hold it; see TVLM.unknown_words)
+
+
 class Tokenizer:
     """Word-level tokenizer: lower-cased words and punctuation marks, <pad>=0 <unk>=1 <bos>=2 <eos>=3."""
     specials = ['<pad>', '<unk>', '<bos>', '<eos>']
@@ -150,6 +153,10 @@ class Tokenizer:
         out = np.zeros(max_len, dtype=np.int64)
         out[:len(ids)] = ids
         return out, out != self.pad_id
+
+    def unknown(self, text):
+        """The words of text that are not in the vocabulary (encode() reads each as <unk>)."""
+        return [w for w in self.split(text) if w not in self.stoi]
 
     def decode(self, ids):
         words = [self.itos[i] if 0 <= i < len(self.itos) else '<unk>' for i in ids]
@@ -630,12 +637,26 @@ class TVLM(nn.Module):
     def answer_logits(self, logits, tokens):
         """float[B, A], a score per answer class in either mode, from forward's logits on question-only tokens: the
         classifier's own, or in generate mode the LM's logits for each answer's first word right after the question's
-        <eos> (no two answers share a first word), so every answer-class metric applies to both modes."""
-        if self.cfg.answer == 'classify':
-            return logits
-        last = (tokens != Tokenizer.pad_id).sum(1) - 1                           # (B,) the question's <eos>
-        first = [self.tokenizer.stoi[self.tokenizer.split(a)[0]] for a in self.answers]
-        return logits[torch.arange(len(tokens), device=tokens.device), last][:, first]   # (B, A)
+        <eos> (no two answers share a first word), so every answer-class metric applies to both modes. Questions
+        with unknown words score "can't answer" (see unknown_words)."""
+        if self.cfg.answer == 'generate':
+            last = (tokens != Tokenizer.pad_id).sum(1) - 1                       # (B,) the question's <eos>
+            first = [self.tokenizer.stoi[self.tokenizer.split(a)[0]] for a in self.answers]
+            logits = logits[torch.arange(len(tokens), device=tokens.device), last][:, first]   # (B, A)
+        sure = torch.full_like(logits, -1e4)                                     # finite: NLL and AUC stay numbers
+        if self.answers is not None and CANT in self.answers:
+            sure[:, self.answers.index(CANT)] = 0                                # (B, A) "can't answer", p ~ 1
+        return torch.where(self.unknown_words(tokens)[:, None], sure, logits)    # (B, A)
+
+    # Abstention, two ways. The trained "can't answer" class covers questions in known words that no rule answers
+    # ("What color is the car?"): the model learns them like any answer, and generalises to other such wordings.
+    # It cannot cover a word it never saw: encode() maps it to <unk>, whose embedding learned nothing, so the model
+    # would answer a question it cannot read ("Is it snowing?" -> "yes"). Such questions get "can't answer" by rule.
+    def unknown_words(self, tokens):
+        """bool[B]: the questions int64[B, T] that hold a word the tokenizer does not know (an <unk> id), which
+        answer_logits() and answer() answer "can't answer" (models without that class: none)."""
+        has_class = self.answers is not None and CANT in self.answers
+        return (tokens == Tokenizer.unk_id).any(1) & has_class
 
     @torch.no_grad()
     def load_pretrained(self, ckpt):
@@ -664,18 +685,23 @@ class TVLM(nn.Module):
     def answer(self, image, question):
         """One image (path, PIL image or array, any size or mode) and one question -> (answer, prob, {answer: prob}).
         answer='generate' -> (answer, prob, {'reason': reason}): the words written before ':' and after it, prob the
-        product of the answer words' probabilities."""
+        product of the answer words' probabilities. When the answer is "can't answer", extra['abstain'] says why:
+        the question's unknown words (then extra holds only that), or the model's own judgement."""
         assert self.tokenizer is not None and self.answers is not None, "answer() needs a model from from_checkpoint()"
         if not question.strip():
             raise ValueError("the question is empty: ask something like 'Is the light red?'")
         device = self.dec.embed.weight.device
         img = torch.from_numpy(load_image(image, self.cfg.img_h, self.cfg.img_w)).to(device)[None]  # (1, Hi, Wi, 3)
         ids = torch.from_numpy(self.tokenizer.encode(question, self.cfg.max_q_len)[0])[None].to(device)  # (1, max_q_len)
+        if self.unknown_words(ids)[0]:
+            return CANT, 1.0, {'abstain': 'unknown words: ' + ' '.join(self.tokenizer.unknown(question))}
+        judged = {'abstain': 'the model judged it out of scope'}
         if self.head is not None:
             logits, _ = self(img, ids)                                         # (1, A)
             probs = (logits[0].float() / self.temperature).softmax(-1)         # (A,)
             best = int(probs.argmax())
-            return self.answers[best], float(probs[best]), dict(zip(self.answers, probs.tolist()))
+            dist = dict(zip(self.answers, probs.tolist()))
+            return self.answers[best], float(probs[best]), {**dist, **judged} if self.answers[best] == CANT else dist
         Tq = int((ids != Tokenizer.pad_id).sum())
         seq = self.generate(img, ids[:, :Tq], self.cfg.max_answer_len)         # (1, Tq + n)
         logits, _ = self(img, seq)                                             # (1, Tq + n, V)
@@ -683,8 +709,9 @@ class TVLM(nn.Module):
         probs = (logits[0, Tq - 1:-1].float() / self.temperature).softmax(-1)  # (n, V): the steps that wrote them
         p = probs.gather(1, written[:, None])[:, 0]                            # (n,)
         cut = next((i for i, t in enumerate(written.tolist()) if self.tokenizer.itos[t] in (':', '<eos>')), len(written))
-        return (self.tokenizer.decode(written[:cut].tolist()), float(p[:cut].prod()),
-                {'reason': self.tokenizer.decode(written[cut + 1:].tolist())})
+        said = self.tokenizer.decode(written[:cut].tolist())
+        return said, float(p[:cut].prod()), {'reason': self.tokenizer.decode(written[cut + 1:].tolist()),
+                                             **(judged if said == CANT else {})}
 
 def image_attention(out):
     """Where the text looked, from the `out` dict of a forward pass: [(name, float[B, T, P])], one entry per decoder

@@ -161,7 +161,7 @@ def explain(model, image, question, per_word=False, rollout=False):
     said = ''
     if cfg.answer == 'generate':  # the answer in words, as the decoder writes it, with its reason
         answer, p, extra = model.answer(image, question)
-        said = f"\nsaid: {answer} ({p:.0%}): {extra['reason']}"
+        said = f"\nsaid: {answer} ({p:.0%}): {extra.get('reason', extra.get('abstain'))}"
     fig.suptitle(f'Q: {question}\nA: {top[0][0]} ({top[0][1]:.0%}; then {alts}){said}', fontsize=11)
     return fig, top
 
@@ -311,15 +311,16 @@ if __name__ == '__main__':
             rows = [idx]
         save(show_questions(model, meta, arrays, sorted(rows), split), out)
     else:
-        unknown = [w for w in model.tokenizer.split(question) if w not in model.tokenizer.stoi]
-        if unknown:
-            print(f"words the model never saw, read as <unk>: {' '.join(unknown)}")
         try:
             fig, top = explain(model, image, question, per_word, rollout)
         except ValueError as e:
             sys.exit(str(e))
         print(f"Q: {question}\nA: {top[0][0]} ({top[0][1]:.1%})    top-3: " + ', '.join(f'{a} {p:.1%}' for a, p in top))
-        if model.cfg.answer == 'generate':
-            answer, p, extra = model.answer(image, question)
+        answer, p, extra = model.answer(image, question)
+        if model.cfg.answer == 'generate' and 'reason' in extra:
             print(f"said: {answer}: {extra['reason']} ({p:.1%} for the answer words)")
+        if 'abstain' in extra:
+            print(f"abstains ({answer}): {extra['abstain']}")
+        elif model.tokenizer.unknown(question):  # a model without "can't answer" reads them as <unk> and answers
+            print(f"words the model never saw, read as <unk>: {' '.join(model.tokenizer.unknown(question))}")
         save(fig, out)

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from tvlm import (TVLM, Attention, RMSNorm, TVLMConfig, Tokenizer, answer_loss, answer_targets, apply_rope,
+from tvlm import (CANT, TVLM, Attention, RMSNorm, TVLMConfig, Tokenizer, answer_loss, answer_targets, apply_rope,
                   configure_optimizers, get_lr, load_checkpoint, load_image, prefix_lm_mask,
                   rope_cache)  # conftest.py: root on sys.path
 
@@ -783,6 +783,26 @@ def test_empty_question_is_a_clear_error(question):
     """answer() refuses an empty question with a ValueError."""
     with pytest.raises(ValueError, match="question is empty"):
         make_model().answer(_rgb(32, 48), question)
+
+
+
+@pytest.mark.parametrize('answer', ['classify', 'generate'])
+def test_unknown_words_are_answered_cant_answer(answer):
+    """A question with a word the tokenizer does not know is answered "can't answer" by rule, naming the word, in
+    answer() and in answer_logits() (eval's path) alike; a model without that class answers as before."""
+    answers = ANSWERS + [CANT]
+    tok = Tokenizer.build(CORPUS + answers)
+    torch.manual_seed(0)
+    model = TVLM(tiny_cfg(answer=answer, vocab_size=len(tok), n_answers=len(answers)), tok, answers).eval()
+    ans, prob, extra = model.answer(_rgb(32, 48), "Is it snowing on the road?")
+    assert (ans, prob, extra) == (CANT, 1.0, {'abstain': 'unknown words: it snowing'})
+    q = torch.from_numpy(np.stack([tok.encode(x, 12)[0] for x in ("Is it snowing?", "Is there a pedestrian?")]))
+    logits, _ = model(images(1), q, image_idx=torch.zeros(2, dtype=torch.long))
+    scores = model.answer_logits(logits, q)                                          # (2, A)
+    assert scores.argmax(1)[0] == answers.index(CANT) and scores.softmax(1)[0].max() > 0.999
+    assert torch.isfinite(scores).all() and model.unknown_words(q).tolist() == [True, False]
+    assert not make_model().unknown_words(q).any()                                  # no class to abstain with
+    assert make_model().answer(_rgb(32, 48), "Is it snowing?")[0] in ANSWERS
 
 # -----------------------------------------------------------------------------
 # Optimizer, schedule and FLOPs

@@ -389,3 +389,90 @@ def test_patch_labels_mark_the_patches_each_box_touches():
     assert (labels[0, ..., light] == lit).all()
     assert (labels[0, ..., prepare.PATCH_LABELS.index('red light')] == lit).all()
     assert labels[0].sum() == expected_car.sum() + 2 and labels[1].sum() == 0   # image 1 has no boxes
+
+# -----------------------------------------------------------------------------
+# questions as people ask them: phrasings, held-out wordings, out-of-scope questions
+
+
+def test_phrasings_are_many_and_each_fits_its_template():
+    per_template = [len(prepare.PHRASINGS[q]) for _, q in TEMPLATES]
+    assert set(prepare.PHRASINGS) == {q for _, q in TEMPLATES}, "every phrasing list belongs to a template"
+    assert sum(per_template) >= 100 and sum(per_template) / len(TEMPLATES) >= 5, per_template
+    assert all(prepare.PHRASINGS[q][0] == q for _, q in TEMPLATES), "each template is its own first phrasing"
+    assert all(0 <= t < len(TEMPLATES) for t, _, _, _ in prepare.PHRASES)
+    assert max(len(Tokenizer.split(p)) for _, p, _, _ in prepare.PHRASES) + 2 <= cfg()['max_q_len']
+    for t in range(len(TEMPLATES)):  # every template keeps seen phrasings to train on and held-out ones to test
+        held = [h for t2, _, h, new in prepare.PHRASES if t2 == t and not new]
+        assert 0 < sum(held) < len(held) and sum(held) == len(held) // 5, (TEMPLATES[t], held)
+    assert len({p.lower() for _, p, _, _ in prepare.PHRASES}) == len(prepare.PHRASES), "a phrasing of two templates"
+
+
+def test_held_out_phrasings_recombine_seen_words():
+    """Held-out phrasings test new wordings, not new words: each of their words occurs in some seen phrasing."""
+    seen = {w for _, p, held, _ in prepare.PHRASES if not held for w in Tokenizer.split(p)}
+    for _, p, held, new in prepare.PHRASES:
+        if held and not new:
+            assert set(Tokenizer.split(p)) <= seen, f"{p!r}: {set(Tokenizer.split(p)) - seen} never seen in training"
+
+
+def test_cant_answer_is_an_answer_of_its_own_first_word():
+    assert prepare.CANT in ANSWERS and len({a.split()[0] for a in ANSWERS}) == len(ANSWERS)
+    assert prepare.reason(TEMPLATES[prepare.OUT_OF_SCOPE][1], prepare.CANT, [], None, None, None, {}, H, W, 0) == \
+        'the question is not about the road'
+
+
+@pytest.fixture(scope='module')
+def phrased(tmp_path_factory):
+    """A BDD tree big enough for out-of-scope questions on some images of every split, prepared."""
+    root, out = tmp_path_factory.mktemp('phrased'), None
+    make_tree(str(root / 'bdd'), '2018', train=[f'aaaa{i:04d}-{i:08d}' for i in range(40)],
+              val=[f'bbbb{i:04d}-{i:08d}' for i in range(12)])
+    out = str(root / 'out')
+    prepare.build(cfg(out=out), str(root / 'bdd'), 'bdd100k', 'bdd100k')
+    return out
+
+
+def test_train_never_asks_held_out_phrasings_and_val_test_pair_them(phrased):
+    meta = json.load(open(os.path.join(phrased, 'meta.json')))
+    held, new, p_template = (np.asarray(meta[k]) for k in ('held_out', 'new_words', 'phrasing_template'))
+    tok = Tokenizer.from_dict(meta['tokenizer'])
+    for split in ('train', 'val', 'test'):
+        ph, t = load(phrased, split, 'phrasing').astype(np.int64), load(phrased, split, 'template')
+        q, a, img = load(phrased, split, 'questions'), load(phrased, split, 'answers'), load(phrased, split, 'image_idx')
+        assert (p_template[ph] == t).all(), "each question is a phrasing of its own template"
+        for j in range(len(ph)):  # the stored tokens are the phrasing's
+            assert tok.decode(q[j]) == tok.decode(tok.encode(meta['phrasings'][ph[j]], 16)[0])
+        oos = t == prepare.OUT_OF_SCOPE
+        assert (a[oos] == ANSWERS.index(prepare.CANT)).all() and (a[~oos] != ANSWERS.index(prepare.CANT)).all()
+        if split == 'train':
+            assert not held[ph].any() and oos.any(), "train asks only seen phrasings, out-of-scope ones too"
+            continue
+        for i in np.unique(img):  # per image and template: one seen, one held out (+ test: one with new words)
+            for ti in np.unique(t[img == i]):
+                m = (img == i) & (t == ti)
+                kinds = sorted(zip(held[ph[m]].tolist(), new[ph[m]].tolist()))
+                extra = [(True, True)] if split == 'test' and ti == prepare.OUT_OF_SCOPE else []
+                assert kinds == sorted([(False, False), (True, False)] + extra), (split, i, ti, kinds)
+                assert len(set(a[m].tolist())) == 1, "the same question, the same answer"
+        if split == 'test':
+            assert new[ph].any() and all(tok.unknown(meta['phrasings'][k]) for k in ph[new[ph]]), \
+                "the new-word questions hold words the tokenizer does not know"
+
+
+def test_tokenizer_is_the_same_for_every_source(phrased, tmp_path, monkeypatch):
+    """eval.py refuses a model of other words: the synthetic world and any BDD tree give one vocabulary."""
+    root = str(tmp_path / 'bdd')
+    make_tree(root, 'det_20', train=('cccc0001-00000001',), val=('dddd0001-00000001',))
+    prepare.build(cfg(out=str(tmp_path / 'det')), root, 'bdd100k', 'bdd100k')
+    monkeypatch.setattr(prepare, '__file__', str(tmp_path / 'synth' / 'prepare.py'))
+    synth = prepare.run(cfg(out=str(tmp_path / 'synth_out')))
+    toks = [json.load(open(os.path.join(d, 'meta.json')))['tokenizer'] for d in (phrased, str(tmp_path / 'det'), synth)]
+    assert toks[0] == toks[1] == toks[2]
+
+
+def test_list_questions_prints_every_phrasing():
+    out = subprocess.run([sys.executable, 'prepare.py', '--list_questions=True'], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for _, p, held, new in prepare.PHRASES:
+        assert f"{'new words' if new else 'held out' if held else '':9s} {p}" in out.stdout

@@ -56,6 +56,7 @@ def write_dataset(d, tok=TOK, n=6, seed=0):
                   questions=ids.astype(np.uint16), answer_text=np.zeros((2 * n, 4), np.uint16),
                   answers=np.tile(np.array([0, 1], np.int16), n),
                   family=np.tile(np.array([0, 1], np.uint8), n), template=np.tile(np.array([0, 1], np.int16), n),
+                  phrasing=np.tile(np.array([0, 1], np.int16), n),
                   image_idx=np.repeat(np.arange(n), 2).astype(np.int32), q_offsets=np.arange(0, 2 * n + 1, 2),
                   referents=np.arange(0, 2 * n, 2).astype(np.int32),
                   ref_offsets=np.concatenate([[0], np.repeat(np.arange(1, n + 1), 2)]).astype(np.int64))
