@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from prepare import check_compatible, load_meta, mirror_tables, open_split, split_batches
-from tvlm import TVLM, image_attention, load_checkpoint
+from tvlm import CANT, TVLM, image_attention, load_checkpoint
 from viz import draw_boxes, overlay
 
 # -----------------------------------------------------------------------------
@@ -381,6 +381,31 @@ def confidence_errors(conf, correct, high=HIGH_CONF, low=LOW_CONF):
             'high_conf_error_rate': rate(hi), 'low_conf_error_rate': rate(lo)}
 
 
+def phrasing_section(pred, y, fam, arrays, meta, k=8):
+    """Questions as people ask them: in-scope accuracy on seen and held-out phrasings (val and test ask each question
+    in one of each, on the same image), overall and per family; how often out-of-scope questions get "can't answer"
+    (seen, held-out and new-word ones apart), how often in-scope ones do (false abstention); and the k phrasings
+    answered worst. None for a dataset without phrasings or without "can't answer"."""
+    if 'phrasings' not in meta or CANT not in meta['answers']:
+        return None
+    ph = arrays['phrasing'].astype(np.int64)
+    held, new = np.asarray(meta['held_out'], bool)[ph], np.asarray(meta['new_words'], bool)[ph]
+    oos = fam == meta['families'].index('out of scope')
+    hit, abstained = pred == y, pred == meta['answers'].index(CANT)
+    share = lambda x, m: {'n': int(m.sum()), 'rate': x[m].mean() if m.any() else float('nan')}
+    acc = lambda m: {'n': int(m.sum()), 'accuracy': hit[m].mean() if m.any() else float('nan'),
+                     'per_family': by_family(hit[m], fam[m], meta['families'])}
+    n, right = np.bincount(ph, minlength=len(meta['phrasings'])), np.bincount(ph, hit, len(meta['phrasings']))
+    asked = np.flatnonzero(n)
+    worst = asked[np.lexsort((-n[asked], right[asked] / n[asked]))][:k]          # lowest accuracy, then most asked
+    return {'accuracy': {'seen': acc(~oos & ~held), 'unseen': acc(~oos & held)},
+            'abstention': {'seen': share(abstained, oos & ~held), 'unseen': share(abstained, oos & held & ~new),
+                           'new_words': share(abstained, oos & new)},
+            'false_abstention': share(abstained, ~oos),
+            'worst': [{'phrasing': meta['phrasings'][j], 'held_out': meta['held_out'][j], 'n': n[j],
+                       'accuracy': right[j] / n[j]} for j in worst]}
+
+
 def split_answer(text):
     """'yes: a car is close on the left' -> ('yes', 'a car is close on the left')."""
     answer, _, reason = text.partition(':')
@@ -511,6 +536,7 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
         res['calibration']['saved'] = True
     res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg, meta['families'])
     blind_logits = predict(load(blind_ckpt, data_dir, device)[0], arrays, batch_questions)[0] if blind_ckpt else None
+    res['phrasing'] = phrasing_section(probs.argmax(1), y, fam, arrays, meta)
     res['baselines'] = baseline_section(y, fam, probs.argmax(1), arrays, train, meta, blind_logits)
     res['robustness'] = robustness_section(model, arrays, logits, robust_max, batch_questions, seed, out)
     with open(os.path.join(data_dir, f'{split}_names.json')) as f:
@@ -571,6 +597,7 @@ def print_sections(r):
             f"{rs['n_errors']} errors")
         for x in gen['examples']:
             print(f"  {x['question']!r} -> {x['said']!r} (rules: {x['truth']!r})")
+    print_phrasing(r.get('phrasing'))
     print(f"\ncalibration: ECE {fmt(cal['before']['ece'])} -> {fmt(cal['after']['ece'])}, MCE {fmt(cal['before']['mce'])} -> "
           f"{fmt(cal['after']['mce'])}, NLL {fmt(cal['before']['nll'])} -> {fmt(cal['after']['nll'])} "
           f"(temperature {cal['temperature']:.2f}; {cal['temperature_from']})")
@@ -602,6 +629,21 @@ def print_sections(r):
     print(f"wrote eval.json, {', '.join(r['plots'])}")
 
 
+def print_phrasing(p):
+    if not p:
+        return
+    a, ab, fa = p['accuracy'], p['abstention'], p['false_abstention']
+    print(f"\nphrasings, in-scope accuracy: seen {fmt(a['seen']['accuracy'])} (n={a['seen']['n']}), held out of training "
+          f"{fmt(a['unseen']['accuracy'])} (n={a['unseen']['n']}); per family seen/unseen: " + ', '.join(
+              f"{f} {fmt(x['accuracy'])}/{fmt(a['unseen']['per_family'].get(f, {}).get('accuracy'))}"
+              for f, x in a['seen']['per_family'].items()))
+    print(f"  out of scope answered \"{CANT}\": seen phrasings {fmt(ab['seen']['rate'])} (n={ab['seen']['n']}), held out "
+          f"{fmt(ab['unseen']['rate'])} (n={ab['unseen']['n']}), new words {fmt(ab['new_words']['rate'])} "
+          f"(n={ab['new_words']['n']}); in scope (false abstention) {fmt(fa['rate'])} (n={fa['n']})")
+    print("  worst phrasings: " + '; '.join(f"{x['phrasing']!r}{' (held out)' if x['held_out'] else ''} "
+                                            f"{fmt(x['accuracy'])} of {x['n']}" for x in p['worst']))
+
+
 def compare_runs(dirs, out_dir):
     """One table of the headline numbers of several runs' eval.json (run eval.py on each first)."""
     rows = []
@@ -611,11 +653,12 @@ def compare_runs(dirs, out_dir):
             sys.exit(f"no {path} ---> HINT: run `python eval.py --ckpt={os.path.join(d, 'ckpt.pt')}` first")
         with open(path) as f:
             r = json.load(f)
-        g, blind, gen = r['grounding'], r['baselines'].get('blind'), r.get('generation')
+        g, blind, gen, ph = r['grounding'], r['baselines'].get('blind'), r.get('generation'), r.get('phrasing')
         rows.append({'run': d, 'accuracy': r['classification']['accuracy'],
                      'exact_match': gen['exact_match'] if gen else r['classification']['accuracy'],  # a class is its words
                      **{f: fc['accuracy'] for f, fc in r['classification']['per_family'].items()},
-                     'ece': r['calibration']['before']['ece'], 'grounding_ratio': g and g['ratio'],
+                     'unseen_phrasing': ph and ph['accuracy']['unseen']['accuracy'],
+                     'oos_abstain': ph and ph['abstention']['unseen']['rate'], 'ece': r['calibration']['before']['ece'], 'grounding_ratio': g and g['ratio'],
                      'blind_gap': blind and blind['gap'], 'params_M': r['n_params'] / 1e6,
                      'train_min': r['train_time'] and r['train_time'] / 60})
     cols = list(dict.fromkeys(k for row in rows for k in row))

@@ -13,7 +13,7 @@ import torch
 import eval as ev
 import prepare
 import viz
-from tvlm import TVLM, TVLMConfig, Tokenizer
+from tvlm import CANT, TVLM, TVLMConfig, Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,6 +153,29 @@ def test_perturbations():
         ev.perturb(img, 'blur', 1, rng, 16)
 
 
+def test_phrasing_section_by_hand(capsys):
+    """Seen vs held-out accuracy on in-scope questions, abstention on out-of-scope ones by kind, false abstention,
+    and the worst phrasings, on seven hand-made questions."""
+    meta = {'answers': ['yes', 'no', CANT], 'families': ['exist', 'out of scope'],
+            'phrasings': ['Is there a car?', 'Any cars?', 'What color is the car?', 'Is the car fast?', 'Is it snowing?'],
+            'held_out': [False, True, False, True, True], 'new_words': [False, False, False, False, True]}
+    ph = np.array([0, 1, 0, 1, 2, 3, 4])                  # two in-scope questions, each asked in both phrasings
+    fam, y = np.array([0, 0, 0, 0, 1, 1, 1]), np.array([0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([0, 2, 1, 0, 2, 0, 2])                # seen right, held out wrong (once abstaining); OOS 2 of 3
+    res = ev.phrasing_section(pred, y, fam, {'phrasing': ph}, meta)
+    assert res['accuracy']['seen']['accuracy'] == 1.0 and res['accuracy']['unseen']['accuracy'] == 0.0
+    assert res['accuracy']['unseen']['per_family'] == {'exist': {'n': 2, 'accuracy': 0.0}}
+    ab = res['abstention']
+    assert (ab['seen']['rate'], ab['unseen']['rate'], ab['new_words']['rate']) == (1.0, 0.0, 1.0)
+    assert res['false_abstention'] == {'n': 4, 'rate': 0.25}
+    assert [(w['phrasing'], w['n'], w['accuracy']) for w in res['worst'][:3]] == \
+        [('Any cars?', 2, 0.0), ('Is the car fast?', 1, 0.0), ('Is there a car?', 2, 1.0)]
+    ev.print_phrasing(res)
+    assert "held out of training 0.000 (n=2)" in capsys.readouterr().out
+    no_phrasings = {k: v for k, v in meta.items() if k != 'phrasings'}    # a dataset from before phrasings
+    assert ev.phrasing_section(pred, y, fam, {'phrasing': ph}, no_phrasings) is None
+
+
 # -----------------------------------------------------------------------------
 # end to end: a tiny dataset in prepare.py's format, a tiny model trained for a moment
 
@@ -259,6 +282,7 @@ def test_end_to_end_writes_every_section_and_plot(run):
     assert saved == run['res']
     for key in ('classification', 'calibration', 'grounding', 'baselines', 'robustness', 'errors'):
         assert saved[key], f"eval.json has no {key} section"
+    assert saved['phrasing'] is None, "a dataset without phrasings skips the phrasing section"
     c = saved['classification']
     assert c['n'] == 72 and set(c['per_family']) == {'exist', 'count', 'spatial'} and 'yes_no' in c
     assert c['per_answer']['support'][ANSWERS.index('2')] == 0
