@@ -14,9 +14,9 @@ section 7 (prepare.py prints both side by side). It writes a real BDD100K tree, 
     labels/bdd100k_labels_images_{train,val}.json    box2d labels with BDD's 2018 category names and attributes
 
 which prepare.py then ingests unchanged, by the same code as the real dataset, so `python prepare.py` tests the
-real path. Every labelled box covers what is drawn of its object, objects more than half hidden are neither drawn
-nor labelled, and objects stay clear of the question rules' unsure bands (the numbers in prepare.py), so the
-questions stay decidable. Deterministic for a seed: the same seed gives the same JPEG bytes and labels whatever
+real path. Every labelled box covers what is drawn of its object, objects more than two-thirds hidden are neither
+drawn nor labelled, and objects stay clear of the question rules' unsure bands (the numbers in prepare.py; see
+judge), so the questions stay decidable. Deterministic for a seed: the same seed gives the same JPEG bytes and labels whatever
 the number of workers.
 
     render_tree('data/synthetic_bdd', seed=1337, n_train=6300, n_val=500, pool=pool)   # what prepare.py does
@@ -59,11 +59,14 @@ FACADES = [(150, 72, 56), (172, 98, 72), (192, 180, 158), (122, 122, 126), (204,
            (112, 82, 62), (162, 150, 128), (72, 76, 86), (182, 160, 120)]
 SIGNS = {'stop': (190, 25, 28), 'speed': (235, 235, 230), 'warning': (235, 195, 20), 'street': (25, 110, 60),
          'info': (30, 70, 160), 'one way': (20, 20, 20), 'back': (150, 152, 155)}
+SIGN_P = np.cumsum([0.14, 0.2, 0.14, 0.18, 0.1, 0.1, 0.14])
+PROPS_P = {'city street': np.cumsum([0.5, 0.35, 0.15]), 'highway': np.cumsum([0.1, 0.9, 0]),   # tree, lamp, pole
+           'residential': np.cumsum([0.55, 0.15, 0.3])}
 
 
-def rgb_of(palette, rng, p=None):
-    """A colour from a palette, uniformly or with the cumulative weights p."""
-    return palette[rng.integers(len(palette)) if p is None else int(np.searchsorted(p, rng.random() * p[-1]))]
+def pick(options, rng, p=None):
+    """One of the options, uniformly or by the cumulative weights p (rng.choice is slow on a hot path)."""
+    return options[rng.integers(len(options)) if p is None else int(np.searchsorted(p, rng.random() * p[-1]))]
 
 
 def shade(rgb, s):
@@ -236,16 +239,16 @@ def sample_objects(L, rng):
 
 def vehicle(L, rng, X, Z, heading, parked):
     """A vehicle whose rear (heading 1), front (-1) or side (0: crossing) faces us."""
-    trucks = 0.2 if L['setting'] == 'highway' else 0.07
+    trucks = 0.16 if L['setting'] == 'highway' else 0.05
     p = [0.4, 0.15, 0.3, 0.15, 0, 0, 0] if parked else [0.36, 0.12, 0.26, 0.1, 0.7 * trucks, 0.3 * trucks, 0.04]
     kind = list(VEHICLES)[int(np.searchsorted(np.cumsum(p), rng.random() * sum(p)))]
     label, w, h, n, waist, roof = VEHICLES[kind]
-    rgb = rgb_of(PAINT, rng, PAINT_P) if label == 'car' else rgb_of([PAINT[i] for i in (0, 0, 3, 8, 5, 6)], rng)
+    rgb = pick(PAINT, rng, PAINT_P) if label == 'car' else pick([PAINT[i] for i in (0, 0, 3, 8, 5, 6)], rng)
     if heading == 0:   # crossing: its side is its face, as long as the vehicle, no depth
-        return thing(label, X, Z, n, h, rgb, length=0.0, heading=0, type=kind, dir=int(rng.choice([-1, 1])))
+        return thing(label, X, Z, n, h, rgb, length=0.0, heading=0, type=kind, dir=1 if rng.random() < 0.5 else -1)
     return thing(label, X, Z, w * rng.uniform(0.96, 1.04), h * rng.uniform(0.95, 1.05), rgb, length=n,
                  heading=heading, type=kind, brake=bool(rng.random() < 0.3 and not parked),
-                 tag=rgb_of([(225, 225, 215), (230, 190, 60)], rng))
+                 tag=pick([(225, 225, 215), (230, 190, 60)], rng))
 
 
 def sample_traffic(L, rng):
@@ -257,17 +260,17 @@ def sample_traffic(L, rng):
     rows += [(x, 1, True) for x, p in ((L['left'] - 1.2, L['park'][0]), (L['right'] + 1.2, L['park'][1])) if p]
     fill = rng.uniform(0.9, 1.0) if jam else rng.uniform(0.4, 1.0)
     for X, heading, parked in rows:
-        Z = rng.uniform(4.5, 7) if jam else 4.5 + rng.exponential(2 + 25 * (1 - dens))
-        while Z < (45 if parked else 70):                 # beyond, a car is under 10 px tall, and mostly hidden
+        Z = rng.uniform(5, 9) if jam else 6 + rng.exponential(2 + 25 * (1 - dens))
+        while Z < (45 if parked else 90):                 # beyond, a car is under 8 px tall, and mostly hidden
             n = 4.7                                              # an empty spot is a car long
             if rng.random() < (fill if parked or jam else 0.35 + 0.65 * dens):
-                v = vehicle(L, rng, X + rng.uniform(-0.15, 0.15) * (1 + 1.5 * (not parked)), Z, heading, parked)
+                v = vehicle(L, rng, X + rng.uniform(-0.15, 0.15) * (1 + 3 * (not parked)), Z, heading, parked)
                 objs.append(place(L, lambda: v, tries=1))
                 n = v['len']
             Z += n + (rng.uniform(0.6, 3.0) if parked else 1.5 + rng.exponential(1 + (1 - jam) * 40 * (1 - dens)))
     if L['cross'] is not None:                                          # crossing, and along the cross street
         for _ in range(int(rng.integers(0, 6))):
-            X = rng.uniform(-14, 14) if rng.random() < 0.4 else rng.choice([-1, 1]) * rng.uniform(10, 45)
+            X = rng.uniform(-14, 14) if rng.random() < 0.4 else pick((-1, 1), rng) * rng.uniform(10, 45)
             objs.append(place(L, lambda: vehicle(L, rng, X, L['cross'] + rng.uniform(3, 13), 0, False), 1))
     if L['setting'] == 'residential':                                   # in driveways
         for _ in range(int(rng.integers(0, 5))):
@@ -281,9 +284,9 @@ def person(rng, X, Z, facing, y0=0.0, h=None):
     """A pedestrian (or, with y0 > 0, a seated rider): clothes, skin, hair and stride drawn once, here."""
     h = h or (rng.uniform(1.55, 1.9) if rng.random() < 0.9 else rng.uniform(1.1, 1.4))
     w = 0.68 if facing == 'side' else rng.uniform(0.5, 0.62)
-    return thing('rider' if y0 else 'pedestrian', X, Z, w, h, rgb_of(CLOTHES, rng), y0=y0, facing=facing,
-                 legs=rgb_of(CLOTHES[:4] + CLOTHES[5:7], rng), skin=rgb_of(SKIN, rng),
-                 hair=rgb_of([(20, 16, 14), (60, 40, 25), (120, 90, 50), (150, 150, 150)], rng),
+    return thing('rider' if y0 else 'pedestrian', X, Z, w, h, pick(CLOTHES, rng), y0=y0, facing=facing,
+                 legs=pick(CLOTHES[:4] + CLOTHES[5:7], rng), skin=pick(SKIN, rng),
+                 hair=pick([(20, 16, 14), (60, 40, 25), (120, 90, 50), (150, 150, 150)], rng),
                  stride=rng.uniform(0, 1), bag=bool(rng.random() < 0.3))
 
 
@@ -292,7 +295,7 @@ def walker(L, rng, Z0, Z1):
     side = int(rng.integers(2))
     X = L['curb'][side] + (1 if side else -1) * rng.uniform(0.3, L['walk'] - 0.2)
     Z = rng.uniform(max(Z0, min(1.5 * abs(X) + 0.5, Z1)), Z1)          # the image edge is at |X| = 0.7 Z
-    return person(rng, X, Z, str(rng.choice(['front', 'back', 'side'], p=[.4, .4, .2])))
+    return person(rng, X, Z, pick(('front', 'back', 'front', 'back', 'side'), rng))
 
 
 def sample_people(L, rng):
@@ -301,7 +304,7 @@ def sample_people(L, rng):
         return []
     busy = L['busy']
     near = int(rng.integers(4, 17)) if busy else int(rng.choice(8, p=[.52, .13, .1, .08, .07, .05, .03, .02]))
-    far = int(rng.poisson(0.8 + 3 * busy))
+    far = int(rng.poisson(3 + 3 * busy))
     objs = [place(L, lambda: walker(L, rng, *Zs)) for n, Zs in ((near, (4.5, 13)), (far, (22, 90))) for _ in range(n)]
     if L['cross'] is not None and rng.random() < 0.4:                   # crossing at the crosswalk
         a, b = L['curb']
@@ -313,12 +316,12 @@ def sample_people(L, rng):
 def sample_cycles(L, rng):
     """Cyclists and motorcyclists (vehicle and rider labelled apart, as in BDD), and bicycles parked on the walk."""
     objs = []
-    for kind, p in (('bicycle', 0.14), ('motorcycle', 0.07)):
+    for kind, p in (('bicycle', 0.22), ('motorcycle', 0.1)):
         if rng.random() < p:
             w, h = (0.6, 1.05) if kind == 'bicycle' else (0.8, 1.2)
             Zs = (5, 12) if rng.random() < 0.5 else (21, 60)
             make = lambda: thing(kind, rng.uniform(L['left'] + 0.4, L['right'] - 0.4), rng.uniform(*Zs), w, h,
-                                 rgb_of(PAINT, rng), facing='back')
+                                 pick(PAINT, rng), facing='back')
             for _ in range(6):                                          # both must be clear of the bands
                 ride = place(L, make, 1)
                 rider = ride and place(L, lambda: dict(person(rng, ride['X'], ride['Z'] - 0.05, 'back', 0.15, 1.6), on=ride), 1)
@@ -327,7 +330,7 @@ def sample_cycles(L, rng):
                     break
     if L['walk'] and rng.random() < 0.08:
         objs.append(place(L, lambda: thing('bicycle', L['curb'][0] - 0.6, rng.uniform(5, 40), 1.7, 1.0,
-                                           rgb_of(PAINT, rng), facing='side')))
+                                           pick(PAINT, rng), facing='side')))
     return objs
 
 
@@ -345,21 +348,23 @@ def street_furniture(L, rng):
                                                plate=rng.random() < 0.5), 1))
         for X in (L['curb'][0] - 1.0, L['curb'][1] + 1.0):              # the cross street's, seen edge-on: unlit
             objs.append(place(L, lambda: thing('traffic light', X, Zc + rng.uniform(16, 20), 0.25, lamp, (30, 30, 26), 2.8)))
-        if rng.random() < 0.5:
+        if rng.random() < 0.6:                                          # the next intersection, and its traffic
             Zn = Zc + rng.uniform(70, 120)
             for X in rng.uniform(L['left'], L['right'] + 2, int(rng.integers(1, 4))):
                 objs.append(place(L, lambda: thing('traffic light', X, Zn, 0.4, 1.0, (30, 30, 26), 5.2,
-                                                   str(rng.choice(list(LIGHT_RGB)))), 1))
-    for _ in range(int(rng.poisson({'city street': 5.5, 'residential': 3.5, 'highway': 2.5}[L['setting']]))):
-        kind = str(rng.choice(list(SIGNS), p=[0.14, 0.2, 0.14, 0.18, 0.1, 0.1, 0.14]))
+                                                   pick(list(LIGHT_RGB), rng)), 1))
+            for X in rng.uniform(-40, 40, int(rng.integers(0, 5))):
+                objs.append(place(L, lambda: vehicle(L, rng, X, Zn + rng.uniform(-6, 6), 0, False), 1))
+    for _ in range(int(rng.poisson({'city street': 7, 'residential': 4.5, 'highway': 3}[L['setting']]))):
+        kind = pick(list(SIGNS), rng, SIGN_P)
         w, h = {'street': (0.9, 0.22), 'one way': (0.9, 0.3), 'speed': (0.6, 0.75)}.get(kind, (0.75, 0.75))
         k = rng.uniform(0.9, 1.3)
         if L['setting'] == 'highway' and rng.random() < 0.5:
             kind, w, h, k = 'street', rng.uniform(2.5, 4), rng.uniform(1.5, 2.2), 1     # a guide sign
         side = int(rng.random() < 0.65)
         X = L['curb'][side] + (1 if side else -1) * rng.uniform(0.3, 1.0)
-        objs.append(place(L, lambda: thing('traffic sign', X, rng.uniform(5, 100), w * k, h * k, SIGNS[kind],
-                                           rng.uniform(2.0, 2.6), type=kind)))
+        objs.append(place(L, lambda: thing('traffic sign', X, 5 + 95 * rng.random() ** 2, w * k, h * k, SIGNS[kind],
+                                           rng.uniform(1.2, 2.6), type=kind)))
     return objs
 
 
@@ -385,8 +390,8 @@ def silhouette(o, cam):
 
 
 def cull(objs, cam):
-    """Keep objects inside the frame and less than half hidden by the silhouettes of nearer ones; -> far to near,
-    the drawing order."""
+    """Keep objects inside the frame and less than two-thirds hidden by the silhouettes of nearer ones; -> far to
+    near, the drawing order."""
     mask = Image.new('L', (RW // 2, RH // 2))           # half-resolution occupancy, near to far
     d = ImageDraw.Draw(mask)
     kept = []
@@ -465,8 +470,12 @@ def background(L, rng):
     g0 = int(np.searchsorted(ys[:, 0], cam.yh, side='right'))                             # the first ground row
     dy = np.maximum(ys[g0:] - cam.yh, 0.5)                                                # (G, 1) px below horizon
     Z, X = FOCAL * CAM_H / dy, (xs - cam.vx) * CAM_H / dy                                # (G, 1), (G, RW/2) metres
-    # nested strips, so their sum is the surface: 0 verge, 1 sidewalk, 2 curb, 3 asphalt (4 white, 5 yellow paint)
-    surface = ((X > a - L['walk']) & (X < b + L['walk'])).astype(np.int8) + ((X > a - 0.2) & (X < b + 0.2)) + ((X > a) & (X < b))
+    # nested strips, so their sum is the surface: 0 verge, 1 sidewalk, 2 curb (snow ploughed onto it), 3 asphalt,
+    # (4 white, 5 yellow paint)
+    snow = L['look'] == 'snowy'
+    bank = 0.7 * snow * rng.random()
+    surface = ((X > a - L['walk']) & (X < b + L['walk'])).astype(np.int8) + ((X > a - 0.2) & (X < b + 0.2)) + \
+        ((X > a + bank) & (X < b - bank))
     if Zc is not None:
         surface = np.maximum(surface, 3 * ((Z > Zc) & (Z < Zc + 16)))                   # the cross street
     white, yellow = markings(L, rng, X, Z)
@@ -474,9 +483,8 @@ def background(L, rng):
     g = rng.uniform(50, 100)
     L['asphalt'], wear = (g, g, g + rng.uniform(0, 6)), rng.uniform(0, 0.6)              # grey, never yellow
     worn = lambda rgb: [c * (1 - wear) + s * wear for c, s in zip(rgb, L['asphalt'])]
-    snow = L['look'] == 'snowy'
     verge = (222, 224, 228) if snow else {'residential': (86, 110, 60), 'highway': (102, 108, 76)}.get(L['setting'], (122, 120, 114))
-    palette = np.array([tone(L, c, 0) for c in (verge, (218, 220, 224) if snow else (152, 150, 144), (176, 174, 166),
+    palette = np.array([tone(L, c, 0) for c in (verge, (218, 220, 224) if snow else (152, 150, 144), (226, 228, 232) if snow else (176, 174, 166),
                                                 L['asphalt'], worn((228, 228, 222)), worn((222, 180, 40)))], np.float32)
     paved = (surface == 1) | (surface == 2)
     zi, xi = ((Z + L['zoff']) * 10).astype(np.int64) & 1023, np.clip(X * 20 + 512, 0, 1023).astype(np.int64)
@@ -523,14 +531,14 @@ def facade(d, L, rng, X, Z1, Z2, hb, side, rgb):
         for _ in range(int(rng.integers(0, 2 + len(floors)))):
             y, z = rng.choice(floors), Z1 + 0.7 + step * rng.integers(0, max(int((Z2 - Z1) / step) - 1, 1))
             d.polygon([P(y, z), P(y, z + step - 0.7), P(y + 1.7, z + step - 0.7), P(y + 1.7, z)], fill=lit)
-    shop = lit if L['timeofday'] != 'daytime' and rng.random() < 0.5 else tone(L, (40, 46, 54), zm)
+    shop = glow(L, (190, 160, 110), zm) if L['timeofday'] != 'daytime' and rng.random() < 0.35 else tone(L, (40, 46, 54), zm)
     d.polygon([P(0.4, Z1), P(0.4, Z2), P(2.9, Z2), P(2.9, Z1)], fill=shop)
-    d.polygon([P(2.9, Z1), P(2.9, Z2), P(3.4, Z2), P(3.4, Z1)], fill=tone(L, rgb_of(CLOTHES, rng), zm))   # awning
+    d.polygon([P(2.9, Z1), P(2.9, Z2), P(3.4, Z2), P(3.4, Z1)], fill=tone(L, pick(CLOTHES, rng), zm))   # awning
 
 
 def house(d, L, rng, X, Z1, Z2, side, rgb):
     """A house set back from the road: walls, a gable facing us, a pitched roof, a few windows and a door."""
-    cam, hb, roof = L['cam'], rng.uniform(4.5, 7.0), tone(L, rgb_of([(70, 60, 58), (90, 50, 40), (60, 64, 70)], rng), Z1)
+    cam, hb, roof = L['cam'], rng.uniform(4.5, 7.0), tone(L, pick([(70, 60, 58), (90, 50, 40), (60, 64, 70)], rng), Z1)
     d.polygon([cam(X, 0, Z1), cam(X + side * 9, 0, Z1), cam(X + side * 9, hb, Z1), cam(X, hb, Z1)], fill=tone(L, rgb, Z1))
     d.polygon([cam(X, hb, Z1), cam(X + side * 9, hb, Z1), cam(X + side * 4.5, hb + 3, Z1)], fill=tone(L, rgb, Z1, 0.9))
     d.polygon([cam(X, 0, Z1), cam(X, 0, Z2), cam(X, hb, Z2), cam(X, hb, Z1)], fill=tone(L, rgb, Z1, 0.75))
@@ -549,7 +557,7 @@ def draw_buildings(d, L, rng):
         for x in np.sort(rng.uniform(-90, 90, 10)):
             hb, Zs = rng.uniform(20, 90), rng.uniform(250, 400)
             d.polygon([cam(x, 0, Zs), cam(x + rng.uniform(10, 30), 0, Zs), cam(x + 30, hb, Zs), cam(x, hb, Zs)],
-                      fill=tone(L, rgb_of(FACADES, rng), Zs, 0.6))
+                      fill=tone(L, pick(FACADES, rng), Zs, 0.6))
     for side, curb in ((-1, L['curb'][0]), (1, L['curb'][1])):
         X0 = curb + side * (L['walk'] + 0.2)
         if L['setting'] == 'highway':
@@ -566,9 +574,9 @@ def draw_buildings(d, L, rng):
                 X = X0 + side * (rng.uniform(0.2, 2) if L['setting'] == 'city street' else rng.uniform(4, 10))
                 if L['setting'] == 'city street':
                     facade(d, L, rng, X, max(Z1, 1.5), Z, rng.uniform(8, 45) if rng.random() < 0.8 else rng.uniform(45, 90),
-                           side, rgb_of(FACADES, rng))
+                           side, pick(FACADES, rng))
                 else:
-                    house(d, L, rng, X, max(Z1, 1.5), Z - rng.uniform(2, 8), side, rgb_of(FACADES, rng))
+                    house(d, L, rng, X, max(Z1, 1.5), Z - rng.uniform(2, 8), side, pick(FACADES, rng))
             Z = Z1 if Zc is None or not (Zc < Z1 < Zc + 16) else Zc
 
 
@@ -579,8 +587,7 @@ def sample_props(L, rng):
     for side, curb in ((-1, L['curb'][0]), (1, L['curb'][1])):
         X = curb + side * (L['walk'] - 0.4 if L['walk'] else 1.5)
         for Z in rng.uniform(4, 100, int(rng.integers(2, 9))):
-            kind = str(rng.choice(['tree', 'lamp', 'pole'], p=[[0.5, 0.35, 0.15], [0.1, 0.9, 0], [0.55, 0.15, 0.3]]
-                                  [['city street', 'highway', 'residential'].index(L['setting'])]))
+            kind = pick(('tree', 'lamp', 'pole'), rng, PROPS_P[L['setting']])
             props.append((kind, X, Z))
             if kind == 'lamp' and L['night'] and Z < 60:
                 L['lamps'].append((X - side * 1.8, Z))
@@ -598,7 +605,7 @@ def draw_props(d, L, rng, props):
             for _ in range(3):
                 cx, cy = cam(X + rng.uniform(-1, 1), rng.uniform(3.5, 5.5), Z)
                 r = rng.uniform(1.0, 1.9) * s
-                d.ellipse([cx - r, cy - r, cx + r, cy + 0.8 * r], fill=tone(L, rgb_of(leaves, rng), Z, rng.uniform(0.7, 1.1)))
+                d.ellipse([cx - r, cy - r, cx + r, cy + 0.8 * r], fill=tone(L, pick(leaves, rng), Z, rng.uniform(0.7, 1.1)))
         elif kind == 'lamp':
             head = cam(X + toward * 1.8, 8, Z)
             d.line([(x, y), cam(X, 8.2, Z), head], fill=tone(L, (110, 112, 116), Z), width=max(1, int(0.2 * s)))
@@ -749,9 +756,8 @@ def draw_cycle(d, o, L):
 
 def draw_light(d, o, L):
     """A traffic light: the housing, three lamps with the lit one bright; edge-on (unlit), the housing and visors."""
-    cam, Z = L['cam'], o['Z']
-    x1, y1, x2, y2 = o['box']
-    w, h, cx, s = x2 - x1, y2 - y1, (x1 + x2) / 2, FOCAL / Z
+    (x1, y1, x2, y2), Z = o['box'], o['Z']
+    w, h, cx = x2 - x1, y2 - y1, (x1 + x2) / 2
     d.rectangle([x1, y1, x2, y2], fill=tone(L, o['rgb'] if not o.get('plate') else (120, 110, 40), Z))
     if o['light'] == 'none':
         for k in range(3):
@@ -765,8 +771,7 @@ def draw_light(d, o, L):
 
 def draw_sign(d, o, L):
     """A sign: stop octagon, speed limit, warning diamond, street name, info, one way, or a sign's back."""
-    cam, Z, kind = L['cam'], o['Z'], o['type']
-    x1, y1, x2, y2 = o['box']
+    (x1, y1, x2, y2), Z, kind = o['box'], o['Z'], o['type']
     w, h, cx, cy = x2 - x1, y2 - y1, (x1 + x2) / 2, (y1 + y2) / 2
     face, ink = tone(L, o['rgb'], Z), tone(L, (245, 245, 240) if kind in ('stop', 'street', 'info', 'one way') else (20, 20, 20), Z)
     if kind in ('stop', 'back'):
@@ -816,7 +821,7 @@ def draw_hood(d, L, rng):
     dashboard in front of the camera."""
     y, bow = L['hood'], rng.uniform(8, 40)
     edge = [(x, y + bow * ((x - RW / 2) / (RW / 2)) ** 2) for x in range(0, RW + 1, 32)]
-    d.polygon(edge + [(RW, RH), (0, RH)], fill=tone(L, rgb_of(PAINT, rng, PAINT_P), 2, 0.6))
+    d.polygon(edge + [(RW, RH), (0, RH)], fill=tone(L, pick(PAINT, rng, PAINT_P), 2, 0.6))
     d.line([(x, yy + 3) for x, yy in edge], fill=tone(L, L['sky'][1], 2, 0.45), width=int(rng.integers(2, 6)))
     if rng.random() < 0.5:
         top = rng.uniform(max(y + 12, 0.88 * RH), RH - 6)
@@ -878,8 +883,8 @@ def render_frame(job):
     img.save(os.path.join(root, 'images', '100k', split, name + '.jpg'), quality=int(rng.integers(55, 93)))
     labels = []
     for k, o in enumerate(objs):
-        box = np.clip(o['box'], 0, [RW, RH, RW, RH])
-        truncated = bool(box[0] <= 0 or box[2] >= RW or box[3] >= RH)
+        box = [max(o['box'][0], 0), max(o['box'][1], 0), min(o['box'][2], RW), min(o['box'][3], RH)]
+        truncated = bool(box[0] <= 0 or box[1] <= 0 or box[2] >= RW or box[3] >= RH)
         labels.append({'category': NAMES_2018.get(o['kind'], o['kind']), 'id': k, 'manualShape': True,
                        'attributes': {'occluded': o['occluded'], 'truncated': truncated, 'trafficLightColor': o['light']},
                        'box2d': {c: round(float(v), 3) for c, v in zip(('x1', 'y1', 'x2', 'y2'), box)}})
