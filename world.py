@@ -2,13 +2,13 @@
 The embedded synthetic world: dash-cam frames of streets through a pinhole camera, drawn with PIL and finished with
 numpy to look like BDD100K's phone and dash-cam photos rather than cartoons. City streets, residential streets and
 highways: textured asphalt with worn markings, facades with windows, houses, trees, lamps and wires under a sky with
-clouds; moving and parked sedans, hatchbacks, SUVs, vans, trucks and buses (mostly seen from behind, some oncoming
-or crossing), pedestrians in varied clothes and poses (now and then a crowd), cyclists, motorcyclists, traffic
-lights and signs; day, dawn/dusk or night (head and tail lights, lit windows, lamps and their pools of light);
-clear, partly cloudy, overcast, rain (streaks, wet reflections), snow or fog; the ego car's hood and dashboard in
-some frames; then the camera: exposure, white balance, vignetting, bloom, blur, sensor noise and JPEG quality.
-The object mix, sizes and positions and the frame attributes follow the real figures in BDD100K_FORMAT.md
-section 7 (prepare.py prints both side by side). It writes a real BDD100K tree, the 2018 layout:
+clouds; moving and parked sedans, hatchbacks, SUVs, vans, trucks and buses (mostly from behind, some oncoming or
+crossing); pedestrians in varied clothes and strides, now and then a crowd; cyclists, motorcyclists, traffic lights
+and signs; day, dawn/dusk or night (head and tail lights, lit windows, lamps and their pools of light); clear,
+partly cloudy, overcast, rain, snow or fog; the ego car's hood and dashboard in some frames; then the camera's
+exposure, white balance, vignetting, bloom, blur, sensor noise and JPEG quality. The object mix, sizes and positions
+and the weather, scene and time mix follow BDD100K_FORMAT.md section 7 (prepare.py prints both side by side). It
+writes a real BDD100K tree, the 2018 layout:
 
     images/100k/{train,val}/<name>.jpg          640x360 JPEGs
     labels/bdd100k_labels_images_{train,val}.json    box2d labels with BDD's 2018 category names and attributes
@@ -16,8 +16,8 @@ section 7 (prepare.py prints both side by side). It writes a real BDD100K tree, 
 which prepare.py then ingests unchanged, by the same code as the real dataset, so `python prepare.py` tests the
 real path. Every labelled box covers what is drawn of its object, objects more than two-thirds hidden are neither
 drawn nor labelled, and objects stay clear of the question rules' unsure bands (the numbers in prepare.py; see
-judge), so the questions stay decidable. Deterministic for a seed: the same seed gives the same JPEG bytes and labels whatever
-the number of workers.
+judge), so the questions stay decidable. Deterministic for a seed: the same seed gives the same JPEG bytes and
+labels whatever the number of workers.
 
     render_tree('data/synthetic_bdd', seed=1337, n_train=6300, n_val=500, pool=pool)   # what prepare.py does
 """
@@ -192,6 +192,11 @@ def sample_layout(rng):
     return L
 
 
+def beyond(L, side, d):
+    """X of the point d metres beyond the curb on the left (side 0) or right (side 1) of the road."""
+    return L['curb'][side] + (d if side else -d)
+
+
 def thing(kind, X, Z, w, h, rgb, y0=0.0, light='none', length=0.0, **style):
     """A labelled object: a w x h (x length deep) metre cuboid at X right and Z ahead, y0 off the ground."""
     return dict(kind=kind, X=X, Z=Z, w=w, h=h, y0=y0, rgb=rgb, light=light, len=length, **style)
@@ -242,7 +247,7 @@ def vehicle(L, rng, X, Z, heading, parked):
     trucks = 0.16 if L['setting'] == 'highway' else 0.05
     p = [0.4, 0.15, 0.3, 0.15, 0, 0, 0] if parked else [0.36, 0.12, 0.26, 0.1, 0.7 * trucks, 0.3 * trucks, 0.04]
     kind = list(VEHICLES)[int(np.searchsorted(np.cumsum(p), rng.random() * sum(p)))]
-    label, w, h, n, waist, roof = VEHICLES[kind]
+    label, w, h, n = VEHICLES[kind][:4]
     rgb = pick(PAINT, rng, PAINT_P) if label == 'car' else pick([PAINT[i] for i in (0, 0, 3, 8, 5, 6)], rng)
     if heading == 0:   # crossing: its side is its face, as long as the vehicle, no depth
         return thing(label, X, Z, n, h, rgb, length=0.0, heading=0, type=kind, dir=1 if rng.random() < 0.5 else -1)
@@ -275,7 +280,7 @@ def sample_traffic(L, rng):
     if L['setting'] == 'residential':                                   # in driveways
         for _ in range(int(rng.integers(0, 5))):
             side = int(rng.integers(2))
-            X = L['curb'][side] + (1 if side else -1) * (L['walk'] + rng.uniform(2, 6))
+            X = beyond(L, side, L['walk'] + rng.uniform(2, 6))
             objs.append(place(L, lambda: vehicle(L, rng, X, rng.uniform(8, 80), 1, True), 1))
     return objs
 
@@ -293,7 +298,7 @@ def person(rng, X, Z, facing, y0=0.0, h=None):
 def walker(L, rng, Z0, Z1):
     """A pedestrian on a sidewalk between depths Z0 and Z1, where that sidewalk is in view."""
     side = int(rng.integers(2))
-    X = L['curb'][side] + (1 if side else -1) * rng.uniform(0.3, L['walk'] - 0.2)
+    X = beyond(L, side, rng.uniform(0.3, L['walk'] - 0.2))
     Z = rng.uniform(max(Z0, min(1.5 * abs(X) + 0.5, Z1)), Z1)          # the image edge is at |X| = 0.7 Z
     return person(rng, X, Z, pick(('front', 'back', 'front', 'back', 'side'), rng))
 
@@ -329,7 +334,7 @@ def sample_cycles(L, rng):
                     objs += [ride, rider]
                     break
     if L['walk'] and rng.random() < 0.08:
-        objs.append(place(L, lambda: thing('bicycle', L['curb'][0] - 0.6, rng.uniform(5, 40), 1.7, 1.0,
+        objs.append(place(L, lambda: thing('bicycle', beyond(L, 0, 0.6), rng.uniform(5, 40), 1.7, 1.0,
                                            pick(PAINT, rng), facing='side')))
     return objs
 
@@ -340,13 +345,13 @@ def street_furniture(L, rng):
     objs, Zc = [], L['cross']
     if Zc is not None and rng.random() < 0.9:
         colour, lamp = str(rng.choice(['red', 'yellow', 'green'], p=[0.4, 0.2, 0.4])), rng.uniform(1.0, 1.35)
-        spots = [(rng.uniform(L['left'], L['right']), Zc + 1, 5.2), (L['curb'][1] + 0.6, Zc + 1, 2.6),
-                 (rng.uniform(L['left'], L['right']), Zc + 18, 5.2), (L['curb'][0] - 0.6, Zc + 18, 2.6),
+        housing = pick([(30, 30, 26), (120, 110, 40)], rng)                 # black, or New York's yellow
+        spots = [(rng.uniform(L['left'], L['right']), Zc + 1, 5.2), (beyond(L, 1, 0.6), Zc + 1, 2.6),
+                 (rng.uniform(L['left'], L['right']), Zc + 18, 5.2), (beyond(L, 0, 0.6), Zc + 18, 2.6),
                  (rng.uniform(L['left'], L['right']), Zc + 18, 5.2)]
         for X, Z, y0 in [s for s in spots if rng.random() < 0.75]:
-            objs.append(place(L, lambda: thing('traffic light', X, Z, 0.42 * lamp, lamp, (30, 30, 26), y0, colour,
-                                               plate=rng.random() < 0.5), 1))
-        for X in (L['curb'][0] - 1.0, L['curb'][1] + 1.0):              # the cross street's, seen edge-on: unlit
+            objs.append(place(L, lambda: thing('traffic light', X, Z, 0.42 * lamp, lamp, housing, y0, colour), 1))
+        for X in (beyond(L, 0, 1), beyond(L, 1, 1)):                    # the cross street's, seen edge-on: unlit
             objs.append(place(L, lambda: thing('traffic light', X, Zc + rng.uniform(16, 20), 0.25, lamp, (30, 30, 26), 2.8)))
         if rng.random() < 0.6:                                          # the next intersection, and its traffic
             Zn = Zc + rng.uniform(70, 120)
@@ -362,7 +367,7 @@ def street_furniture(L, rng):
         if L['setting'] == 'highway' and rng.random() < 0.5:
             kind, w, h, k = 'street', rng.uniform(2.5, 4), rng.uniform(1.5, 2.2), 1     # a guide sign
         side = int(rng.random() < 0.65)
-        X = L['curb'][side] + (1 if side else -1) * rng.uniform(0.3, 1.0)
+        X = beyond(L, side, rng.uniform(0.3, 1.0))
         objs.append(place(L, lambda: thing('traffic sign', X, 5 + 95 * rng.random() ** 2, w * k, h * k, SIGNS[kind],
                                            rng.uniform(1.2, 2.6), type=kind)))
     return objs
@@ -758,7 +763,7 @@ def draw_light(d, o, L):
     """A traffic light: the housing, three lamps with the lit one bright; edge-on (unlit), the housing and visors."""
     (x1, y1, x2, y2), Z = o['box'], o['Z']
     w, h, cx = x2 - x1, y2 - y1, (x1 + x2) / 2
-    d.rectangle([x1, y1, x2, y2], fill=tone(L, o['rgb'] if not o.get('plate') else (120, 110, 40), Z))
+    d.rectangle([x1, y1, x2, y2], fill=tone(L, o['rgb'], Z))
     if o['light'] == 'none':
         for k in range(3):
             d.line([(x1, y1 + (k + 0.2) * h / 3), (x2, y1 + (k + 0.35) * h / 3)], fill=tone(L, (12, 12, 12), Z), width=max(1, int(w / 4)))
@@ -802,7 +807,7 @@ def draw_under(d, o, L):
     elif o['kind'] == 'traffic light':
         metal, width = tone(L, (62, 64, 66), Z), max(1, int(0.15 * s))
         if o['y0'] > 4:                                                  # a mast arm from the right curb
-            foot = cam(L['curb'][1] + 0.8, 0, Z)
+            foot = cam(beyond(L, 1, 0.8), 0, Z)
             d.line([foot, (foot[0], y1 - 0.2 * s), (cx, y1 - 0.2 * s), (cx, y1)], fill=metal, width=width)
         else:
             d.line([(cx, y2), cam(o['X'], 0, Z)], fill=metal, width=width)
