@@ -84,7 +84,7 @@ synth_train = 6300        # synthetic frames rendered into BDD's train (~5% of t
 synth_val = 500           # synthetic frames rendered into BDD's val (our test)
 list_questions = False    # True: print every phrasing, grouped by template, the held-out ones marked, and exit
 
-VERSION = 'prepare-5'
+VERSION = 'prepare-6'
 FORMAT_VERSION = 4            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green', CANT]  # first words differ:
