@@ -82,10 +82,12 @@ class Cam:
         return self.vx + FOCAL * X / Z, self.yh + FOCAL * (CAM_H - Y) / Z
 
     def box(self, o):
-        """The image box of an object's cuboid: o['w'] wide, o['h'] tall from o['y0'] up, o['len'] deep from o['Z']."""
-        pts = [self(x, y, z) for x in (o['X'] - o['w'] / 2, o['X'] + o['w'] / 2) for y in (o['y0'], o['y0'] + o['h'])
-               for z in (o['Z'], o['Z'] + o['len'])]
-        return [min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts), max(p[1] for p in pts)]
+        """The image box of an object's cuboid: o['w'] wide, o['h'] tall from o['y0'] up, o['len'] deep from o['Z']:
+        the extremes of its 8 corners' projections."""
+        near, far, left, right = 1 / o['Z'], 1 / (o['Z'] + o['len']), o['X'] - o['w'] / 2, o['X'] + o['w'] / 2
+        top, bottom = CAM_H - o['y0'] - o['h'], CAM_H - o['y0']          # heights below the camera
+        xs, ys = (left * near, left * far, right * near, right * far), (top * near, top * far, bottom * near, bottom * far)
+        return [self.vx + FOCAL * min(xs), self.yh + FOCAL * min(ys), self.vx + FOCAL * max(xs), self.yh + FOCAL * max(ys)]
 
 
 def fractal(rng, h, w, cells):
@@ -431,14 +433,6 @@ def glow(L, rgb, Z):
     return tuple(int(c * (1 - f) + g * f) for c, g in zip(rgb, L['fog_rgb']))
 
 
-def planes(fn, img=None):
-    """An RGB image from fn(k, plane k of img or None) -> float32[H, W], plane by plane: numpy broadcasts over a
-    trailing axis of 3 colours several times slower than over whole planes."""
-    bands = img.split() if img is not None else [None] * 3
-    return Image.merge('RGB', [Image.fromarray(np.clip(fn(k, None if b is None else np.asarray(b, np.float32)), 0, 255)
-                                               .astype(np.uint8)) for k, b in enumerate(bands)])
-
-
 def markings(L, rng, X, Z):
     """Masks of white and yellow paint at ground points (X, Z): edge lines, dashed lanes (some dashes worn away),
     a double yellow line before oncoming lanes, and at the intersection a stop line and a crosswalk."""
@@ -507,13 +501,14 @@ def background(L, rng):
     cloud = np.clip(tex['cloud'][y:y + g0, x:x + RW // 2] * 0.6 + 2.2 * L['cover'] - 1.2, 0, 1) * (L['cover'] > 0)
     puff = shade(hor, 0.5 if L['night'] else 1.08)
 
-    def plane(k, _):
-        out = np.empty((RH // 2, RW // 2), np.float32)
+    def plane(k):                                        # plane by plane: numpy broadcasts over a trailing
+        out = np.empty((RH // 2, RW // 2), np.float32)      # axis of 3 colours several times slower
         sky = top[k] * (1 - v) + hor[k] * v                                               # (S, 1)
         out[:g0] = sky + cloud * (puff[k] * (1 - 0.3 * v) - sky)                          # clouds darker below
         out[g0:] = palette[:, k].take(surface) * gain + (fog * L['fog_rgb'][k] + (1 - fog) * wet * hor[k])
         return out
-    return planes(plane).resize((RW, RH), Image.NEAREST)
+    rgb = [Image.fromarray(np.clip(plane(k), 0, 255).astype(np.uint8)) for k in range(3)]
+    return Image.merge('RGB', rgb).resize((RW, RH), Image.NEAREST)
 
 
 def facade(d, L, rng, X, Z1, Z2, hb, side, rgb):
