@@ -346,7 +346,7 @@ def street_furniture(L, rng):
     at the next one (too far to read), and signs on poles along the walks."""
     objs, Zc = [], L['cross']
     if Zc is not None and rng.random() < 0.9:
-        colour, lamp = str(rng.choice(['red', 'yellow', 'green'], p=[0.4, 0.2, 0.4])), rng.uniform(1.0, 1.35)
+        colour, lamp = pick(('red', 'red', 'yellow', 'green', 'green'), rng), rng.uniform(1.0, 1.35)
         housing = pick([(30, 30, 26), (120, 110, 40)], rng)                 # black, or New York's yellow
         spots = [(rng.uniform(L['left'], L['right']), Zc + 1, 5.2), (beyond(L, 1, 0.6), Zc + 1, 2.6),
                  (rng.uniform(L['left'], L['right']), Zc + 18, 5.2), (beyond(L, 0, 0.6), Zc + 18, 2.6),
@@ -529,7 +529,7 @@ def facade(d, L, rng, X, Z1, Z2, hb, side, rgb):
         d.polygon([P(3.6, z), P(3.6, z + 0.7), P(hb - 1.2, z + 0.7), P(hb - 1.2, z)], fill=tone(L, rgb, z, 0.75))
     if L['timeofday'] != 'daytime':
         for _ in range(int(rng.integers(0, 2 + len(floors)))):
-            y, z = rng.choice(floors), Z1 + 0.7 + step * rng.integers(0, max(int((Z2 - Z1) / step) - 1, 1))
+            y, z = pick(floors, rng), Z1 + 0.7 + step * rng.integers(0, max(int((Z2 - Z1) / step) - 1, 1))
             d.polygon([P(y, z), P(y, z + step - 0.7), P(y + 1.7, z + step - 0.7), P(y + 1.7, z)], fill=lit)
     shop = glow(L, (190, 160, 110), zm) if L['timeofday'] != 'daytime' and rng.random() < 0.35 else tone(L, (40, 46, 54), zm)
     d.polygon([P(0.4, Z1), P(0.4, Z2), P(2.9, Z2), P(2.9, Z1)], fill=shop)
@@ -567,7 +567,7 @@ def draw_buildings(d, L, rng):
             pts = [cam(X, 0, 4)] + [cam(X, y, z) for z, y in tops] + [cam(X, 0, 400)]
             d.polygon(pts, fill=tone(L, (150, 148, 140) if wall else (48, 72, 44), 60, 0.8))
             continue
-        Z = 160.0
+        Z = 130.0                                        # the skyline and haze cover what is further
         while Z > 3:
             Z1 = Z - rng.uniform(12, 40)
             if Zc is None or Z < Zc or Z1 > Zc + 16:
@@ -842,7 +842,7 @@ def finish(img, L, rng):
     if L['hood'] < RH and rng.random() < 0.5:                                              # dashboard reflection
         x = int(rng.integers(RW))
         a += tex['reflection'][:, x:x + RW] * rng.uniform(10, 35)
-    if rng.random() < 0.2:                                                                 # focus and motion blur
+    if rng.random() < 0.15:                                                                # focus and motion blur
         k, rows = rng.uniform(0.3, 0.9), a.reshape(RH, 3 * RW)                             # (RH, 3 RW) view
         rows[1:-1] = rows[1:-1] * (1 - k) + (rows[:-2] + rows[2:]) * (k / 2)
         rows[:, 3:-3] = rows[:, 3:-3] * (1 - k) + (rows[:, :-6] + rows[:, 6:]) * (k / 2)   # neighbours 3 apart
