@@ -173,26 +173,26 @@ def jpeg(image, quality):
     return np.asarray(Image.open(buf))
 
 
-BLUR = torch.tensor([1.0, 2.0, 1.0])
-BLUR = (BLUR[:, None] * BLUR[None, :] / 16).expand(3, 1, 3, 3).to(device)   # (3, 1, 3, 3) binomial, one per channel
-
-
 def photometric(images):
     """Per image, the ways two cameras differ: exposure and contrast, white balance, focus (blur) and sensor
     noise, drawn from batch_gen, so a from-scratch ViT cannot lean on the renderer's exact pixels.
     uint8 (N, H, W, 3) on the device -> the same; float work stays on the device."""
     N, H, W, _ = images.shape
     r = torch.rand(N, 8, 1, 1, generator=batch_gen).to(device)                 # (N, 8, 1, 1) uniform draws
-    x = images.permute(0, 3, 1, 2).float()                                      # (N, 3, H, W)
+    x = images.permute(0, 3, 1, 2).contiguous().float()                        # (N, 3, H, W); contiguous: ~5x faster ops
+    contrast, exposure, balance = 0.6 + 0.8 * r[:, :1], 0.6 + 0.8 * r[:, 1:2], 0.85 + 0.3 * r[:, 2:5]
     mean = x.mean(dim=(1, 2, 3), keepdim=True)                                  # (N, 1, 1, 1)
-    x = (x - mean) * (0.6 + 0.8 * r[:, :1]) + mean * (0.6 + 0.8 * r[:, 1:2])  # contrast, exposure
-    x = x * (0.85 + 0.3 * r[:, 2:5])                                            # white balance, per channel
-    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode='replicate'), BLUR, groups=3)  # (N, 3, H, W)
-    x = torch.lerp(x, blurred, (r[:, 5:6] * 2 - 1).clamp(min=0))                # half the images, by a random amount
+    # ((x - mean) * contrast + mean * exposure) * balance, as one multiply-add over the pixels
+    x = torch.addcmul(mean * (exposure - contrast) * balance, x, contrast * balance)    # (N, 3, H, W)
+    soft = torch.nonzero(r[:, 5, 0, 0] > 0.5).squeeze(1)                       # half the images, by a random amount
+    p = F.pad(x[soft], (1, 1, 1, 1), mode='replicate')                          # (n, 3, H+2, W+2)
+    p = p[..., :-2] + 2 * p[..., 1:-1] + p[..., 2:]                             # (n, 3, H+2, W) the 1-2-1 kernel,
+    blurred = (p[:, :, :-2] + 2 * p[:, :, 1:-1] + p[:, :, 2:]) / 16             # (n, 3, H, W) in x, then in y
+    x[soft] = torch.lerp(x[soft], blurred, r[soft, 5:6] * 2 - 1)
     # sensor noise at half resolution (a quarter of the random numbers; demosaicing correlates neighbours anyway)
     noise = torch.randn(N, 3, H // 2, W // 2, generator=batch_gen).to(device)   # (N, 3, H/2, W/2)
-    x = x + 12 * r[:, 6:7] * F.interpolate(noise, size=(H, W), mode='nearest')
-    return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)          # (N, H, W, 3)
+    x += 12 * r[:, 6:7] * F.interpolate(noise, size=(H, W), mode='nearest')
+    return x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1)       # (N, H, W, 3)
 
 
 def get_batch():
