@@ -7,7 +7,7 @@ Measure what a tvlm user feels, on whatever device this runs, and print it as on
   4 answer     inference throughput at batch 32, single-question latency, 6 questions about one frame
   5 generate   greedy decoding of max_answer_len words after a full-length question, tokens/s with and without
                the key/value cache (a classify-mode config times its twin with answer='generate')
-  6 data       train.py's batch sampling + host->device copy, as a share of the train step
+  6 data       train.py's batch sampling, augmentation and host->device copy, as a share of the train step
   7 prepare    full-size 1280x720 JPEGs/s through tvlm.load_image (JPEG draft mode), on `workers` processes
 $ python bench.py config/small.py            # times exactly the model and batches that train.py config/small.py trains
 $ python bench.py config/bench.py            # the reference model on random data; compare its figures across machines
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prepare import DATASET_FIELDS, data_shape, join_answers, load_meta, model_config, open_split, patch_labels, sample_batch
+from prepare import (DATASET_FIELDS, data_shape, join_answers, load_meta, model_config, open_split, patch_labels,
+                     photometric, recompress, sample_batch)
 from tvlm import TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, load_image
 
 # -----------------------------------------------------------------------------
@@ -131,11 +132,14 @@ gen = torch.Generator().manual_seed(seed)
 
 
 def get_batch(qpi=questions_per_image):
-    """train.py's get_batch without the augmentations: sampled from the memmaps, patch labels, device copy."""
+    """train.py's get_batch but the mirror flips: sampled from the memmaps, patch labels, the photometric
+    augmentation when `augment` is on, device copy."""
     images, q, a, idx, rows, q_rows = sample_batch(data, batch_size // qpi, qpi, gen)
     if cfg.answer == 'generate':  # the question, then its answer and reason, as train.py's generative mode reads them
         q = join_answers(q, data['answer_text'][q_rows])
-    images, q, a, idx = (to_device(x) for x in (images, q, a, idx))
+    images, q, a, idx = (to_device(x) for x in (recompress(images, gen) if augment else images, q, a, idx))
+    if augment:
+        images = photometric(images, gen)
     targets = answer_targets(q) if cfg.answer == 'generate' else a
     return images, q, targets, idx, to_device(patch_labels(data, rows, cfg.patch)) if cfg.n_patch_labels else None
 

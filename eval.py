@@ -11,7 +11,6 @@ Calibration follows Guo et al. 2017 (arXiv 1706.04599). The temperature fitted o
 --save_temperature=True it is also written into the checkpoint, and from then on TVLM.answer() and viz.py divide
 the logits by it. Off by default, so what a checkpoint answers never depends on whether eval.py ran on it.
 """
-import io
 import json
 import os
 import sys
@@ -21,9 +20,8 @@ matplotlib.use('Agg')  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from PIL import Image
 
-from prepare import check_compatible, load_meta, mirror_tables, open_split, split_batches
+from prepare import check_compatible, jpeg, load_meta, mirror_tables, open_split, split_batches
 from tvlm import CANT, TVLM, image_attention, load_checkpoint
 from viz import draw_boxes, overlay
 
@@ -187,11 +185,7 @@ def grounding(maps, shares):
 def perturb(images, kind, strength, rng, patch):
     """uint8[N, Hi, Wi, 3] -> the same images corrupted by `kind` at `strength` (see ROBUSTNESS)."""
     if kind == 'jpeg':
-        def jpeg(im):
-            buf = io.BytesIO()
-            Image.fromarray(im).save(buf, format='JPEG', quality=strength)
-            return np.asarray(Image.open(buf).convert('RGB'))
-        return np.stack([jpeg(im) for im in images])
+        return np.stack([jpeg(im, strength) for im in images])
     x = images.astype(np.float32)
     if kind == 'noise':
         x = x + rng.normal(0.0, strength, x.shape)

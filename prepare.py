@@ -48,6 +48,7 @@ Question rules (one set for every source; H and W are the stored image height an
   a fifth of them are held out of training and asked, beside a seen one, on val and test.
 """
 import glob
+import io
 import json
 import os
 import re
@@ -61,6 +62,7 @@ from multiprocessing.pool import ThreadPool
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from tvlm import CANT, TVLMConfig, Tokenizer, load_image
@@ -851,6 +853,43 @@ def patch_labels(arrays, rows, patch):
             if colour > 0:  # a lit traffic light also marks its colour's channel
                 out[i, y0[j]:y1[j], x0[j]:x1[j], len(BOX_CLASSES) + colour - 1] = 1
     return out
+
+
+def jpeg(image, quality):
+    """uint8 (H, W, 3) -> the same image after JPEG compression at quality 1-95."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format='JPEG', quality=int(quality))
+    return np.asarray(Image.open(buf).convert('RGB'))
+
+
+def recompress(images, generator):
+    """The host half of train.py's photometric augmentation: a quarter of the images JPEG-compressed at quality
+    20-44 (the one step with no device kernel, so it is kept to a share). uint8 (N, H, W, 3) -> the same."""
+    quality = (20 + 96 * torch.rand(len(images), generator=generator)).numpy()
+    return np.stack([jpeg(im, q) if q < 44 else im for im, q in zip(images, quality)])
+
+
+def photometric(images, generator):
+    """Per image, the ways two cameras differ: exposure and contrast, white balance, focus (blur) and sensor
+    noise, drawn from `generator`, so a from-scratch ViT cannot lean on the renderer's exact pixels.
+    uint8 (N, H, W, 3) on any device -> the same; the float work stays on that device."""
+    N, H, W, _ = images.shape
+    dev = images.device
+    r = torch.rand(N, 8, 1, 1, generator=generator).to(dev)                    # (N, 8, 1, 1) uniform draws
+    x = images.permute(0, 3, 1, 2).contiguous().float()                        # (N, 3, H, W); contiguous: ~5x faster ops
+    contrast, exposure, balance = 0.6 + 0.8 * r[:, :1], 0.6 + 0.8 * r[:, 1:2], 0.85 + 0.3 * r[:, 2:5]
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)                                  # (N, 1, 1, 1)
+    # ((x - mean) * contrast + mean * exposure) * balance, as one multiply-add over the pixels
+    x = torch.addcmul(mean * (exposure - contrast) * balance, x, contrast * balance)    # (N, 3, H, W)
+    soft = torch.nonzero(r[:, 5, 0, 0] > 0.5).squeeze(1)                       # half the images, by a random amount
+    p = F.pad(x[soft], (1, 1, 1, 1), mode='replicate')                          # (n, 3, H+2, W+2)
+    p = p[..., :-2] + 2 * p[..., 1:-1] + p[..., 2:]                             # (n, 3, H+2, W) the 1-2-1 kernel,
+    blurred = (p[:, :, :-2] + 2 * p[:, :, 1:-1] + p[:, :, 2:]) / 16             # (n, 3, H, W) in x, then in y
+    x[soft] = torch.lerp(x[soft], blurred, r[soft, 5:6] * 2 - 1)
+    # sensor noise at half resolution (a quarter of the random numbers; demosaicing correlates neighbours anyway)
+    noise = torch.randn(N, 3, H // 2, W // 2, generator=generator).to(dev)      # (N, 3, H/2, W/2)
+    x += 12 * r[:, 6:7] * F.interpolate(noise, size=(H, W), mode='nearest')
+    return x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1)       # (N, H, W, 3)
 
 
 def split_batches(arrays, max_questions, max_images=None):

@@ -12,7 +12,6 @@ $ python train.py config/small.py --init_from=resume
 Fine-tune a trained model on another prepared dataset (synthetic pretraining, then real BDD100K):
 $ python train.py config/finetune.py --init_from=out-small/ckpt.pt --data_dir=data/bdd100k
 """
-import io
 import json
 import os
 import sys
@@ -22,13 +21,11 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from prepare import (DATASET_FIELDS, data_shape, join_answers, load_meta, mirror_tables, model_config, open_split,
-                     patch_labels, sample_batch, split_batches)
+                     patch_labels, photometric, recompress, sample_batch, split_batches)
 from tvlm import (TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
                   load_checkpoint)
 
@@ -166,35 +163,6 @@ def to_device(x):
     return x.pin_memory().to(device, non_blocking=True) if device_type == 'cuda' else x.to(device)
 
 
-def jpeg(image, quality):
-    """uint8 (H, W, 3) -> the same image after JPEG compression at quality 1-95."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format='JPEG', quality=int(quality))
-    return np.asarray(Image.open(buf))
-
-
-def photometric(images):
-    """Per image, the ways two cameras differ: exposure and contrast, white balance, focus (blur) and sensor
-    noise, drawn from batch_gen, so a from-scratch ViT cannot lean on the renderer's exact pixels.
-    uint8 (N, H, W, 3) on the device -> the same; float work stays on the device."""
-    N, H, W, _ = images.shape
-    r = torch.rand(N, 8, 1, 1, generator=batch_gen).to(device)                 # (N, 8, 1, 1) uniform draws
-    x = images.permute(0, 3, 1, 2).contiguous().float()                        # (N, 3, H, W); contiguous: ~5x faster ops
-    contrast, exposure, balance = 0.6 + 0.8 * r[:, :1], 0.6 + 0.8 * r[:, 1:2], 0.85 + 0.3 * r[:, 2:5]
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)                                  # (N, 1, 1, 1)
-    # ((x - mean) * contrast + mean * exposure) * balance, as one multiply-add over the pixels
-    x = torch.addcmul(mean * (exposure - contrast) * balance, x, contrast * balance)    # (N, 3, H, W)
-    soft = torch.nonzero(r[:, 5, 0, 0] > 0.5).squeeze(1)                       # half the images, by a random amount
-    p = F.pad(x[soft], (1, 1, 1, 1), mode='replicate')                          # (n, 3, H+2, W+2)
-    p = p[..., :-2] + 2 * p[..., 1:-1] + p[..., 2:]                             # (n, 3, H+2, W) the 1-2-1 kernel,
-    blurred = (p[:, :, :-2] + 2 * p[:, :, 1:-1] + p[:, :, 2:]) / 16             # (n, 3, H, W) in x, then in y
-    x[soft] = torch.lerp(x[soft], blurred, r[soft, 5:6] * 2 - 1)
-    # sensor noise at half resolution (a quarter of the random numbers; demosaicing correlates neighbours anyway)
-    noise = torch.randn(N, 3, H // 2, W // 2, generator=batch_gen).to(device)   # (N, 3, H/2, W/2)
-    x += 12 * r[:, 6:7] * F.interpolate(noise, size=(H, W), mode='nearest')
-    return x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1)       # (N, H, W, 3)
-
-
 def get_batch():
     """A training batch on the device: images uint8 (N, H, W, 3), tokens (B, T), targets, image_idx (B,), and the
     patch-label targets (N, H/p, W/p, K) when the model has a patch head. Tokens and targets: the questions and
@@ -212,12 +180,11 @@ def get_batch():
             patches = np.where(flip[:, None, None, None], patches[:, :, ::-1], patches)
         q = np.where(flip[idx][:, None], flip_tokens[q], q)
         a = np.where(flip[idx], flip_answers[a], a)
-    if augment:  # JPEG on the host, a quarter of the images: it is the one CPU-only step, and the dearest
-        quality = (20 + 70 * torch.rand(len(images), generator=batch_gen)).numpy()
-        images = np.stack([jpeg(im, qu) if qu < 37.5 else im for im, qu in zip(images, quality)])
+    if augment:
+        images = recompress(images, batch_gen)
     images = to_device(images)                                                 # (N, H, W, 3) uint8
     if augment:
-        images = photometric(images)
+        images = photometric(images, batch_gen)
     q = to_device(q)
     targets = answer_targets(q) if cfg.answer == 'generate' else to_device(a)
     return images, q, targets, to_device(idx), None if patches is None else to_device(patches)

@@ -476,3 +476,16 @@ def test_list_questions_prints_every_phrasing():
     assert out.returncode == 0, out.stderr
     for _, p, held, new in prepare.PHRASES:
         assert f"{'new words' if new else 'held out' if held else '':9s} {p}" in out.stdout
+
+
+def test_photometric_augmentation_is_seeded_and_keeps_the_image_format():
+    """Same generator state, same jitter (resume relies on it); uint8 in, uint8 out of the same shape; every image
+    changes, and a quarter or so of them are JPEG-recompressed on the host."""
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 48, 3), dtype=np.uint8)
+    run = lambda seed: prepare.photometric(torch.from_numpy(prepare.recompress(images, torch.Generator().manual_seed(seed))),
+                                           torch.Generator().manual_seed(seed))
+    a, b, c = run(1), run(1), run(2)
+    assert a.dtype == torch.uint8 and a.shape == images.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert (a.numpy() != images).any(axis=(1, 2, 3)).all()
+    squeezed = prepare.recompress(images, torch.Generator().manual_seed(0))
+    assert 0 < (squeezed != images).any(axis=(1, 2, 3)).sum() < len(images)
