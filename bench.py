@@ -137,11 +137,11 @@ def get_batch(qpi=questions_per_image):
     images, q, a, idx, rows, q_rows = sample_batch(data, batch_size // qpi, qpi, gen)
     if cfg.answer == 'generate':  # the question, then its answer and reason, as train.py's generative mode reads them
         q = join_answers(q, data['answer_text'][q_rows])
-    images, q, a, idx = (to_device(x) for x in (recompress(images, gen) if augment else images, q, a, idx))
+    images, q, a = (to_device(x) for x in (recompress(images, gen) if augment else images, q, a))
     if augment:
         images = photometric(images, gen)
     targets = answer_targets(q) if cfg.answer == 'generate' else a
-    return images, q, targets, idx, to_device(patch_labels(data, rows, cfg.patch)) if cfg.n_patch_labels else None
+    return images, q, targets, qpi, to_device(patch_labels(data, rows, cfg.patch)) if cfg.n_patch_labels else None
 
 
 def make_train_step(precision, use_compile):

@@ -164,7 +164,8 @@ def to_device(x):
 
 
 def get_batch():
-    """A training batch on the device: images uint8 (N, H, W, 3), tokens (B, T), targets, image_idx (B,), and the
+    """A training batch on the device: images uint8 (N, H, W, 3), tokens (B, T), targets, image_idx (the int
+    questions_per_image: the questions come that many per image, in image order; see TVLM.forward), and the
     patch-label targets (N, H/p, W/p, K) when the model has a patch head. Tokens and targets: the questions and
     their answer classes (B,), or in generate mode the questions followed by their answers and reasons, with
     next-token targets (B, T) on those words only (tvlm.answer_targets)."""
@@ -187,7 +188,7 @@ def get_batch():
         images = photometric(images, batch_gen)
     q = to_device(q)
     targets = answer_targets(q) if cfg.answer == 'generate' else to_device(a)
-    return images, q, targets, to_device(idx), None if patches is None else to_device(patches)
+    return images, q, targets, questions_per_image, None if patches is None else to_device(patches)
 
 
 def answer_hits(logits, tokens, targets):

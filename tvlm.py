@@ -229,6 +229,11 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)  # (B, H, T, D)
 
 
+def unfold(x, k):
+    """(N, H, k*T, ...) with k rows per image folded into one sequence -> (N*k, H, T, ...), a row each."""
+    return x.unflatten(2, (k, -1)).transpose(1, 2).flatten(0, 1)
+
+
 class Attention(nn.Module):
     """Self- or cross-attention; grouped-query when n_kv_head < n_head (GQA, arXiv 2305.13245)."""
     def __init__(self, width, n_head, n_kv_head, bias=False, dropout=0.0):
@@ -242,7 +247,7 @@ class Attention(nn.Module):
 
     def forward(self, x, ctx=None, ctx_idx=None, rope=None, mask=None, probs=None, cache=None):
         """x (B, T, C) attends to ctx (N, S, C) (default: x itself). ctx_idx (B,) picks each row's context, so
-        keys and values are projected once per distinct image. mask: 'causal' or bool (T, S), True = may attend.
+        keys and values are projected once per distinct image; an int k says the rows are k per context, in order. mask: 'causal' or bool (T, S), True = may attend.
         A list passed as `probs` takes the explicit path and receives the attention weights (B, H, T, S).
         cache (generate()): a dict that keeps this layer's keys and values between decoding steps. Self-attention
         appends the new tokens' (`rope` holds their absolute positions); cross-attention fills it once, then reads."""
@@ -255,7 +260,10 @@ class Attention(nn.Module):
             N, S, _ = ctx.shape
             k, v = self.wkv(ctx).view(N, S, 2, self.n_kv_head, self.head_dim).unbind(2)   # 2 x (N, S, Hkv, D)
             k, v = k.transpose(1, 2), v.transpose(1, 2)                                   # (N, Hkv, S, D)
-            if ctx_idx is not None:
+            if isinstance(ctx_idx, int):  # k rows per context: one query sequence per image, no copies of k and v
+                q = q.view(N, ctx_idx, self.n_head, T, self.head_dim).transpose(1, 2)      # (N, H, k, T, D)
+                q = q.reshape(N, self.n_head, ctx_idx * T, self.head_dim)                 # (N, H, k*T, D)
+            elif ctx_idx is not None:
                 # index_select, not k[ctx_idx]: its backward (index_add) was ~10x faster on CPU than indexing's
                 k, v = k.index_select(0, ctx_idx), v.index_select(0, ctx_idx)             # (B, Hkv, S, D)
             if rope is not None:  # positions only mean something when q and k index the same sequence
@@ -279,8 +287,10 @@ class Attention(nn.Module):
             if mask is not None:
                 att = att.masked_fill(~mask, float('-inf'))
             att = att.softmax(dim=-1)
-            probs.append(att)
+            probs.append(unfold(att, ctx_idx) if isinstance(ctx_idx, int) else att)
             y = F.dropout(att, p_drop) @ v                                                 # (B, H, T, D)
+        if isinstance(ctx_idx, int):  # back to one row per question: the same as gathering k and v per row
+            y = unfold(y, ctx_idx)                                                         # (B, H, T, D)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))     # (B, T, C)
 
 
@@ -546,14 +556,16 @@ class TVLM(nn.Module):
         img = self.proj(vis)                                                      # (N, P, C)
         prefix = ctx = None
         if self.cfg.image_prefix:
-            prefix = img if image_idx is None else img.index_select(0, image_idx) # (B, P, C)
+            prefix = img if image_idx is None else img.repeat_interleave(image_idx, 0) if isinstance(image_idx, int) \
+                else img.index_select(0, image_idx)                                   # (B, P, C)
         if self.cfg.image_cross:
             ctx = img                                                             # (N, P, C)
         return vis, prefix, ctx
 
     def forward(self, images, tokens, targets=None, image_idx=None, out=None, patch_targets=None):
         """images uint8[N, Hi, Wi, 3], tokens int64[B, T] (0 = pad), targets int64[B], image_idx int64[B]
-        (question -> image row; None means N == B), patch_targets float[N, Hi/p, Wi/p, n_patch_labels] ->
+        (question -> image row; None means N == B; an int k: k questions per image, in image order, as train.py's
+        batches come, which lets cross-attention skip copying each image's keys and values per question), patch_targets float[N, Hi/p, Wi/p, n_patch_labels] ->
         (float[B, A] logits, the training loss of self.loss, or None without targets).
         answer='generate': tokens are whole sequences (see answer_targets), targets int64[B, T] with -100 where
         nothing is learned, and the logits float[B, T, V] predict each next token.

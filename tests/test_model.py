@@ -400,6 +400,31 @@ def test_shared_image_forward_equals_repeated_images(fusion):
     assert not torch.allclose(shared[0][1], shared[0][2])                         # the images do matter
 
 
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_k_questions_per_image_equal_the_gathered_images(fusion):
+    """image_idx=k (train.py's batches: k questions per image, in order; cross-attention folds them into one query
+    sequence per image) gives the logits, loss, gradients and attention maps of the gathered image_idx tensor."""
+    imgs, toks = images(2), encode(CORPUS[:4])
+    y, idx = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 1, 1])
+    results = []
+    for image_idx in (idx, 2):
+        model, out = make_model(fusion=fusion), {}
+        logits, loss = model(imgs, toks, y, image_idx=image_idx)
+        loss.backward()
+        with torch.no_grad():
+            model(imgs, toks, image_idx=image_idx, out=out)
+        results.append((logits, loss, [p.grad for p in model.parameters()], out['cross_attn']))
+    (logits, loss, grads, maps), (logits_k, loss_k, grads_k, maps_k) = results
+    close(logits_k, logits)
+    close(loss_k, loss)
+    for g, g_k in zip(grads, grads_k):
+        close(g_k, g)
+    assert len(maps_k) == len(maps) == (0 if fusion == 'prefix' else 2)
+    for m, m_k in zip(maps, maps_k):
+        assert m_k.shape == m.shape and m.shape[:3] == (4, 4, toks.shape[1])    # (B, H, T, S): a map per question
+        close(m_k, m)
+
+
 def test_blind_model_ignores_the_image():
     """fusion='none' has no vision tower and gives the same logits for different images; a seeing model does not."""
     blind, seeing = make_model(fusion='none'), make_model()
