@@ -86,7 +86,7 @@ synth_train = 6300        # synthetic frames rendered into BDD's train (~5% of t
 synth_val = 500           # synthetic frames rendered into BDD's val (our test)
 list_questions = False    # True: print every phrasing, grouped by template, the held-out ones marked, and exit
 
-VERSION = 'prepare-6'
+VERSION = 'prepare-7'
 FORMAT_VERSION = 4            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green', CANT]  # first words differ:
@@ -185,12 +185,22 @@ PHRASINGS = {
                      'Are we driving at night?', 'Is it dark now?'],
     'Is it raining?': ['Is it raining?', 'Is the weather rainy?', 'Is there rain?', 'Is it raining outside?', 'Is it rainy?',
                        'Are we driving in the rain?', 'Is rain falling?'],
-    # out of scope: questions about the road's words that no rule answers, and words of their own
+    # out of scope: questions about the road's words that no rule answers, and words of their own. Many, and
+    # near the in-scope forms ("Is the truck red?" beside "Is the light red?"), so that what the model learns to
+    # abstain on is "no template asks this", not a handful of sentences
     'What color is the car?': ['What color is the car?', 'Is the driver tired?', 'How fast is the bus going?',
                                'Where is the driver going?', 'What color is the truck?', 'Is the car expensive?',
                                'How old is the driver?', 'Is the bus full?', 'How fast is the car going?',
                                'Is the truck expensive?', 'Who is driving the truck?', 'Is the pedestrian tired?',
-                               'What is the driver thinking?', 'Where is the bus going?', 'What time is it?']}
+                               'What is the driver thinking?', 'Where is the bus going?', 'What time is it?',
+                               'What color is the bus?', 'Is the truck red?', 'Is the car green?',
+                               'How many people are in the bus?', 'What color is the bike?', 'Who is in the car?',
+                               'What does the sign say?', 'Is the bus late?', 'What is the truck carrying?',
+                               'Where is the cyclist going?', 'How big is the truck?', 'Is the car new?',
+                               'What day is it?', 'Why is the car stopping?', 'Is the bus new?',
+                               'When will the light change?', 'How much does the car cost?', 'What is the weather like?',
+                               'Is the driver old?', 'Who is driving the car?', 'Where are we?', 'What city is this?',
+                               'How many people are in the car?', 'Is the truck parked?', 'What is the car carrying?']}
 # test only: words no training question or reason uses, so the tokenizer reads them as <unk> (by design)
 NEW_WORD_QUESTIONS = ['Is it snowing?', 'What brand is the truck?', 'Is the pedestrian happy?', 'Is the road wet?',
                       'What model is the car?', 'Is the cyclist wearing a helmet?']
