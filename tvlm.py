@@ -247,7 +247,8 @@ class Attention(nn.Module):
 
     def forward(self, x, ctx=None, ctx_idx=None, rope=None, mask=None, probs=None, cache=None):
         """x (B, T, C) attends to ctx (N, S, C) (default: x itself). ctx_idx (B,) picks each row's context, so
-        keys and values are projected once per distinct image; an int k says the rows are k per context, in order. mask: 'causal' or bool (T, S), True = may attend.
+        keys and values are projected once per distinct image; an int k: the rows come k per context, in order.
+        mask: 'causal' or bool (T, S), True = may attend.
         A list passed as `probs` takes the explicit path and receives the attention weights (B, H, T, S).
         cache (generate()): a dict that keeps this layer's keys and values between decoding steps. Self-attention
         appends the new tokens' (`rope` holds their absolute positions); cross-attention fills it once, then reads."""
@@ -564,9 +565,9 @@ class TVLM(nn.Module):
 
     def forward(self, images, tokens, targets=None, image_idx=None, out=None, patch_targets=None):
         """images uint8[N, Hi, Wi, 3], tokens int64[B, T] (0 = pad), targets int64[B], image_idx int64[B]
-        (question -> image row; None means N == B; an int k: k questions per image, in image order, as train.py's
-        batches come, which lets cross-attention skip copying each image's keys and values per question), patch_targets float[N, Hi/p, Wi/p, n_patch_labels] ->
-        (float[B, A] logits, the training loss of self.loss, or None without targets).
+        (question -> image row; None means N == B; an int k: k questions per image in image order, as train.py's
+        batches come, so cross-attention need not copy keys and values per question), patch_targets float[N, Hi/p,
+        Wi/p, n_patch_labels] -> (float[B, A] logits, the training loss of self.loss, or None without targets).
         answer='generate': tokens are whole sequences (see answer_targets), targets int64[B, T] with -100 where
         nothing is learned, and the logits float[B, T, V] predict each next token.
         A dict passed as `out` takes the explicit attention path and is filled with the attention maps."""
