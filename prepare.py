@@ -86,7 +86,7 @@ synth_train = 6300        # synthetic frames rendered into BDD's train (~5% of t
 synth_val = 500           # synthetic frames rendered into BDD's val (our test)
 list_questions = False    # True: print every phrasing, grouped by template, the held-out ones marked, and exit
 
-VERSION = 'prepare-7'
+VERSION = 'prepare-8'
 FORMAT_VERSION = 4            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green', CANT]  # first words differ:
@@ -351,6 +351,11 @@ def reason(question, answer, refs, boxes, cls, colour, attrs, H, W, variant):
     return pick('clear', where=WHERE[question])
 
 
+def written_answer(answer, reason):
+    """What the generative mode learns to write after a question (tvlm's answer() and eval.py split it at ':')."""
+    return f"{answer} : {reason}"
+
+
 def reason_corpus():
     """Every word a reason can use, for the tokenizer: the phrasings with their slots filled by every value."""
     slots = [*BOX_CLASSES, 'visible', 'close', *WHERE.values(), *COLOURS[1:], *WEATHERS]
@@ -576,7 +581,7 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
         for t, a, refs in chosen:
             why = reason(TEMPLATES[t][1], ANSWERS[a], refs, boxes, cls, colour, attrs, H, W, int(rng.integers(2)))
             for p in ask(t, split, rng):
-                qs.append((t, a, i, refs + box_offsets[-1], f"{ANSWERS[a]} : {why}", p))
+                qs.append((t, a, i, refs + box_offsets[-1], written_answer(ANSWERS[a], why), p))
         box_offsets.append(box_offsets[-1] + len(boxes))
         q_offsets.append(len(qs))
     template, answer, image, refs, text, phrasing = zip(*qs) if qs else [()] * 6
@@ -675,7 +680,8 @@ def build(cfg, root, name, source):
             fmt, splits = load_frames(root, cfg, skipped)
             # from constants only, so the same for every source (eval.py refuses a model of other words); held-out
             # phrasings too (their words also occur in seen ones), never the new-word questions
-            tok = Tokenizer.build([p for _, p, _, new in PHRASES if not new] + ANSWERS + reason_corpus())
+            tok = Tokenizer.build([p for _, p, _, new in PHRASES if not new] + [written_answer(a, '') for a in ANSWERS]
+                                  + reason_corpus())
             long = [p for _, p, _, _ in PHRASES if len(Tokenizer.split(p)) + 2 > cfg['max_q_len']]
             assert len(tok) < 2 ** 16 and not long, f"questions do not fit max_q_len={cfg['max_q_len']}: {long}"
             stats = np.zeros((3, 3))                      # sum, sum of squares, pixel count per channel

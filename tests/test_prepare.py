@@ -442,6 +442,9 @@ def test_train_never_asks_held_out_phrasings_and_val_test_pair_them(phrased):
         assert (p_template[ph] == t).all(), "each question is a phrasing of its own template"
         for j in range(len(ph)):  # the stored tokens are the phrasing's
             assert tok.decode(q[j]) == tok.decode(tok.encode(meta['phrasings'][ph[j]], 16)[0])
+        written = [tok.decode(x).partition(':') for x in load(phrased, split, 'answer_text')]
+        assert [w[0].strip() for w in written] == [ANSWERS[k] for k in a], "'answer : reason', every word known"
+        assert all(w[1] == ':' and w[2].strip() and '<unk>' not in w[2] for w in written), written[:3]
         oos = t == prepare.OUT_OF_SCOPE
         assert (a[oos] == ANSWERS.index(prepare.CANT)).all() and (a[~oos] != ANSWERS.index(prepare.CANT)).all()
         if split == 'train':
