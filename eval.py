@@ -245,22 +245,23 @@ def predict(model, arrays, batch_questions, max_images=None, transform=None, att
 
 @torch.no_grad()
 def generate_all(model, arrays, batch_questions):
-    """Generate mode: the greedy 'answer: reason' text for every question of a split, in file order."""
+    """Generate mode: the greedy 'answer: reason' text for every question of a split, in file order; a question
+    with a word the model does not know gets "can't answer", as from TVLM.answer(), whatever the decoder writes."""
     dev, said = next(model.parameters()).device, []
     for _, _, images, q, idx in split_batches(arrays, batch_questions):
         images = torch.from_numpy(np.require(images, requirements=['C', 'W'])).to(dev)
+        unknown = model.unknown_words(torch.from_numpy(q)).tolist()             # (Q,)
         lengths, text = (q != 0).sum(1), [''] * len(q)
         for L in np.unique(lengths):  # generate() takes prompts of one length: one call per question length
             rows = np.flatnonzero(lengths == L)
             seq = model.generate(images, torch.from_numpy(q[rows, :L]).to(dev), model.cfg.max_answer_len,
                                  torch.from_numpy(idx[rows]).to(dev))
             for r, s in zip(rows, seq[:, L:].tolist()):
-                text[r] = model.tokenizer.decode(s)
+                text[r] = CANT if unknown[r] else model.tokenizer.decode(s)
         said += text
     return said
 
 # -----------------------------------------------------------------------------
-# The report's sections# -----------------------------------------------------------------------------
 # The report's sections: each takes the predictions, returns plain numbers for eval.json, and draws its plot
 
 

@@ -177,6 +177,22 @@ def test_phrasing_section_by_hand(capsys):
 
 
 # -----------------------------------------------------------------------------
+def test_generated_answers_abstain_on_unknown_words_as_answer_does():
+    """generate_all scores what a user gets from answer(): a question with a word the tokenizer does not know is
+    "can't answer" by rule, whatever the decoder would write; the others are the decoder's own words."""
+    tok = Tokenizer.build(['Is there a car?', "yes no can't answer :"])
+    cfg = TVLMConfig(img_h=32, img_w=48, patch=16, vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64, dec_width=32,
+                     dec_depth=1, dec_heads=2, dec_kv_heads=1, dec_mlp=64, vocab_size=len(tok), max_q_len=10,
+                     n_answers=3, answer='generate', max_answer_len=6)
+    model = TVLM(cfg, tok, ['yes', 'no', CANT]).eval()
+    q = np.stack([tok.encode(t, 10)[0] for t in ('Is there a car?', 'Is there a unicorn?')])    # (2, 10)
+    arrays = {'images': np.zeros((1, 32, 48, 3), np.uint8), 'questions': q, 'image_idx': np.zeros(2, np.int64), 'q_offsets': np.array([0, 2])}
+    said = ev.generate_all(model, arrays, 64)
+    L = int((q[0] != 0).sum())
+    written = model.generate(torch.from_numpy(arrays['images']), torch.from_numpy(q[:1, :L]), 6)[0, L:]
+    assert said == [tok.decode(written.tolist()), CANT]
+
+
 # end to end: a tiny dataset in prepare.py's format, a tiny model trained for a moment
 
 
