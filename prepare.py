@@ -229,6 +229,12 @@ def lane_position(boxes, H, W):
     return (x - W / 2) / (SLOPE * np.maximum(y - HORIZON * H, 1e-3))   # above the horizon: huge |u|, never close
 
 
+def side_of(boxes, H, W):
+    """Where a reason places each box float[M, 4]: 'ahead' (in the ego lane), 'on the left' or 'on the right'."""
+    u = lane_position(boxes, H, W)
+    return np.where(abs(u) < 1, 'ahead', np.where(u < 0, 'on the left', 'on the right'))
+
+
 def object_facts(boxes, cls, H, W):
     """Three-valued facts about each box; boxes float[M, 4] x1,y1,x2,y2 in stored pixels."""
     y, h, u = boxes[:, 3], boxes[:, 3] - boxes[:, 1], lane_position(boxes, H, W)   # footprint y, height, lane
@@ -335,9 +341,8 @@ def reason(question, answer, refs, boxes, cls, colour, attrs, H, W, variant):
         return pick('light', colour=COLOURS[colour[lights[0]]])
     if len(refs):  # an object decided it: name the nearest, with the side of its footprint
         r = refs[np.argmax(boxes[refs, 3] - boxes[refs, 1])]
-        u = lane_position(boxes[r:r + 1], H, W)[0]
-        where = 'ahead' if abs(u) < 1 else 'on the left' if u < 0 else 'on the right'
-        return pick('object', what=BOX_CLASSES[cls[r]], state='visible' if fam == 'exist' else 'close', where=where)
+        return pick('object', what=BOX_CLASSES[cls[r]], state='visible' if fam == 'exist' else 'close',
+                    where=side_of(boxes[r:r + 1], H, W)[0])
     if fam == 'scene':
         if question == 'Is it night?':
             return pick('night' if answer == 'yes' else 'day')
