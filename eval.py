@@ -424,7 +424,8 @@ def generation_section(said, arrays, y, fam, meta, tokenizer, k=6):
     off, refs, box_class = arrays['ref_offsets'], arrays['referents'], arrays['box_class']
     sides = [s.split()[-1] for s in side_of(np.asarray(arrays['boxes']), meta['img_h'], meta['img_w'])]  # per box
     deciding = lambda j: {(meta['box_classes'][box_class[r]], sides[r]) for r in refs[off[j]:off[j + 1]]}
-    one_of = np.array([bool(named[j]) and facts(g[1]) in deciding(j) for j, g in enumerate(got)])
+    # the stored reason's own fact too: "no car is close on the right" names a side that no referent holds
+    one_of = np.array([bool(named[j]) and facts(g[1]) in deciding(j) | {facts(truth[j][1])} for j, g in enumerate(got)])
     same = np.array([facts(g[1]) == facts(t[1]) for g, t in zip(got, truth)])
     rate = lambda ok, m: ok[m].mean() if m.any() else float('nan')
     return {'exact_match': hit.mean(), 'per_family': by_family(hit, fam, meta['families']),

@@ -180,18 +180,20 @@ def test_phrasing_section_by_hand(capsys):
 def test_reason_names_a_deciding_object_by_hand():
     """A reason counts when it names the class and side of one of the question's referents (any visible car decides
     "Is there a car?"); 'as stored' only when it names the stored reason's own, the nearest."""
-    tok = Tokenizer.build(['Is there a car?', 'yes no : a car is visible ahead on the left right'])
+    tok = Tokenizer.build(['Is there a car?', 'yes no : a car is visible close ahead on the left right'])
     boxes = np.array([[118, 100, 138, 130], [30, 100, 50, 130], [206, 100, 226, 130]], np.float32)  # ahead, left, right
-    stored = ['yes : a car is visible ahead'] * 2 + ['yes : a car is visible on the right']
-    said = ['yes: a car is visible on the left', 'yes: a car is visible ahead', 'yes: a car is visible on the left']
+    # the last: an absence ("no car is close on the left") has no referent; its fact is the stored reason's own
+    stored = ['yes : a car is visible ahead'] * 2 + ['yes : a car is visible on the right', 'no : no car is close on the left']
+    said = ['yes: a car is visible on the left', 'yes: a car is visible ahead', 'yes: a car is visible on the left',
+            'no: no car is close on the left']
     arrays = {'answer_text': np.stack([tok.encode(t, 12)[0][1:] for t in stored]), 'boxes': boxes,
-              'questions': np.stack([tok.encode('Is there a car?', 8)[0]] * 3), 'box_class': np.zeros(3, np.int16),
-              'referents': np.array([0, 1, 0, 1, 2]), 'ref_offsets': np.array([0, 2, 4, 5])}
+              'questions': np.stack([tok.encode('Is there a car?', 8)[0]] * 4), 'box_class': np.zeros(3, np.int16),
+              'referents': np.array([0, 1, 0, 1, 2]), 'ref_offsets': np.array([0, 2, 4, 5, 5])}
     meta = {'answers': ['yes', 'no'], 'families': ['exist'], 'box_classes': ['car'], 'img_h': 144, 'img_w': 256}
-    res = ev.generation_section(said, arrays, np.zeros(3, np.int64), np.zeros(3, np.int64), meta, tok)
+    res = ev.generation_section(said, arrays, np.array([0, 0, 0, 1]), np.zeros(4, np.int64), meta, tok)
     rs = res['reason_names_object_and_side']
-    assert res['exact_match'] == 1.0 and rs['n_correct'] == 3 and rs['n_errors'] == 0
-    assert rs['on_correct'] == pytest.approx(2 / 3) and rs['as_stored_on_correct'] == pytest.approx(1 / 3)
+    assert res['exact_match'] == 1.0 and rs['n_correct'] == 4 and rs['n_errors'] == 0
+    assert rs['on_correct'] == pytest.approx(3 / 4) and rs['as_stored_on_correct'] == pytest.approx(2 / 4)
 
 
 def test_generated_answers_abstain_on_unknown_words_as_answer_does():
