@@ -134,7 +134,7 @@ gen = torch.Generator().manual_seed(seed)
 def get_batch(qpi=questions_per_image):
     """train.py's get_batch but the mirror flips: sampled from the memmaps, patch labels, the photometric
     augmentation when `augment` is on, device copy."""
-    images, q, a, idx, rows, q_rows = sample_batch(data, batch_size // qpi, qpi, gen)
+    images, q, a, _, rows, q_rows = sample_batch(data, batch_size // qpi, qpi, gen)
     if cfg.answer == 'generate':  # the question, then its answer and reason, as train.py's generative mode reads them
         q = join_answers(q, data['answer_text'][q_rows])
     images, q, a = (to_device(x) for x in (recompress(images, gen) if augment else images, q, a))
