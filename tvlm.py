@@ -132,12 +132,8 @@ class Tokenizer:
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     @classmethod
-    def build(cls, corpus, min_count=1):
-        counts = {}
-        for text in corpus:
-            for w in cls.split(text):
-                counts[w] = counts.get(w, 0) + 1
-        return cls(sorted(w for w, c in counts.items() if c >= min_count))  # sorted: same corpus, same ids
+    def build(cls, corpus):
+        return cls(sorted({w for text in corpus for w in cls.split(text)}))  # sorted: same corpus, same ids
 
     @staticmethod
     def split(text):
