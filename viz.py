@@ -73,10 +73,10 @@ def attend(model, img, ids, rollout=False):
     if rollout:  # (T, P) @ (P, P): attention on the ViT's outputs, re-expressed on its input patches
         R = attention_rollout([a[0] for a in out['vit_attn']])
         layers = [(name, a @ R) for name, a in layers]
-    n = int(out['summary_idx'][0]) + 1
+    n = int((np.asarray(ids) != 0).sum())                                              # the real tokens
     logits = model.answer_logits(logits, torch.tensor(ids)[None].to(device))          # (1, A), in either mode
     return {'probs': (logits[0].float() / model.temperature).softmax(-1).cpu(),        # as model.answer() does
-            'summary': n - 1, 'words': [model.tokenizer.itos[i] for i in ids[:n]],
+            'summary': int(out['summary_idx'][0]), 'words': [model.tokenizer.itos[i] for i in ids[:n]],
             'layers': [(name, a.view(T, gh, gw).cpu().numpy()) for name, a in layers]}
 
 
@@ -134,10 +134,16 @@ def save(fig, path):
 
 def explain(model, image, question, per_word=False, rollout=False):
     """Any image (path, PIL image or array) + question -> (Figure, top-3 [(answer, prob)]): the model's input,
-    then the summary token's attention per decoder layer and averaged, or (per_word) each word's average."""
+    then the summary token's attention per decoder layer and averaged, or (per_word) each word's average, and
+    for a generative model each written word's, from the step that wrote it."""
     cfg = model.cfg
     ids, _ = model.tokenizer.encode(question, cfg.max_q_len)
-    r = attend(model, load_image(image, cfg.img_h, cfg.img_w), ids, rollout)
+    pixels = load_image(image, cfg.img_h, cfg.img_w)
+    if per_word and cfg.answer == 'generate':  # the question and the answer it writes, as one sequence
+        device = next(model.parameters()).device
+        prompt = torch.from_numpy(ids[:int((ids != 0).sum())])[None].to(device)          # (1, Tq)
+        ids = model.generate(torch.from_numpy(pixels)[None].to(device), prompt, cfg.max_answer_len)[0].cpu().numpy()
+    r = attend(model, pixels, ids, rollout)
     # load_image again at k times the size: the same centre crop with more pixels, so the display is sharp
     # and the heatmap, spread over that crop, covers the region the patches saw (to within a model pixel:
     # JPEG draft decoding may pick another scale, which rounds the crop differently)
@@ -146,7 +152,10 @@ def explain(model, image, question, per_word=False, rollout=False):
     avg = np.mean([m for _, m in r['layers']], axis=0)                                # (T, gh, gw)
     how = ' via rollout' if rollout else ''
     if per_word:  # <bos> is skipped: it reads nothing, so its map is the same for every question
-        panels = [(w + (' (summary)' if t == r['summary'] else '') + how, avg[t]) for t, w in enumerate(r['words']) if t]
+        s, words = r['summary'], r['words']
+        panels = [(w + (' (summary)' if t == s else '') + how, avg[t]) for t, w in enumerate(words[:s + 1]) if t]
+        # generate mode: a panel per written word, the map of the step that wrote it (the position before)
+        panels += [(f'wrote {w}{how}', avg[t - 1]) for t, w in enumerate(words) if t > s and w != '<eos>']
     else:
         s = r['summary']
         panels = [(f'{name}{how}', m[s]) for name, m in r['layers']] + [(f'layer average{how}', avg[s])]

@@ -155,6 +155,30 @@ def test_explain_png_size(tmp_path, kw, size):
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
 
 
+def test_per_word_panels_of_a_generative_model_follow_what_it_writes():
+    """answer='generate', per_word: a panel per question word, then one per written word titled 'wrote <word>',
+    whose map is the attention of the step that wrote it (the position before the word)."""
+    tok = Tokenizer.build(QUESTIONS + ['yes no : a car is close'])
+    cfg = TVLMConfig(img_h=H, img_w=W, patch=8, vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64, dec_width=32,
+                     dec_depth=2, dec_heads=4, dec_kv_heads=2, dec_mlp=64, vocab_size=len(tok), max_q_len=12,
+                     n_answers=2, answer='generate', max_answer_len=5)
+    torch.manual_seed(0)
+    model, img = TVLM(cfg, tok, ['yes', 'no']).eval(), np.zeros((H, W, 3), np.uint8)
+    with torch.no_grad():  # untrained, it may pick <pad> (logit 0 now), which no trained model writes
+        model.dec.embed.weight[0].zero_()
+    fig, _ = viz.explain(model, img, 'Is the light red?', per_word=True)
+    ids = tok.encode('Is the light red?', 12)[0][:7]                                     # <bos> .. <eos>
+    seq = model.generate(torch.from_numpy(img)[None], torch.from_numpy(ids)[None], 5)[0]
+    written = [tok.itos[i] for i in seq[7:].tolist() if tok.itos[i] != '<eos>']
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert titles == ['is', 'the', 'light', 'red', '?', '<eos> (summary)'] + [f'wrote {w}' for w in written]
+    assert written, "the untrained decoder wrote nothing: pick another seed"
+    avg = np.mean([m for _, m in viz.attend(model, img, seq.numpy())['layers']], axis=0)     # (T, gh, gw)
+    drawn = np.asarray([ax for ax in fig.axes if ax.images][-1].images[-1].get_array())       # the last word's heat
+    expected = viz.heatmap_to_pixels(avg[7 + len(written) - 2], *drawn.shape)       # the step before that word
+    np.testing.assert_allclose(drawn, expected / expected.max(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize('mode, ext', [('RGB', 'jpg'), ('RGB', 'png'), ('RGBA', 'png'), ('L', 'png'), ('P', 'png')])
 def test_any_image_mode_and_aspect(tmp_path, mode, ext):
     """A tall 120x50 picture in any mode: centre-cropped to the model's aspect, shown at 7x the model's size."""
