@@ -644,12 +644,12 @@ class TVLM(nn.Module):
         return model.to(device).eval()
 
     def answer_logits(self, logits, tokens):
-        """float[B, A], a score per answer class in either mode, from forward's logits on question-only tokens: the
-        classifier's own, or in generate mode the LM's logits for each answer's first word right after the question's
-        <eos> (no two answers share a first word), so every answer-class metric applies to both modes. Questions
+        """float[B, A], a score per answer class in either mode, from forward's logits: the classifier's own, or in
+        generate mode the LM's logits for each answer's first word right after the question's <eos> (no two answers
+        share a first word; any answer written after it is ignored), so every answer-class metric applies to both modes. Questions
         with unknown words score "can't answer" (see unknown_words)."""
         if self.cfg.answer == 'generate':
-            last = (tokens != Tokenizer.pad_id).sum(1) - 1                       # (B,) the question's <eos>
+            last = (tokens == Tokenizer.eos_id).int().argmax(1)                  # (B,) the question's (first) <eos>
             first = [self.tokenizer.stoi[self.tokenizer.split(a)[0]] for a in self.answers]
             logits = logits[torch.arange(len(tokens), device=tokens.device), last][:, first]   # (B, A)
         sure = torch.full_like(logits, -1e4)                                     # finite: NLL and AUC stay numbers

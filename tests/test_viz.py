@@ -173,6 +173,8 @@ def test_per_word_panels_of_a_generative_model_follow_what_it_writes():
     titles = [ax.get_title() for ax in fig.axes if ax.images]
     assert titles == ['is', 'the', 'light', 'red', '?', '<eos> (summary)'] + [f'wrote {w}' for w in written]
     assert written, "the untrained decoder wrote nothing: pick another seed"
+    full, question = (viz.attend(model, img, x)['probs'] for x in (seq.numpy(), ids))
+    torch.testing.assert_close(full, question)     # the answer is read at the question's <eos>, whatever follows
     avg = np.mean([m for _, m in viz.attend(model, img, seq.numpy())['layers']], axis=0)     # (T, gh, gw)
     drawn = np.asarray([ax for ax in fig.axes if ax.images][-1].images[-1].get_array())       # the last word's heat
     expected = viz.heatmap_to_pixels(avg[7 + len(written) - 2], *drawn.shape)       # the step before that word
