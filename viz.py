@@ -2,7 +2,7 @@
 See what a tvlm model looks at, and how its training went. Every mode saves one PNG (--out, default viz.png).
 
 $ python viz.py photo.jpg "Can I turn right?"                   # answer, top-3, attention per decoder layer
-$ python viz.py photo.jpg "Is the light red?" --per_word=True    # one panel per question word
+$ python viz.py photo.jpg "Is the light red?" --per_word=True    # one panel per question word (and written word)
 $ python viz.py photo.jpg "Is the light red?" --rollout=True     # maps followed back through the ViT
 $ python viz.py --data=data/synthetic --split=val --idx=12       # a dataset question: boxes, truth, prediction
 $ python viz.py --data=data/synthetic --random=8                 # eight random questions in a grid
