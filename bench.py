@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prepare import (DATASET_FIELDS, data_shape, join_answers, load_meta, model_config, open_split, patch_labels,
-                     photometric, recompress, sample_batch)
-from tvlm import TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, load_image
+from prepare import DATASET_FIELDS, data_shape, load_meta, model_config, open_split, training_batch
+from tvlm import TVLM, TVLMConfig, Tokenizer, configure_optimizers, flops_per_sample, load_image
 
 # -----------------------------------------------------------------------------
 # defaults: train.py's, run from its own source, so any config file for train.py works here unchanged and
@@ -90,11 +89,6 @@ def si(x, unit=''):
 def autocast(precision):
     return torch.autocast(device_type, dtype=torch.bfloat16) if precision == 'bfloat16' else nullcontext()
 
-
-def to_device(x):
-    x = torch.from_numpy(np.require(x, requirements=['C', 'W']))
-    return x.pin_memory().to(device, non_blocking=True) if device_type == 'cuda' else x.to(device)
-
 # -----------------------------------------------------------------------------
 # the model and the data: train.py's, or random stand-ins in prepare.py's format
 
@@ -132,16 +126,8 @@ gen = torch.Generator().manual_seed(seed)
 
 
 def get_batch(qpi=questions_per_image):
-    """train.py's get_batch but the mirror flips: sampled from the memmaps, patch labels, the photometric
-    augmentation when `augment` is on, device copy."""
-    images, q, a, _, rows, q_rows = sample_batch(data, batch_size // qpi, qpi, gen)
-    if cfg.answer == 'generate':  # the question, then its answer and reason, as train.py's generative mode reads them
-        q = join_answers(q, data['answer_text'][q_rows])
-    images, q, a = (to_device(x) for x in (recompress(images, gen) if augment else images, q, a))
-    if augment:
-        images = photometric(images, gen)
-    targets = answer_targets(q) if cfg.answer == 'generate' else a
-    return images, q, targets, qpi, to_device(patch_labels(data, rows, cfg.patch)) if cfg.n_patch_labels else None
+    """train.py's batch (prepare.training_batch, augmentation included), less its mirror flips."""
+    return training_batch(data, cfg, batch_size // qpi, qpi, gen, device, augment=augment)
 
 
 def make_train_step(precision, use_compile):

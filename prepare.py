@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tvlm import CANT, TVLMConfig, Tokenizer, load_image
+from tvlm import CANT, TVLMConfig, Tokenizer, answer_targets, load_image
 
 # -----------------------------------------------------------------------------
 # defaults, overridable as --key=value (configurator.py)
@@ -911,6 +911,38 @@ def photometric(images, generator):
     noise = torch.randn(N, 3, H // 2, W // 2, generator=generator).to(dev)      # (N, 3, H/2, W/2)
     x += 12 * r[:, 6:7] * F.interpolate(noise, size=(H, W), mode='nearest')
     return x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1)       # (N, H, W, 3)
+
+
+def to_device(x, device):
+    """A numpy array -> a tensor on `device`; pinned, so the copy overlaps the GPU's work (nanoGPT train.py)."""
+    x = torch.from_numpy(np.require(x, requirements=['C', 'W']))  # copies only read-only memmap slices
+    return x.pin_memory().to(device, non_blocking=True) if str(device).startswith('cuda') else x.to(device)
+
+
+def training_batch(arrays, cfg, n_images, questions_per_image, generator, device, flip=None, augment=False):
+    """train.py's training batch (bench.py times this same path), on `device`: images uint8 (N, H, W, 3), tokens
+    (B, T), targets, image_idx (the int questions_per_image: the questions come that many per image, in image
+    order; see TVLM.forward), and patch-label targets (N, H/p, W/p, K) when cfg has a patch head. Tokens and
+    targets: the questions and their answer classes (B,), or with cfg.answer='generate' the questions followed by
+    their answers and reasons, with next-token targets (B, T) on those words only (tvlm.answer_targets).
+    flip: mirror_tables' (tokens, answers) to mirror half the images; augment: recompress, then photometric."""
+    images, q, a, idx, rows, q_rows = sample_batch(arrays, n_images, questions_per_image, generator)
+    if cfg.answer == 'generate':
+        q = join_answers(q, arrays['answer_text'][q_rows])
+    patches = patch_labels(arrays, rows, cfg.patch) if cfg.n_patch_labels else None
+    if flip is not None:  # mirror half of the images; their questions say right where they said left, and vice versa
+        mirrored = (torch.rand(len(images), generator=generator) < 0.5).numpy()
+        images = np.where(mirrored[:, None, None, None], images[:, :, ::-1], images)
+        if patches is not None:
+            patches = np.where(mirrored[:, None, None, None], patches[:, :, ::-1], patches)
+        q = np.where(mirrored[idx][:, None], flip[0][q], q)
+        a = np.where(mirrored[idx], flip[1][a], a)
+    images = to_device(recompress(images, generator) if augment else images, device)     # (N, H, W, 3) uint8
+    if augment:
+        images = photometric(images, generator)
+    q = to_device(q, device)
+    targets = answer_targets(q) if cfg.answer == 'generate' else to_device(a, device)
+    return images, q, targets, questions_per_image, None if patches is None else to_device(patches, device)
 
 
 def split_batches(arrays, max_questions, max_images=None):

@@ -25,7 +25,7 @@ from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from prepare import (DATASET_FIELDS, data_shape, join_answers, load_meta, mirror_tables, model_config, open_split,
-                     patch_labels, photometric, recompress, sample_batch, split_batches)
+                     patch_labels, split_batches, to_device, training_batch)
 from tvlm import (TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
                   load_checkpoint)
 
@@ -157,38 +157,10 @@ if master:
     print(f"{raw_model.describe()}, device={device}, dtype={dtype}, world_size={world_size}")
 
 
-def to_device(x):
-    x = torch.from_numpy(np.require(x, requirements=['C', 'W']))  # copies only read-only memmap slices
-    # pinned memory lets the copy run asynchronously with the GPU's work (nanoGPT train.py)
-    return x.pin_memory().to(device, non_blocking=True) if device_type == 'cuda' else x.to(device)
-
-
 def get_batch():
-    """A training batch on the device: images uint8 (N, H, W, 3), tokens (B, T), targets, image_idx (the int
-    questions_per_image: the questions come that many per image, in image order; see TVLM.forward), and the
-    patch-label targets (N, H/p, W/p, K) when the model has a patch head. Tokens and targets: the questions and
-    their answer classes (B,), or in generate mode the questions followed by their answers and reasons, with
-    next-token targets (B, T) on those words only (tvlm.answer_targets)."""
-    images, q, a, idx, rows, q_rows = sample_batch(train_data, batch_size // questions_per_image, questions_per_image,
-                                                   batch_gen)
-    if cfg.answer == 'generate':
-        q = join_answers(q, train_data['answer_text'][q_rows])
-    patches = patch_labels(train_data, rows, cfg.patch) if cfg.n_patch_labels else None
-    if hflip:  # mirror half of the images; their questions say right where they said left, and vice versa
-        flip = (torch.rand(len(images), generator=batch_gen) < 0.5).numpy()
-        images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
-        if patches is not None:
-            patches = np.where(flip[:, None, None, None], patches[:, :, ::-1], patches)
-        q = np.where(flip[idx][:, None], flip_tokens[q], q)
-        a = np.where(flip[idx], flip_answers[a], a)
-    if augment:
-        images = recompress(images, batch_gen)
-    images = to_device(images)                                                 # (N, H, W, 3) uint8
-    if augment:
-        images = photometric(images, batch_gen)
-    q = to_device(q)
-    targets = answer_targets(q) if cfg.answer == 'generate' else to_device(a)
-    return images, q, targets, questions_per_image, None if patches is None else to_device(patches)
+    """A training batch on the device, as prepare.training_batch makes it from this run's settings."""
+    return training_batch(train_data, cfg, batch_size // questions_per_image, questions_per_image, batch_gen, device,
+                          (flip_tokens, flip_answers) if hflip else None, augment)
 
 
 def answer_hits(logits, tokens, targets):
@@ -236,11 +208,12 @@ def evaluate():
             break
         if cfg.answer == 'generate':
             q = join_answers(q, val_data['answer_text'][q_rows])
-        q = to_device(q)
-        targets = answer_targets(q) if cfg.answer == 'generate' else to_device(val_data['answers'][q_rows].astype(np.int64))
-        patches = to_device(patch_labels(val_data, rows, cfg.patch)) if cfg.n_patch_labels else None
+        q = to_device(q, device)
+        targets = answer_targets(q) if cfg.answer == 'generate' else to_device(val_data['answers'][q_rows].astype(np.int64), device)
+        patches = to_device(patch_labels(val_data, rows, cfg.patch), device) if cfg.n_patch_labels else None
         with ctx:
-            logits, loss = raw_model(to_device(images), q, targets, image_idx=to_device(idx), patch_targets=patches)
+            logits, loss = raw_model(to_device(images, device), q, targets, image_idx=to_device(idx, device),
+                                     patch_targets=patches)
         loss_sum += loss.item() * len(q)
         hit = answer_hits(logits, q, targets).cpu().numpy()
         fam = val_data['family'][q_rows]
