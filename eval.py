@@ -420,13 +420,14 @@ def generation_section(said, arrays, y, fam, meta, tokenizer, k=6):
         padded = f' {reason} '
         return (next((c for c in classes if f' {c} ' in padded), None),
                 next((side for side in ('left', 'right', 'ahead') if f' {side} ' in padded), None))
-    named = np.array([all(facts(r)) for _, r in truth])          # the deciding fact is an object on a side
+    said_f, true_f = [facts(r) for _, r in got], [facts(r) for _, r in truth]
+    named = np.array([all(f) for f in true_f])                   # the deciding fact is an object on a side
     off, refs, box_class = arrays['ref_offsets'], arrays['referents'], arrays['box_class']
     sides = [s.split()[-1] for s in side_of(np.asarray(arrays['boxes']), meta['img_h'], meta['img_w'])]  # per box
     deciding = lambda j: {(meta['box_classes'][box_class[r]], sides[r]) for r in refs[off[j]:off[j + 1]]}
-    # the stored reason's own fact too: "no car is close on the right" names a side that no referent holds
-    one_of = np.array([bool(named[j]) and facts(g[1]) in deciding(j) | {facts(truth[j][1])} for j, g in enumerate(got)])
-    same = np.array([facts(g[1]) == facts(t[1]) for g, t in zip(got, truth)])
+    # a referent's fact, or the stored reason's own: "no car is close on the right" names a side no referent holds
+    one_of = np.array([n and s in deciding(j) | {t} for j, (n, s, t) in enumerate(zip(named, said_f, true_f))])
+    same = np.array([s == t for s, t in zip(said_f, true_f)])
     rate = lambda ok, m: ok[m].mean() if m.any() else float('nan')
     return {'exact_match': hit.mean(), 'per_family': by_family(hit, fam, meta['families']),
             'reason_names_object_and_side': {'on_correct': rate(one_of, named & hit), 'n_correct': int((named & hit).sum()),
