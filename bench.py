@@ -135,9 +135,9 @@ def make_train_step(precision, use_compile):
     opt = configure_optimizers(model, weight_decay, lr, (beta1, beta2), device_type)
     fwd = torch.compile(model) if use_compile else model
 
-    def step(images, tokens, targets, idx, patches):  # train.py's step: forward and its loss, backward, clip, AdamW
+    def step(images, tokens, targets, idx, patches, looks):  # train.py's: forward and loss, backward, clip, AdamW
         with autocast(precision):
-            _, loss = fwd(images, tokens, targets, image_idx=idx, patch_targets=patches)
+            _, loss = fwd(images, tokens, targets, image_idx=idx, patch_targets=patches, look_targets=looks)
         loss.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -859,21 +859,39 @@ def join_answers(questions, answer_text):
     return out
 
 
+def patch_cells(boxes, patch):
+    """The patches each box float[M, 4] (stored pixels) overlaps, tiny boxes too: x0, y0, x1, y1 int64[M] each,
+    the grid's columns x0..x1-1 and rows y0..y1-1."""
+    cells = boxes / patch                                                      # (M, 4) in patch units
+    return (*np.floor(cells[:, :2]).astype(np.int64).T, *np.ceil(cells[:, 2:]).astype(np.int64).T)
+
+
 def patch_labels(arrays, rows, patch):
     """Which of PATCH_LABELS touch each patch of the images at `rows`: float32 (n, H/p, W/p, K) of 0/1,
-    the targets of the model's auxiliary patch head. Boxes cover every patch they overlap, tiny ones too."""
+    the targets of the model's auxiliary patch head."""
     H, W = arrays['images'].shape[1:3]
     out = np.zeros((len(rows), H // patch, W // patch, len(PATCH_LABELS)), np.float32)
     for i, r in enumerate(rows):
         lo, hi = arrays['box_offsets'][r], arrays['box_offsets'][r + 1]
-        cells = arrays['boxes'][lo:hi] / patch                                 # (M, 4) in patch units
-        x0, y0 = np.floor(cells[:, :2]).astype(np.int64).T
-        x1, y1 = np.ceil(cells[:, 2:]).astype(np.int64).T
+        x0, y0, x1, y1 = patch_cells(arrays['boxes'][lo:hi], patch)
         for j, (cls, colour) in enumerate(zip(arrays['box_class'][lo:hi], arrays['box_colour'][lo:hi])):
             out[i, y0[j]:y1[j], x0[j]:x1[j], cls] = 1
             if colour > 0:  # a lit traffic light also marks its colour's channel
                 out[i, y0[j]:y1[j], x0[j]:x1[j], len(BOX_CLASSES) + colour - 1] = 1
     return out
+
+
+def look_targets(arrays, q_rows, patch):
+    """Where each question at q_rows should look, the targets of the model's look loss: float32 (B, H/p, W/p), the
+    patches of its referents (the objects and lights that decided its answer) weighted alike and summing to 1, or
+    all zero for a question the rules answered from no object (an absence, the weather, out of scope)."""
+    H, W = arrays['images'].shape[1:3]
+    out = np.zeros((len(q_rows), H // patch, W // patch), np.float32)
+    for i, r in enumerate(q_rows):
+        refs = arrays['referents'][arrays['ref_offsets'][r]:arrays['ref_offsets'][r + 1]]
+        for x0, y0, x1, y1 in zip(*patch_cells(arrays['boxes'][refs], patch)):
+            out[i, y0:y1, x0:x1] = 1
+    return out / np.maximum(out.sum((1, 2), keepdims=True), 1)
 
 
 def jpeg(image, quality):
@@ -925,16 +943,20 @@ def training_batch(arrays, cfg, n_images, questions_per_image, generator, device
     order; see TVLM.forward), and patch-label targets (N, H/p, W/p, K) when cfg has a patch head. Tokens and
     targets: the questions and their answer classes (B,), or with cfg.answer='generate' the questions followed by
     their answers and reasons, with next-token targets (B, T) on those words only (tvlm.answer_targets).
-    flip: mirror_tables' (tokens, answers) to mirror half the images; augment: recompress, then photometric."""
+    flip: mirror_tables' (tokens, answers) to mirror half the images; augment: recompress, then photometric.
+    Last, the look loss's targets (B, H/p, W/p) when cfg.look_weight asks for them (else None)."""
     images, q, a, idx, rows, q_rows = sample_batch(arrays, n_images, questions_per_image, generator)
     if cfg.answer == 'generate':
         q = join_answers(q, arrays['answer_text'][q_rows])
     patches = patch_labels(arrays, rows, cfg.patch) if cfg.n_patch_labels else None
+    looks = look_targets(arrays, q_rows, cfg.patch) if cfg.look_weight else None
     if flip is not None:  # mirror half of the images; their questions say right where they said left, and vice versa
         mirrored = (torch.rand(len(images), generator=generator) < 0.5).numpy()
         images = np.where(mirrored[:, None, None, None], images[:, :, ::-1], images)
         if patches is not None:
             patches = np.where(mirrored[:, None, None, None], patches[:, :, ::-1], patches)
+        if looks is not None:
+            looks = np.where(mirrored[idx][:, None, None], looks[:, :, ::-1], looks)
         q = np.where(mirrored[idx][:, None], flip[0][q], q)
         a = np.where(mirrored[idx], flip[1][a], a)
     images = to_device(recompress(images, generator) if augment else images, device)     # (N, H, W, 3) uint8
@@ -942,7 +964,8 @@ def training_batch(arrays, cfg, n_images, questions_per_image, generator, device
         images = photometric(images, generator)
     q = to_device(q, device)
     targets = answer_targets(q) if cfg.answer == 'generate' else to_device(a, device)
-    return images, q, targets, questions_per_image, None if patches is None else to_device(patches, device)
+    aux = [None if t is None else to_device(t, device) for t in (patches, looks)]
+    return images, q, targets, questions_per_image, *aux
 
 
 def split_batches(arrays, max_questions, max_images=None):

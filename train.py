@@ -24,8 +24,8 @@ import torch
 from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from prepare import (DATASET_FIELDS, data_shape, join_answers, load_meta, mirror_tables, model_config, open_split,
-                     patch_labels, split_batches, to_device, training_batch)
+from prepare import (DATASET_FIELDS, data_shape, join_answers, load_meta, look_targets, mirror_tables, model_config,
+                     open_split, patch_labels, split_batches, to_device, training_batch)
 from tvlm import (TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
                   load_checkpoint)
 
@@ -136,7 +136,7 @@ try:
         # generate) is this run's config, so a classifier can learn to answer in words
         arch = {} if checkpoint is None else {k: v for k, v in checkpoint['model_args'].items()
                                               if k not in ('dropout', 'label_smoothing', 'focal_gamma', 'patch_weight',
-                                                           'answer', 'max_answer_len')}
+                                                           'look_weight', 'answer', 'max_answer_len')}
         cfg = model_config({**config, **arch}, data_shape(meta), np.bincount(train_data['answers'], minlength=len(answers)))
 except ValueError as e:
     sys.exit(str(e))
@@ -211,9 +211,11 @@ def evaluate():
         q = to_device(q, device)
         targets = answer_targets(q) if cfg.answer == 'generate' else to_device(val_data['answers'][q_rows].astype(np.int64), device)
         patches = to_device(patch_labels(val_data, rows, cfg.patch), device) if cfg.n_patch_labels else None
+        looks = to_device(look_targets(val_data, range(q_rows.start, q_rows.stop), cfg.patch), device) \
+            if cfg.look_weight else None
         with ctx:
             logits, loss = raw_model(to_device(images, device), q, targets, image_idx=to_device(idx, device),
-                                     patch_targets=patches)
+                                     patch_targets=patches, look_targets=looks)
         loss_sum += loss.item() * len(q)
         hit = answer_hits(logits, q, targets).cpu().numpy()
         fam = val_data['family'][q_rows]
@@ -293,11 +295,11 @@ try:
 
         # forward, backward, update; the next batch is drawn while the device works on this one
         for micro_step in range(grad_accum):
-            images, q, targets, idx, patches = batch
+            images, q, targets, idx, patches, looks = batch
             # gradients are averaged across ranks only on the last micro-step, not on every one
             with model.no_sync() if ddp and micro_step < grad_accum - 1 else nullcontext():
                 with ctx:
-                    logits, loss = model(images, q, targets, image_idx=idx, patch_targets=patches)
+                    logits, loss = model(images, q, targets, image_idx=idx, patch_targets=patches, look_targets=looks)
                     loss = loss / grad_accum
                 batch_state = batch_gen.get_state()
                 batch = get_batch()

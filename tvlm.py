@@ -74,6 +74,10 @@ class TVLMConfig:
     focal_gamma: float = 0.0         # > 0: focal loss (1 - p_true)^gamma x CE, down-weights easy answers
     answer_weights: tuple = ()       # () = every answer weighs 1; else one weight per answer (class imbalance)
     patch_weight: float = 1.0        # weight of the patch-label loss (when there is a patch head)
+    # > 0: the look loss, cross-entropy from where the answer's rules looked (the patches of the objects that decided
+    # it, prepare.look_targets) to where the question's summary token looks in each cross-attention layer: the
+    # decoder is told where to find what the question asks about, instead of finding out from yes and no alone
+    look_weight: float = 0.0
 
     def __post_init__(self):
         checks = [
@@ -90,6 +94,7 @@ class TVLMConfig:
             (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
             (len(self.answer_weights) in (0, self.n_answers), f"{len(self.answer_weights)} answer_weights for {self.n_answers} answers"),
             (self.answer in ('classify', 'generate'), f"answer={self.answer!r} must be 'classify' or 'generate'"),
+            (not self.look_weight or self.image_cross, f"look_weight teaches cross-attention: fusion={self.fusion!r} has none"),
             # both reweight answer classes, which a written answer does not have: refused, not silently dropped
             (self.answer == 'classify' or not self.answer_weights and not self.focal_gamma,
              "answer='generate' writes answers as words: answer_weights (class_weights) and focal_gamma need answer='classify'"),
@@ -559,17 +564,21 @@ class TVLM(nn.Module):
             ctx = img                                                             # (N, P, C)
         return vis, prefix, ctx
 
-    def forward(self, images, tokens, targets=None, image_idx=None, out=None, patch_targets=None):
+    def forward(self, images, tokens, targets=None, image_idx=None, out=None, patch_targets=None, look_targets=None):
         """images uint8[N, Hi, Wi, 3], tokens int64[B, T] (0 = pad), targets int64[B], image_idx int64[B]
         (question -> image row; None means N == B; an int k: k questions per image in image order, as train.py's
         batches come, so cross-attention need not copy keys and values per question), patch_targets float[N, Hi/p,
-        Wi/p, n_patch_labels] -> (float[B, A] logits, the training loss of self.loss, or None without targets).
+        Wi/p, n_patch_labels], look_targets float[B, Hi/p, Wi/p] (prepare.look_targets) -> (float[B, A] logits, the
+        training loss of self.loss, or None without targets).
         answer='generate': tokens are whole sequences (see answer_targets), targets int64[B, T] with -100 where
         nothing is learned, and the logits float[B, T, V] predict each next token.
         A dict passed as `out` takes the explicit attention path and is filled with the attention maps."""
         cfg = self.cfg
+        look = targets is not None and look_targets is not None and cfg.look_weight > 0
         if out is not None:
             out.update(vit_attn=[], self_attn=[], cross_attn=[], grid=(cfg.img_h // cfg.patch, cfg.img_w // cfg.patch))
+        elif look:  # the look loss needs the cross-attention weights; the ViT and self-attention keep their kernel
+            out = {'vit_attn': None, 'self_attn': None, 'cross_attn': []}
         vis, prefix, ctx = self.encode_image(images, image_idx, out)
         h = self.dec(tokens, prefix, ctx, image_idx, out)                      # (B, T, C)
         if self.head is None:  # the question's <eos> writes the first answer word
@@ -580,13 +589,15 @@ class TVLM(nn.Module):
             logits = self.head(h[torch.arange(h.shape[0], device=h.device), summary])  # (B, A)
         if out is not None:
             out.update(summary_idx=summary, prefix=0 if prefix is None else prefix.shape[1])
-        loss = None if targets is None else self.loss(logits, targets, vis, patch_targets)
+        looked = (out['cross_attn'], summary, look_targets) if look else None
+        loss = None if targets is None else self.loss(logits, targets, vis, patch_targets, looked)
         return logits, loss
 
-    def loss(self, logits, targets, vis=None, patch_targets=None):
+    def loss(self, logits, targets, vis=None, patch_targets=None, looked=None):
         """The training loss, the only one: answer_loss with the config's smoothing, weights and focal term (in
         generate mode: token cross-entropy, smoothed, averaged over the targets that are not -100), plus
-        patch_weight x the patch-label loss when the model has a patch head and patch_targets are given."""
+        patch_weight x the patch-label loss when the model has a patch head and patch_targets are given, plus
+        look_weight x the look loss when looked = (cross-attention weights per layer, summary rows, look targets)."""
         cfg = self.cfg
         if cfg.answer == 'generate':
             assert targets.shape == logits.shape[:2], f"targets {tuple(targets.shape)} for logits {tuple(logits.shape)}"
@@ -600,6 +611,15 @@ class TVLM(nn.Module):
             bce = F.binary_cross_entropy_with_logits(self.patch_head(vis).float(), patch_targets.flatten(1, 2),
                                                      reduction='none')                  # (N, P, K)
             loss = loss + cfg.patch_weight * bce.sum(-1).mean()
+        if looked is not None:
+            maps, summary, where = looked
+            where = where.flatten(1).float()                                    # (B, P), rows sum to 1 or 0
+            asked = where.sum(1) > 0                                            # (B,) questions with referents
+            rows = torch.arange(len(summary), device=summary.device)
+            for att in maps:  # the summary token's weights, heads averaged (a head may look elsewhere)
+                att = att[rows, :, summary, :where.shape[1]].float().mean(1)    # (B, P)
+                ce = -(where * att.clamp_min(1e-9).log()).sum(1)                # (B,)
+                loss = loss + cfg.look_weight * ce[asked].sum() / max(int(asked.sum()), 1) / len(maps)
         return loss
 
     @torch.no_grad()

@@ -109,6 +109,30 @@ def test_patch_loss_is_binary_cross_entropy_of_the_patch_head():
     assert make_model(n_patch_labels=3, fusion='none').patch_head is None
 
 
+def test_look_loss_is_cross_entropy_from_the_targets_to_the_summary_attention():
+    """With look_targets the loss adds look_weight x the cross-entropy from each question's target (B, P) to its
+    summary token's cross-attention, heads averaged, averaged over layers and over the questions that have a target;
+    its gradient reaches the queries of cross-attention. Prefix fusion has no cross-attention to teach: refused."""
+    model = make_model(look_weight=0.5).train()
+    q, a = encode(CORPUS[:4]), torch.tensor([0, 1, 2, 3])
+    img, idx = images(2), torch.tensor([0, 0, 1, 1])
+    looks = torch.zeros(4, 4, 6)                                                  # (B, Hi/p, Wi/p)
+    looks[0, 1, 2] = looks[0, 3, 5] = 0.5
+    looks[2, 0, 0] = 1.0                                                          # questions 1 and 3 have none
+    _, answer_only = model(img, q, a, image_idx=idx)
+    _, both = model(img, q, a, image_idx=idx, look_targets=looks)
+    out = {}
+    model(img, q, image_idx=idx, out=out)
+    summary, rows = (q != 0).sum(1) - 1, torch.tensor([0, 2])
+    by_hand = sum(-(looks[rows].flatten(1) * m[rows, :, summary[rows]].mean(1).log()).sum(1).mean()
+                  for m in out['cross_attn']) / len(out['cross_attn'])
+    assert both.item() == pytest.approx(answer_only.item() + 0.5 * by_hand.item(), rel=1e-5)
+    (both - answer_only).backward()
+    assert all(b.cross.wq.weight.grad.abs().sum() > 0 for b in model.dec.blocks)
+    with pytest.raises(ValueError, match='look_weight teaches cross-attention'):
+        tiny_cfg(fusion='prefix', look_weight=0.5)
+
+
 def test_forward_returns_the_training_loss():
     """forward's loss is the one train.py optimises: answer_loss with the config's smoothing, per-answer weights and
     focal term, so no script rebuilds it (the bug this guards against: train.py and bench.py each had their own)."""
@@ -406,10 +430,12 @@ def test_k_questions_per_image_equal_the_gathered_images(fusion):
     sequence per image) gives the logits, loss, gradients and attention maps of the gathered image_idx tensor."""
     imgs, toks = images(2), encode(CORPUS[:4])
     y, idx = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 1, 1])
+    looks = torch.rand(4, 4, 6, generator=torch.Generator().manual_seed(0))       # (B, Hi/p, Wi/p)
+    looks /= looks.sum((1, 2), keepdim=True)
     results = []
-    for image_idx in (idx, 2):
-        model, out = make_model(fusion=fusion), {}
-        logits, loss = model(imgs, toks, y, image_idx=image_idx)
+    for image_idx in (idx, 2):  # the look loss too: it reads each question's summary row of the folded maps
+        model, out = make_model(fusion=fusion, look_weight=0.0 if fusion == 'prefix' else 0.5), {}
+        logits, loss = model(imgs, toks, y, image_idx=image_idx, look_targets=looks)
         loss.backward()
         with torch.no_grad():
             model(imgs, toks, image_idx=image_idx, out=out)

@@ -390,6 +390,39 @@ def test_patch_labels_mark_the_patches_each_box_touches():
     assert (labels[0, ..., prepare.PATCH_LABELS.index('red light')] == lit).all()
     assert labels[0].sum() == expected_car.sum() + 2 and labels[1].sum() == 0   # image 1 has no boxes
 
+def test_look_targets_spread_over_the_referents_patches():
+    """A question's look target is the patches its referent boxes touch, weighted alike and summing to 1 (the
+    union: a patch two referents share counts once); a question without referents gets all zeros."""
+    arrays = {'images': np.zeros((1, 32, 48, 3), np.uint8),
+              'boxes': np.array([[9, 1, 24, 15], [20, 2, 22, 4], [40, 17, 41, 20]], np.float32),   # x1, y1, x2, y2
+              'referents': np.array([0, 1, 2, 2]), 'ref_offsets': np.array([0, 3, 3, 4])}       # questions 0, 1, 2
+    looks = prepare.look_targets(arrays, np.array([0, 1, 2]), patch=8)
+    assert looks.shape == (3, 4, 6) and looks.dtype == np.float32
+    where = np.zeros((4, 6))
+    where[0:2, 1:3] = 1                               # box 0; box 1 lies inside its patches
+    where[2, 5] = 1                                   # box 2, a sliver
+    np.testing.assert_allclose(looks[0], where / 5)
+    assert (looks[1] == 0).all()                      # no referents: nothing to look at
+    assert looks[2, 2, 5] == 1 and looks[2].sum() == 1
+
+def test_training_batch_mirrors_look_targets_with_their_questions(toy_data):
+    """With flips, a mirrored image's questions swap left and right and its look targets mirror too: every toy
+    question about the left (right) half looks at the left (right) half, flipped or not."""
+    from tvlm import TVLMConfig, Tokenizer
+    arrays, meta = prepare.open_split(toy_data, 'train'), prepare.load_meta(toy_data)
+    tok = Tokenizer.from_dict(meta['tokenizer'])
+    cfg = TVLMConfig(img_h=32, img_w=48, patch=8, vocab_size=len(tok), max_q_len=8, n_answers=2, look_weight=1.0)
+    said = []
+    for flip in (None, prepare.mirror_tables(tok, meta['answers'])):
+        _, q, _, k, _, looks = prepare.training_batch(arrays, cfg, 16, 4, torch.Generator().manual_seed(0), 'cpu', flip)
+        assert k == 4 and looks.shape == (64, 4, 6)
+        left = looks[:, :, :3].sum((1, 2))                                        # (B,) weight on the left half
+        said.append([tok.decode(row.tolist()) for row in q])
+        for words, on_left in zip(said[-1], left.tolist()):
+            side = next(s for s in ('left', 'right', 'both') if s in words.split())
+            assert on_left == pytest.approx({'left': 1.0, 'right': 0.0, 'both': 0.5}[side]), words
+    assert said[0] != said[1]                                                     # the same draw, some mirrored
+
 # -----------------------------------------------------------------------------
 # questions as people ask them: phrasings, held-out wordings, out-of-scope questions
 
