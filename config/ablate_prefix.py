@@ -2,3 +2,4 @@
 # $ python train.py config/small.py config/ablate_prefix.py
 out_dir = 'out-ablate-prefix'
 fusion = 'prefix'
+look_weight = 0.0             # the look loss teaches cross-attention, which this fusion does not have

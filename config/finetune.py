@@ -15,6 +15,7 @@ lr_decay_iters = 2000
 eval_interval = 200
 log_interval = 50
 patch_weight = 2.0            # BDD's boxes teach the patch head as the synthetic ones did
+look_weight = 0.5             # ...and where each answer's deciding objects are, the look loss
 augment = True
 hflip = True
 class_weights = True          # real answers are imbalanced (most lanes busy, most lights far)

@@ -1,14 +1,17 @@
 """train.py and configurator.py: the configurator in-process, train.py as a subprocess with a tiny model."""
+import glob
 import json
 import math
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
+import prepare
 from conftest import ROOT, TINY_MODEL
 from tvlm import TVLM, TVLMConfig, answer_loss, configure_optimizers
 
@@ -90,6 +93,18 @@ def test_configurator_help_lists_keys(monkeypatch, capsys):
 
 # -----------------------------------------------------------------------------
 # learning
+
+
+@pytest.mark.parametrize('ablation', sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'config', 'ablate_*.py'))))
+def test_every_ablation_config_builds_on_the_quickstart(ablation):
+    """`python train.py config/small.py config/ablate_X.py` asks for a model TVLMConfig accepts (a fusion without
+    cross-attention must turn the look loss off, say)."""
+    settings = {**asdict(TVLMConfig()), 'class_weights': False}
+    for name in ('small.py', ablation):
+        exec(open(os.path.join(ROOT, 'config', name)).read(), {}, settings)
+    shape = dict(img_h=144, img_w=256, vocab_size=50, max_q_len=16, max_answer_len=16, n_answers=13)
+    cfg = prepare.model_config(settings, shape, None)
+    assert cfg.fusion == settings['fusion'] and cfg.look_weight == settings['look_weight']
 
 
 def test_tiny_model_overfits_one_batch(toy_data):
