@@ -617,7 +617,7 @@ class TVLM(nn.Module):
             asked = where.sum(1) > 0                                            # (B,) questions with referents
             rows = torch.arange(len(summary), device=summary.device)
             for att in maps:  # the summary token's weights, heads averaged (a head may look elsewhere)
-                att = att[rows, :, summary, :where.shape[1]].float().mean(1)    # (B, P)
+                att = att[rows, :, summary].float().mean(1)                     # (B, H, P) -> (B, P)
                 ce = -(where * att.clamp_min(1e-9).log()).sum(1)                # (B,)
                 loss = loss + cfg.look_weight * ce[asked].sum() / max(int(asked.sum()), 1) / len(maps)
         return loss
