@@ -882,14 +882,14 @@ def patch_labels(arrays, rows, patch):
 
 
 def look_targets(arrays, q_rows, patch):
-    """Where each question at q_rows should look, the targets of the model's look loss: float32 (B, H/p, W/p), the
-    patches of its referents (the objects and lights that decided its answer) weighted alike and summing to 1, or
-    all zero for a question the rules answered from no object (an absence, the weather, out of scope)."""
+    """Where each question at q_rows (indices or a slice) should look, the targets of the model's look loss: float32
+    (B, H/p, W/p), the patches of its referents (the objects and lights that decided its answer) weighted alike and
+    summing to 1, or all zero for a question the rules answered from no object (an absence, the weather, out of scope)."""
     H, W = arrays['images'].shape[1:3]
-    out = np.zeros((len(q_rows), H // patch, W // patch), np.float32)
-    for i, r in enumerate(q_rows):
-        refs = arrays['referents'][arrays['ref_offsets'][r]:arrays['ref_offsets'][r + 1]]
-        for x0, y0, x1, y1 in zip(*patch_cells(arrays['boxes'][refs], patch)):
+    starts, ends = arrays['ref_offsets'][:-1][q_rows], arrays['ref_offsets'][1:][q_rows]     # (B,) each
+    out = np.zeros((len(starts), H // patch, W // patch), np.float32)
+    for i, (lo, hi) in enumerate(zip(starts, ends)):
+        for x0, y0, x1, y1 in zip(*patch_cells(arrays['boxes'][arrays['referents'][lo:hi]], patch)):
             out[i, y0:y1, x0:x1] = 1
     return out / np.maximum(out.sum((1, 2), keepdims=True), 1)
 
@@ -937,6 +937,17 @@ def to_device(x, device):
     return x.pin_memory().to(device, non_blocking=True) if str(device).startswith('cuda') else x.to(device)
 
 
+def loss_inputs(arrays, cfg, q, rows, q_rows):
+    """What the loss reads besides images and answer classes, for questions int64 (B, T) at q_rows about the images at
+    rows, in numpy: the tokens (with cfg.answer='generate', each question followed by its 'answer : reason <eos>'),
+    and the targets of cfg's auxiliary losses, patch labels (n, H/p, W/p, K) and look targets (B, H/p, W/p), or
+    None where cfg has that loss off. train.py's training and val batches both come through here."""
+    if cfg.answer == 'generate':
+        q = join_answers(q, arrays['answer_text'][q_rows])
+    return (q, patch_labels(arrays, rows, cfg.patch) if cfg.n_patch_labels else None,
+            look_targets(arrays, q_rows, cfg.patch) if cfg.look_weight else None)
+
+
 def training_batch(arrays, cfg, n_images, questions_per_image, generator, device, flip=None, augment=False):
     """train.py's training batch (bench.py times this same path), on `device`: images uint8 (N, H, W, 3), tokens
     (B, T), targets, image_idx (the int questions_per_image: the questions come that many per image, in image
@@ -946,10 +957,7 @@ def training_batch(arrays, cfg, n_images, questions_per_image, generator, device
     flip: mirror_tables' (tokens, answers) to mirror half the images; augment: recompress, then photometric.
     Last, the look loss's targets (B, H/p, W/p) when cfg.look_weight asks for them (else None)."""
     images, q, a, idx, rows, q_rows = sample_batch(arrays, n_images, questions_per_image, generator)
-    if cfg.answer == 'generate':
-        q = join_answers(q, arrays['answer_text'][q_rows])
-    patches = patch_labels(arrays, rows, cfg.patch) if cfg.n_patch_labels else None
-    looks = look_targets(arrays, q_rows, cfg.patch) if cfg.look_weight else None
+    q, patches, looks = loss_inputs(arrays, cfg, q, rows, q_rows)
     if flip is not None:  # mirror half of the images; their questions say right where they said left, and vice versa
         mirrored = (torch.rand(len(images), generator=generator) < 0.5).numpy()
         images = np.where(mirrored[:, None, None, None], images[:, :, ::-1], images)

@@ -24,8 +24,8 @@ import torch
 from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from prepare import (DATASET_FIELDS, data_shape, join_answers, load_meta, look_targets, mirror_tables, model_config,
-                     open_split, patch_labels, split_batches, to_device, training_batch)
+from prepare import (DATASET_FIELDS, data_shape, load_meta, loss_inputs, mirror_tables, model_config, open_split,
+                     split_batches, to_device, training_batch)
 from tvlm import (TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
                   load_checkpoint)
 
@@ -198,7 +198,7 @@ def stop_if_not_finite(loss, where):
 
 @torch.no_grad()
 def evaluate():
-    """Val loss (the training loss, patch labels included, so it compares with the train loss), accuracy and
+    """Val loss (the training loss, auxiliary losses included, so it compares with the train loss), accuracy and
     accuracy per question family, over whole images in file order."""
     raw_model.eval()
     loss_sum, correct, fam_correct, fam_total = 0.0, 0, np.zeros(len(families)), np.zeros(len(families))
@@ -206,13 +206,9 @@ def evaluate():
     for rows, q_rows, images, q, idx in split_batches(val_data, 4 * batch_size):
         if n >= eval_max_questions:
             break
-        if cfg.answer == 'generate':
-            q = join_answers(q, val_data['answer_text'][q_rows])
-        q = to_device(q, device)
+        q, patches, looks = (None if x is None else to_device(x, device)
+                             for x in loss_inputs(val_data, cfg, q, rows, q_rows))   # the training batches' inputs
         targets = answer_targets(q) if cfg.answer == 'generate' else to_device(val_data['answers'][q_rows].astype(np.int64), device)
-        patches = to_device(patch_labels(val_data, rows, cfg.patch), device) if cfg.n_patch_labels else None
-        looks = to_device(look_targets(val_data, range(q_rows.start, q_rows.stop), cfg.patch), device) \
-            if cfg.look_weight else None
         with ctx:
             logits, loss = raw_model(to_device(images, device), q, targets, image_idx=to_device(idx, device),
                                      patch_targets=patches, look_targets=looks)
