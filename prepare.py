@@ -859,26 +859,45 @@ def join_answers(questions, answer_text):
     return out
 
 
-def patch_cells(boxes, patch):
-    """The patches each box float[M, 4] (stored pixels) overlaps, tiny boxes too: x0, y0, x1, y1 int64[M] each,
-    the grid's columns x0..x1-1 and rows y0..y1-1."""
+def spans(starts, ends):
+    """The rows starts[i]..ends[i]-1 of every span, joined: int64 (sum of lengths,), and which span each is from."""
+    lengths = ends - starts                                                    # (S,)
+    owner = np.repeat(np.arange(len(starts)), lengths)                         # (R,)
+    return starts[owner] + np.arange(len(owner)) - (np.cumsum(lengths) - lengths)[owner], owner
+
+
+def patch_masks(boxes, patch, H, W):
+    """Which patches of an H x W image each box float[M, 4] (stored pixels) overlaps, tiny boxes too: bool (M, P),
+    P = H/p * W/p in row-major order (the ViT's token order). The one place a box becomes patches."""
     cells = boxes / patch                                                      # (M, 4) in patch units
-    return (*np.floor(cells[:, :2]).astype(np.int64).T, *np.ceil(cells[:, 2:]).astype(np.int64).T)
+    cols, rows = np.arange(W // patch), np.arange(H // patch)
+    in_x = (cols >= np.floor(cells[:, :1])) & (cols < np.ceil(cells[:, 2:3]))  # (M, W/p)
+    in_y = (rows >= np.floor(cells[:, 1:2])) & (rows < np.ceil(cells[:, 3:]))  # (M, H/p)
+    return (in_y[:, :, None] & in_x[:, None, :]).reshape(len(boxes), len(rows) * len(cols))
+
+
+def union_by(masks, group, n):
+    """The rows of bool masks (R, P) OR-ed together by their group int (R,) (sorted, in 0..n-1): float32 (n, P) of
+    0/1, all zero for a group with no rows."""
+    first = np.flatnonzero(np.diff(group, prepend=-1))                         # where each group's rows start
+    out = np.zeros((n, masks.shape[1]), np.float32)
+    out[group[first]] = np.logical_or.reduceat(masks, first)
+    return out
 
 
 def patch_labels(arrays, rows, patch):
-    """Which of PATCH_LABELS touch each patch of the images at `rows`: float32 (n, H/p, W/p, K) of 0/1,
+    """Which of PATCH_LABELS touch each patch of the images at `rows` (int64 (n,)): float32 (n, H/p, W/p, K) of 0/1,
     the targets of the model's auxiliary patch head."""
     H, W = arrays['images'].shape[1:3]
-    out = np.zeros((len(rows), H // patch, W // patch, len(PATCH_LABELS)), np.float32)
-    for i, r in enumerate(rows):
-        lo, hi = arrays['box_offsets'][r], arrays['box_offsets'][r + 1]
-        x0, y0, x1, y1 = patch_cells(arrays['boxes'][lo:hi], patch)
-        for j, (cls, colour) in enumerate(zip(arrays['box_class'][lo:hi], arrays['box_colour'][lo:hi])):
-            out[i, y0[j]:y1[j], x0[j]:x1[j], cls] = 1
-            if colour > 0:  # a lit traffic light also marks its colour's channel
-                out[i, y0[j]:y1[j], x0[j]:x1[j], len(BOX_CLASSES) + colour - 1] = 1
-    return out
+    box, image = spans(arrays['box_offsets'][rows], arrays['box_offsets'][rows + 1])   # (M,) each
+    masks = patch_masks(arrays['boxes'][box], patch, H, W)                    # (M, P)
+    colour = arrays['box_colour'][box]                                         # (M,) a lit traffic light also marks
+    lit = colour > 0                                                           # its colour's channel
+    label = np.concatenate([arrays['box_class'][box], len(BOX_CLASSES) + colour[lit] - 1])    # (M + lit,)
+    slot = np.concatenate([image, image[lit]]) * len(PATCH_LABELS) + label    # (M + lit,) row of (image, label)
+    order = np.argsort(slot, kind='stable')
+    out = union_by(np.concatenate([masks, masks[lit]])[order], slot[order], len(rows) * len(PATCH_LABELS))   # (n K, P)
+    return out.reshape(len(rows), len(PATCH_LABELS), H // patch, W // patch).transpose(0, 2, 3, 1)
 
 
 def look_targets(arrays, q_rows, patch):
@@ -887,11 +906,9 @@ def look_targets(arrays, q_rows, patch):
     summing to 1, or all zero for a question the rules answered from no object (an absence, the weather, out of scope)."""
     H, W = arrays['images'].shape[1:3]
     starts, ends = arrays['ref_offsets'][:-1][q_rows], arrays['ref_offsets'][1:][q_rows]     # (B,) each
-    out = np.zeros((len(starts), H // patch, W // patch), np.float32)
-    for i, (lo, hi) in enumerate(zip(starts, ends)):
-        for x0, y0, x1, y1 in zip(*patch_cells(arrays['boxes'][arrays['referents'][lo:hi]], patch)):
-            out[i, y0:y1, x0:x1] = 1
-    return out / np.maximum(out.sum((1, 2), keepdims=True), 1)
+    ref, question = spans(starts, ends)                                        # (R,) each
+    out = union_by(patch_masks(arrays['boxes'][arrays['referents'][ref]], patch, H, W), question, len(starts))  # (B, P)
+    return (out / np.maximum(out.sum(1, keepdims=True), 1)).reshape(len(starts), H // patch, W // patch)
 
 
 def jpeg(image, quality):
@@ -911,7 +928,7 @@ def recompress(images, generator):
 def photometric(images, generator):
     """Per image, the ways two cameras differ: exposure and contrast, white balance, focus (blur) and sensor
     noise, drawn from `generator`, so a from-scratch ViT cannot lean on the renderer's exact pixels.
-    uint8 (N, H, W, 3) on any device -> the same; the float work stays on that device."""
+    uint8 (N, H, W, 3), H and W even, on any device -> the same; the float work stays on that device."""
     N, H, W, _ = images.shape
     dev = images.device
     r = torch.rand(N, 8, 1, 1, generator=generator).to(dev)                    # (N, 8, 1, 1) uniform draws
@@ -921,13 +938,14 @@ def photometric(images, generator):
     # ((x - mean) * contrast + mean * exposure) * balance, as one multiply-add over the pixels
     x = torch.addcmul(mean * (exposure - contrast) * balance, x, contrast * balance)    # (N, 3, H, W)
     soft = torch.nonzero(r[:, 5, 0, 0] > 0.5).squeeze(1)                       # half the images, by a random amount
-    p = F.pad(x[soft], (1, 1, 1, 1), mode='replicate')                          # (n, 3, H+2, W+2)
+    sharp = x[soft]                                                             # (n, 3, H, W)
+    p = F.pad(sharp, (1, 1, 1, 1), mode='replicate')                            # (n, 3, H+2, W+2)
     p = p[..., :-2] + 2 * p[..., 1:-1] + p[..., 2:]                             # (n, 3, H+2, W) the 1-2-1 kernel,
     blurred = (p[:, :, :-2] + 2 * p[:, :, 1:-1] + p[:, :, 2:]) / 16             # (n, 3, H, W) in x, then in y
-    x[soft] = torch.lerp(x[soft], blurred, r[soft, 5:6] * 2 - 1)
+    x[soft] = sharp.lerp_(blurred, r[soft, 5:6] * 2 - 1)
     # sensor noise at half resolution (a quarter of the random numbers; demosaicing correlates neighbours anyway)
-    noise = torch.randn(N, 3, H // 2, W // 2, generator=generator).to(dev)      # (N, 3, H/2, W/2)
-    x += 12 * r[:, 6:7] * F.interpolate(noise, size=(H, W), mode='nearest')
+    noise = torch.randn(N, 3, H // 2, 1, W // 2, 1, generator=generator).to(dev)  # (N, 3, H/2, 1, W/2, 1)
+    x.view(N, 3, H // 2, 2, W // 2, 2).add_(noise.mul_(12 * r[:, 6:7, :, :, None, None]))  # each on a 2 x 2 block
     return x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1)       # (N, H, W, 3)
 
 
