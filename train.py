@@ -136,7 +136,7 @@ try:
         # generate) is this run's config, so a classifier can learn to answer in words
         arch = {} if checkpoint is None else {k: v for k, v in checkpoint['model_args'].items()
                                               if k not in ('dropout', 'label_smoothing', 'focal_gamma', 'patch_weight',
-                                                           'look_weight', 'answer', 'max_answer_len')}
+                                                           'look_weight', 'first_word_weight', 'answer', 'max_answer_len')}
         cfg = model_config({**config, **arch}, data_shape(meta), np.bincount(train_data['answers'], minlength=len(answers)))
 except ValueError as e:
     sys.exit(str(e))

@@ -78,6 +78,9 @@ class TVLMConfig:
     # it, prepare.look_targets) to where the question's summary token looks in each cross-attention layer: the
     # decoder is told where to find what the question asks about, instead of finding out from yes and no alone
     look_weight: float = 0.0
+    # generate: the first answer word (the one that decides: yes, no, 3, red, can't) counts this many times in the
+    # token mean; 1 is PaliGemma's plain mean, where a reason's half-dozen words outweigh the answer
+    first_word_weight: float = 1.0
 
     def __post_init__(self):
         checks = [
@@ -602,8 +605,11 @@ class TVLM(nn.Module):
         if cfg.answer == 'generate':
             assert targets.shape == logits.shape[:2], f"targets {tuple(targets.shape)} for logits {tuple(logits.shape)}"
             # -100 targets are F.cross_entropy's ignore_index: the mean runs over the answer positions only
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                                   label_smoothing=cfg.label_smoothing)                 # (B*T, V) against (B*T,)
+            ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), label_smoothing=cfg.label_smoothing,
+                                 reduction='none').view_as(targets)                   # (B, T), 0 where -100
+            weight = (targets != -100).float()                                       # (B, T)
+            weight = weight + (cfg.first_word_weight - 1) * (weight.cumsum(1) == 1) * weight
+            loss = (ce * weight).sum() / weight.sum()
         else:
             loss = answer_loss(logits, targets, cfg.label_smoothing, self.answer_weight, cfg.focal_gamma)
         if patch_targets is not None and self.patch_head is not None and cfg.patch_weight:

@@ -497,21 +497,24 @@ def test_answer_targets_matches_worked_example():
     assert torch.equal(answer_targets(tokens), expected)
 
 
-@pytest.mark.parametrize('smoothing', [0.0, 0.1])
-def test_generate_loss_is_cross_entropy_over_the_answer_positions(smoothing):
+@pytest.mark.parametrize('smoothing, first', [(0.0, 1.0), (0.1, 1.0), (0.0, 3.0)])
+def test_generate_loss_is_cross_entropy_over_the_answer_positions(smoothing, first):
     """The generate-mode loss is the mean next-token cross-entropy over exactly the positions from each question's
-    <eos> to its reply's last word: nothing is learned from the question or the padding."""
-    model = gen_model(fusion='both', label_smoothing=smoothing)
+    <eos> to its reply's last word: nothing is learned from the question or the padding. With first_word_weight the
+    first answer word (predicted at the question's <eos>) counts that many times in the mean."""
+    model = gen_model(fusion='both', label_smoothing=smoothing, first_word_weight=first)
     seqs = sequences(list(zip(CORPUS[:3], REPLIES[:3])))
     logits, loss = model(images(2), seqs, answer_targets(seqs), image_idx=torch.tensor([0, 1, 1]))
     assert logits.shape == (*seqs.shape, len(GEN_TOK))
-    rows, cols, labels = [], [], []
+    rows, cols, labels, weights = [], [], [], []
     for b, seq in enumerate(seqs.tolist()):
         real = [t for t in seq if t != 0]
         for t in range(real.index(Tokenizer.eos_id), len(real) - 1):              # the question's <eos> .. last word
             rows.append(b), cols.append(t), labels.append(real[t + 1])
-    by_hand = F.cross_entropy(logits[rows, cols], torch.tensor(labels), label_smoothing=smoothing)
-    close(loss, by_hand)
+            weights.append(first if t == real.index(Tokenizer.eos_id) else 1.0)
+    ce = F.cross_entropy(logits[rows, cols], torch.tensor(labels), label_smoothing=smoothing, reduction='none')
+    weights = torch.tensor(weights)
+    close(loss, (ce * weights).sum() / weights.sum())
     assert len(labels) == sum(len(GEN_TOK.split(r)) + 1 for r in REPLIES[:3])   # each reply's words and its <eos>
 
 
