@@ -607,8 +607,9 @@ class TVLM(nn.Module):
             # -100 targets are F.cross_entropy's ignore_index: the mean runs over the answer positions only
             ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), label_smoothing=cfg.label_smoothing,
                                  reduction='none').view_as(targets)                   # (B, T), 0 where -100
-            weight = (targets != -100).float()                                       # (B, T)
-            weight = weight + (cfg.first_word_weight - 1) * (weight.cumsum(1) == 1) * weight
+            answered = targets != -100                                               # (B, T)
+            first = answered & (answered.cumsum(1) == 1)                             # (B, T) each row's answer word
+            weight = answered + (cfg.first_word_weight - 1) * first                  # (B, T) float
             loss = (ce * weight).sum() / weight.sum()
         else:
             loss = answer_loss(logits, targets, cfg.label_smoothing, self.answer_weight, cfg.focal_gamma)
