@@ -42,10 +42,11 @@ Question rules (one set for every source; H and W are the stored image height an
            if clear, partly cloudy, overcast or foggy (snowy and undefined skipped).
   - out of scope "What color is the car?", "Is the driver tired?", ...: always "can't answer"; asked on a third
            of the images, beside the others.
-  Each image gets at most one question per family, from the template of that family asked least so far;
-  within a template no answer may run ahead of its share (yes/no: half), so a question-only model stays
-  near chance. Each question is asked in one of its template's PHRASINGS (python prepare.py --list_questions=True);
-  a fifth of them are held out of training and asked, beside a seen one, on val and test.
+  Each image gets at most one question per family (a train image up to train_per_family, from different
+  templates), from the template of that family asked least so far; within a template no answer may run ahead of
+  its share (yes/no: half), so a question-only model stays near chance. Each question is asked in one of its
+  template's PHRASINGS (python prepare.py --list_questions=True); a fifth of them are held out of training and
+  asked, beside a seen one, on val and test.
 """
 import glob
 import io
@@ -85,6 +86,7 @@ force = False
 synth_train = 6300        # synthetic frames rendered into BDD's train (~5% of them become our val)
 synth_val = 500           # synthetic frames rendered into BDD's val (our test)
 list_questions = False    # True: print every phrasing, grouped by template, the held-out ones marked, and exit
+train_per_family = 3      # questions per family on a train image (val and test: 1); more per image, more per ViT pass
 
 VERSION = 'prepare-8'
 FORMAT_VERSION = 4            # bump when the files' layout changes; readers refuse other versions
@@ -130,7 +132,8 @@ EXIST_CLASS = {'Is there a pedestrian?': 'pedestrian', 'Is there a car?': 'car',
 MAX_SHARE = {'What color is the traffic light?': 0.45, 'How many cars are close?': 0.3,   # of a template's
              'How many pedestrians are close?': 0.3}     # questions one answer may take; yes/no: 0.5
 SLACK = 3                                   # ...plus this many, so the first images are not starved
-OOS_SHARE = 1 / 3                           # of the images also get an out-of-scope question (beside one per family)
+OOS_SHARE = 1 / 3                           # of the images also get an out-of-scope question (beside one per family;
+                                            # x per_family on train, so its share of the questions stays the same)
 
 # Questions as people ask them: each template's phrasings, asked in its place with its answer (the rules stay in
 # candidates()). Every 5th phrasing of a list (the 5th, 10th, ...) is held out of training: val and test ask each
@@ -367,17 +370,21 @@ def reason_corpus():
     return [re.sub(r'\{\w+\}', ' ', p) for ps in REASONS.values() for p in ps] + slots
 
 
-def choose_questions(cands, counts, rng):
-    """At most one question per family: the family's template asked least so far, among those whose answer
-    here has not run ahead of its share of that template. counts: int[templates, answers], updated in place."""
+def choose_questions(cands, counts, rng, per_family=1):
+    """Up to per_family questions per family, each from the family's template asked least so far among those not yet
+    picked here whose answer has not run ahead of its share of that template. counts: int[templates, answers],
+    updated in place."""
     picked = []
     for fam in FAMILIES:
-        opts = []
-        for t, a, rows in cands:
-            ai, total = ANSWERS.index(a), counts[t].sum()
-            if TEMPLATES[t][0] == fam and counts[t, ai] <= MAX_SHARE.get(TEMPLATES[t][1], 0.5) * total + SLACK:
-                opts.append((total, t, ai, rows))
-        if opts:
+        for _ in range(per_family):
+            opts = []
+            for t, a, rows in cands:
+                ai, total = ANSWERS.index(a), counts[t].sum()
+                if (TEMPLATES[t][0] == fam and t not in [p[0] for p in picked]
+                        and counts[t, ai] <= MAX_SHARE.get(TEMPLATES[t][1], 0.5) * total + SLACK):
+                    opts.append((total, t, ai, rows))
+            if not opts:
+                break
             low = [o for o in opts if o[0] == min(o[0] for o in opts)]
             _, t, ai, rows = low[rng.integers(len(low))]
             counts[t, ai] += 1
@@ -580,8 +587,9 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
     H, W, R = cfg['img_h'], cfg['img_w'], cfg['max_answer_len']
     for i, (name, attrs, boxes, cls, colour) in enumerate(kept):
         rng = np.random.default_rng([cfg['seed'], zlib.crc32(name.encode())])
-        chosen = choose_questions(candidates(boxes, cls, colour, attrs, H, W), counts, rng)
-        if rng.random() < OOS_SHARE:
+        per_family = cfg['train_per_family'] if split == 'train' else 1
+        chosen = choose_questions(candidates(boxes, cls, colour, attrs, H, W), counts, rng, per_family)
+        if rng.random() < OOS_SHARE * per_family:
             chosen.append((OUT_OF_SCOPE, ANSWERS.index(CANT), np.zeros(0, np.int64)))
         for t, a, refs in chosen:
             why = reason(TEMPLATES[t][1], ANSWERS[a], refs, boxes, cls, colour, attrs, H, W, int(rng.integers(2)))

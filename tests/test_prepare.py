@@ -21,7 +21,7 @@ H, W = 144, 256   # stored size of the rule table below
 
 def cfg(**kw):
     c = dict(bdd_root='', out='', max_images=0, weather='', timeofday='', img_h=36, img_w=64, max_q_len=16, max_answer_len=16,
-             seed=1, workers=1, force=False, synth_train=6, synth_val=3)
+             seed=1, workers=1, force=False, synth_train=6, synth_val=3, train_per_family=3)
     c.update(kw)
     return c
 
@@ -213,6 +213,18 @@ def test_balancing_keeps_answers_even_within_a_template():
         prepare.choose_questions([(t, 'yes' if i % 10 else 'no', np.zeros(0))], counts, rng)
     yes, no = counts[t, ANSWERS.index('yes')], counts[t, ANSWERS.index('no')]
     assert no == 40 and yes <= no + 2 * prepare.SLACK + 1
+
+def test_per_family_asks_different_templates_of_a_family():
+    names = [q for _, q in TEMPLATES]
+    exist = [names.index(q) for q in ('Is there a car?', 'Is there a bus?', 'Is there a pedestrian?')]
+    cands = [(t, 'yes', np.zeros(0)) for t in exist] + [(names.index('Is it night?'), 'no', np.zeros(0))]
+    for per_family, n_exist in [(1, 1), (2, 2), (3, 3), (5, 3)]:   # never more than the family's candidates
+        counts = np.zeros((len(TEMPLATES), len(ANSWERS)), dtype=np.int64)
+        picked = [t for t, _, _ in prepare.choose_questions(cands, counts, np.random.default_rng(0), per_family)]
+        assert len(set(picked)) == len(picked) and set(picked) <= {t for t, _, _ in cands}
+        assert sum(t in exist for t in picked) == n_exist and names.index('Is it night?') in picked
+        assert counts.sum() == len(picked)
+
 
 # -----------------------------------------------------------------------------
 # bad input, atomic output, reuse, determinism

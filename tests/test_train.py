@@ -243,7 +243,8 @@ def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):
     with prepare.make_pool(1) as pool:
         world.render_tree(tree, 3, 60, 6, pool)
     prepare.build(dict(bdd_root=tree, out=data, max_images=0, weather='', timeofday='', img_h=32, img_w=48,
-                       max_q_len=16, max_answer_len=16, seed=1, workers=1, force=False, synth_train=0, synth_val=0), tree, 'bdd', 'bdd100k')
+                       max_q_len=16, max_answer_len=16, seed=1, workers=1, force=False, synth_train=0, synth_val=0,
+                       train_per_family=3), tree, 'bdd', 'bdd100k')
     out = str(tmp_path / 'fine')
     p = run_train([f'--init_from={tmp_path / "pre" / "ckpt.pt"}', '--max_iters=6', '--eval_interval=3', '--augment'],
                   out, data)
