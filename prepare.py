@@ -41,7 +41,7 @@ Question rules (one set for every source; H and W are the stored image height an
   - scene  "Is it night?": yes at night, no by day (dawn/dusk skipped). "Is it raining?": yes if rainy, no
            if clear, partly cloudy, overcast or foggy (snowy and undefined skipped).
   - out of scope "What color is the car?", "Is the driver tired?", ...: always "can't answer"; asked on a third
-           of the images, beside the others.
+           of the val and test images, beside the others (train: train_per_family thirds, the same share).
   Each image gets at most one question per family (a train image up to train_per_family, from different
   templates), from the template of that family asked least so far; within a template no answer may run ahead of
   its share (yes/no: half), so a question-only model stays near chance. Each question is asked in one of its
