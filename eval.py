@@ -5,6 +5,7 @@ robustness and error analysis, printed as a report and written to eval.json and 
 $ python eval.py --ckpt=out-small/ckpt.pt                      # test split; writes out-small/eval.json + PNGs
 $ python eval.py --ckpt=out-small/ckpt.pt --blind_ckpt=out-ablate-blind/ckpt.pt --split=val --out=eval-val
 $ python eval.py --compare out-small out-ablate-prefix    # one table of the runs' eval.json headlines
+$ python eval.py --ckpt=out-small/ckpt.pt --data_dir=data/bdd100k  # real frames; writes out-small/eval-bdd100k/
 
 The metric functions are pure numpy (no scikit-learn) and importable: tests/test_eval.py checks them by hand.
 Calibration follows Guo et al. 2017 (arXiv 1706.04599). The temperature fitted on val is only reported: with
@@ -29,7 +30,7 @@ from viz import draw_boxes, overlay
 # defaults: plain globals, overridden by --key=value (configurator.py)
 ckpt = 'out-small/ckpt.pt'
 split = 'test'
-out = ''                  # where eval.json and the PNGs go; '' = beside the checkpoint
+out = ''                  # eval.json and PNGs; '' = beside the checkpoint (another data_dir: in eval-<its name>/ there)
 data_dir = ''             # '' = the dataset the checkpoint was trained on
 blind_ckpt = ''           # a question-only model (config/ablate_blind.py) to measure what the image adds
 compare = False           # True: the positional arguments are run dirs whose eval.json go into one table
@@ -517,7 +518,10 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     if len(arrays['answers']) == 0:  # a BDD tree with only some splits' images prepares the others empty
         sys.exit(f"the {split} split of {data_dir} has no questions ---> HINT: evaluate a split that has some "
                  f"(--split=train|val|test), or re-run prepare.py with images for this one")
-    out = out or os.path.dirname(os.path.abspath(ckpt))
+    if not out:  # another dataset's report (real frames) goes in its own folder, so it never overwrites the
+        out = os.path.dirname(os.path.abspath(ckpt))   # checkpoint's own eval.json, the one --compare reads
+        if os.path.abspath(data_dir) != os.path.abspath(ck.get('data_dir', data_dir)):
+            out = os.path.join(out, f'eval-{os.path.basename(os.path.normpath(data_dir))}')
     os.makedirs(out, exist_ok=True)
     y, fam = arrays['answers'].astype(np.int64), arrays['family'].astype(np.int64)
     logits, maps = predict(model, arrays, batch_questions, attn=True)

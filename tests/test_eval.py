@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -424,7 +425,13 @@ def test_a_dataset_with_only_test_questions(run, tmp_path, capsys):
     data = make_dataset(str(tmp_path / 'test-only'), n=(0, 0, 24))
     model = TVLM.from_checkpoint(run['ckpt'])
     assert ev.predict(model, ev.open_split(data, 'val'), 64, attn=True)[0].shape == (0, len(ANSWERS))
-    res = ev.evaluate(run['ckpt'], data_dir=data, out=str(tmp_path), robust_max=9, batch_questions=64)
+    ckpt, own = tmp_path / 'run' / 'ckpt.pt', tmp_path / 'run' / 'eval.json'   # a run with its own report
+    os.makedirs(ckpt.parent)
+    shutil.copy(run['ckpt'], ckpt)
+    own.write_text('{"the": "report on its own data"}')
+    res = ev.evaluate(str(ckpt), data_dir=data, robust_max=9, batch_questions=64)
+    assert own.read_text() == '{"the": "report on its own data"}'       # another dataset's report goes beside it
+    assert json.loads((tmp_path / 'run' / 'eval-test-only' / 'eval.json').read_text())['n_questions'] == 72
     assert res['calibration']['temperature'] == 1.0 and res['baselines']['majority']['counted_on'] == 'this split'
     for key in ('classification', 'grounding', 'robustness', 'errors'):
         assert res[key], f"no {key} section"
