@@ -377,12 +377,9 @@ def choose_questions(cands, counts, rng, per_family=1):
     picked = []
     for fam in FAMILIES:
         for _ in range(per_family):
-            opts = []
-            for t, a, rows in cands:
-                ai, total = ANSWERS.index(a), counts[t].sum()
-                if (TEMPLATES[t][0] == fam and t not in [p[0] for p in picked]
-                        and counts[t, ai] <= MAX_SHARE.get(TEMPLATES[t][1], 0.5) * total + SLACK):
-                    opts.append((total, t, ai, rows))
+            opts = [(counts[t].sum(), t, ANSWERS.index(a), rows) for t, a, rows in cands
+                    if TEMPLATES[t][0] == fam and t not in {p[0] for p in picked}
+                    and counts[t, ANSWERS.index(a)] <= MAX_SHARE.get(TEMPLATES[t][1], 0.5) * counts[t].sum() + SLACK]
             if not opts:
                 break
             low = [o for o in opts if o[0] == min(o[0] for o in opts)]
