@@ -836,15 +836,20 @@ def open_split(data_dir, split):
 
 
 def sample_batch(arrays, n_images, questions_per_image, generator):
-    """A random training batch: n_images images, then questions_per_image of each image's questions (with
-    replacement, so an image with fewer questions still fills its share). All numpy: images uint8
+    """A random training batch: n_images images, then questions_per_image of each image's questions (each once
+    before any twice, so an image with fewer questions still fills its share). All numpy: images uint8
     (n_images, H, W, 3), questions int64 (B, T) cut to the longest question, answers (B,), image_idx (B,),
     the images' rows in the split (n_images,), for patch_labels, and the questions' rows (B,)."""
     counts = np.diff(arrays['q_offsets'])                                      # (N,) questions per image
     has_q = np.flatnonzero(counts)
     pick = np.sort(has_q[torch.randint(len(has_q), (n_images,), generator=generator).numpy()])  # file order reads
-    offset = torch.rand(n_images, questions_per_image, generator=generator).numpy() * counts[pick, None]
-    rows = (arrays['q_offsets'][pick, None] + offset.astype(np.int64)).ravel()  # (B,) question rows
+    # each image's questions in a random order, repeated as needed: no question twice before every one was asked once
+    c = counts[pick]                                                           # (n,) questions of each picked image
+    keys = torch.rand(n_images, int(c.max()), generator=generator).numpy()     # (n, max c)
+    keys[np.arange(keys.shape[1]) >= c[:, None]] = 2.0                         # past an image's last question: sorted last
+    order = keys.argsort(1)                                                    # (n, max c) a permutation per image
+    offset = order[np.arange(n_images)[:, None], np.arange(questions_per_image) % c[:, None]]  # (n, questions_per_image)
+    rows = (arrays['q_offsets'][pick, None] + offset).ravel()  # (B,) question rows
     q = arrays['questions'][rows].astype(np.int64)                             # (B, T)
     q = q[:, :int((q != 0).sum(1).max())]                                      # drop the columns of pure padding
     return arrays['images'][pick], q, arrays['answers'][rows].astype(np.int64), \

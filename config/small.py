@@ -8,7 +8,7 @@ vit_width, vit_depth, vit_heads, vit_mlp = 128, 4, 4, 512
 dec_width, dec_depth, dec_heads, dec_kv_heads, dec_mlp = 128, 2, 4, 2, 512
 fusion = 'cross'
 batch_size = 128
-questions_per_image = 16      # 8 images of ~11 questions each (prepare's train_per_family=3), drawn with replacement:
+questions_per_image = 16      # 8 images of ~11 questions each (prepare's train_per_family=3), each once before any twice:
                               # the ViT, most of a step, runs on half as many images. Val 0.741 after 1,000 steps of
                               # 16 images x 8 (5.4 min) -> 0.806 after 2,000 of 8 x 16 (6.6 min)
 patch_weight = 2.0            # the patch-label loss: the ViT learns objects from boxes long before from answers

@@ -372,6 +372,17 @@ def test_sample_batch_keeps_questions_with_their_images(toy_data):
         assert rows and arrays['answers'][rows[0]] == a[j]
 
 
+def test_sample_batch_asks_each_question_once_before_any_twice(toy_data):
+    """An image's share of a batch holds every one of its questions before any repeats: a count differs by <= 1."""
+    arrays = prepare.open_split(toy_data, 'train')
+    counts = np.diff(arrays['q_offsets'])
+    for k in (2, 7):
+        _, _, _, _, rows, q_rows = prepare.sample_batch(arrays, 6, k, torch.Generator().manual_seed(k))
+        for i, image in enumerate(rows):
+            asked = np.bincount(q_rows[i * k:(i + 1) * k] - arrays['q_offsets'][image], minlength=counts[image])
+            assert len(asked) == counts[image] and asked.max() - asked.min() <= 1 and asked.sum() == k
+
+
 def test_split_batches_cover_every_question_once_in_order(toy_data):
     arrays = prepare.open_split(toy_data, 'val')
     seen = []
