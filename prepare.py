@@ -846,10 +846,10 @@ def sample_batch(arrays, n_images, questions_per_image, generator):
     # each image's questions in a random order, repeated as needed: no question twice before every one was asked once
     c = counts[pick]                                                           # (n,) questions of each picked image
     keys = torch.rand(n_images, int(c.max()), generator=generator).numpy()     # (n, max c)
-    keys[np.arange(keys.shape[1]) >= c[:, None]] = 2.0                         # past an image's last question: sorted last
+    keys[np.arange(keys.shape[1]) >= c[:, None]] = np.inf                      # no such question: sorted last
     order = keys.argsort(1)                                                    # (n, max c) a permutation per image
     offset = order[np.arange(n_images)[:, None], np.arange(questions_per_image) % c[:, None]]  # (n, questions_per_image)
-    rows = (arrays['q_offsets'][pick, None] + offset).ravel()  # (B,) question rows
+    rows = (arrays['q_offsets'][pick, None] + offset).ravel()                  # (B,) question rows
     q = arrays['questions'][rows].astype(np.int64)                             # (B, T)
     q = q[:, :int((q != 0).sum(1).max())]                                      # drop the columns of pure padding
     return arrays['images'][pick], q, arrays['answers'][rows].astype(np.int64), \
