@@ -60,6 +60,17 @@ def test_the_hood_hides_no_labelled_object():
     assert 20 <= hoods <= 45
 
 
+def test_the_camera_tilts_as_real_ones_do():
+    """Horizons spread like BDD's phone and dash cameras (not the rules' fixed 0.45 H), so labelled cars stand
+    above the rules' horizon in some frames, as real ones do (BDD's car bottoms: p10 0.40 H)."""
+    horizons, bottoms = [], []
+    for L, objs in scenes(100, seed=7):
+        horizons.append(L['cam'].yh / world.RH)
+        bottoms += [o['box'][3] / world.RH for o in objs if o['kind'] == 'car']
+    assert 0.35 <= min(horizons) < 0.40 and 0.49 < max(horizons) <= 0.52, (min(horizons), max(horizons))
+    assert np.mean(np.array(bottoms) < prepare.HORIZON) > 0.02
+
+
 def test_renderer_lit_colour_is_inside_the_light_box(tmp_path):
     """The brightest third of a readable traffic light is the lamp of its labelled colour."""
     os.makedirs(tmp_path / 'images' / '100k' / 'train')
