@@ -68,7 +68,7 @@ def test_the_camera_tilts_as_real_ones_do():
         horizons.append(L['cam'].yh / world.RH)
         bottoms += [o['box'][3] / world.RH for o in objs if o['kind'] == 'car']
     assert 0.35 <= min(horizons) < 0.40 and 0.49 < max(horizons) <= 0.52, (min(horizons), max(horizons))
-    assert np.mean(np.array(bottoms) < prepare.HORIZON) > 0.02
+    assert np.mean(np.array(bottoms) < prepare.HORIZON) > 0.05        # 0.11 here; the fixed camera: 0
 
 
 def test_renderer_lit_colour_is_inside_the_light_box(tmp_path):
