@@ -88,7 +88,7 @@ synth_val = 500           # synthetic frames rendered into BDD's val (our test)
 list_questions = False    # True: print every phrasing, grouped by template, the held-out ones marked, and exit
 train_per_family = 3      # questions per family on a train image (val and test: 1); more per image, more per ViT pass
 
-VERSION = 'prepare-9'          # bump when the rules or world.py change: the world is re-rendered, the data rebuilt
+VERSION = 'prepare-9'          # bump when the rules change: the world is re-rendered and every dataset rebuilt
 FORMAT_VERSION = 4            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green', CANT]  # first words differ:
@@ -772,7 +772,7 @@ def run(cfg):
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'synthetic_bdd')
         with make_pool(cfg['workers']) as pool:
             world.render_tree(root, cfg['seed'], cfg['synth_train'], cfg['synth_val'], pool)
-        final = build(cfg, root, 'synthetic', 'synthetic')
+        final = build({**cfg, 'world': world.SOURCE}, root, 'synthetic', 'synthetic')   # a new world, new data
     print(f"done in {time.time() - t0:.1f}s: {final}")
     return final
 

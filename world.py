@@ -39,6 +39,7 @@ from prepare import (CLOSE, EXIST_CLASS, FAR, HORIZON, LANE_MARGIN, LIGHT_TINY, 
 # -----------------------------------------------------------------------------
 # the camera, the palettes, and noise textures made once per process
 
+SOURCE = hashlib.md5(open(__file__, 'rb').read()).hexdigest()[:12]   # this file's content: edits re-render
 RW, RH = 640, 360          # rendered JPEG size: a quarter of BDD's pixels, still >= 2x the stored size
 FOCAL, CAM_H, LANE_W = 460.0, 1.6, 4.0    # CAM_H = LANE_W / 2 / SLOPE, so drawn lanes sit at u = +-1, +-3; above
                                            # most roofs (1.45 m), so the cars behind the one ahead still show
@@ -898,8 +899,8 @@ def render_frame(job):
 def render_tree(root, seed, n_train, n_val, pool):
     """Render the synthetic BDD100K tree once (n_train frames into BDD's train, n_val into its val); reuse it
     when render.json matches. pool: anything with imap, e.g. prepare.make_pool(workers)."""
-    # prepare.py's VERSION: a new prepare.py (new rule numbers, say) must re-render the world
-    spec = {'version': VERSION, 'seed': seed, 'train': n_train, 'val': n_val, 'size': [RW, RH]}
+    # prepare.py's VERSION: a new prepare.py (new rule numbers, say) must re-render the world; so must any edit here
+    spec = {'version': VERSION, 'world': SOURCE, 'seed': seed, 'train': n_train, 'val': n_val, 'size': [RW, RH]}
     done = os.path.join(root, 'render.json')
     if os.path.exists(done) and read_json(done) == spec:
         print(f"reusing the synthetic BDD100K tree in {root}")

@@ -112,6 +112,19 @@ def test_cars_seen_from_behind_show_tail_lights_in_their_boxes():
     assert seen >= 10
 
 
+def test_an_edited_world_is_rendered_again(tmp_path, monkeypatch, capsys):
+    """render.json keeps world.py's content hash: the same world is reused, an edited one rendered anew (and
+    prepare.py's data/synthetic, whose arguments hold the same hash, rebuilt)."""
+    root = str(tmp_path / 'tree')
+    with make_pool(1) as pool:
+        world.render_tree(root, seed=7, n_train=2, n_val=1, pool=pool)
+        world.render_tree(root, seed=7, n_train=2, n_val=1, pool=pool)
+        assert 'reusing' in capsys.readouterr().out
+        monkeypatch.setattr(world, 'SOURCE', 'an edited world')
+        world.render_tree(root, seed=7, n_train=2, n_val=1, pool=pool)
+        assert 'reusing' not in capsys.readouterr().out
+
+
 def test_same_seed_renders_a_byte_identical_tree(tmp_path):
     """Every JPEG, labels file and render.json, whatever the worker count."""
     trees = [str(tmp_path / f'run{workers}') for workers in (1, 2)]
