@@ -88,7 +88,7 @@ synth_val = 500           # synthetic frames rendered into BDD's val (our test)
 list_questions = False    # True: print every phrasing, grouped by template, the held-out ones marked, and exit
 train_per_family = 3      # questions per family on a train image (val and test: 1); more per image, more per ViT pass
 
-VERSION = 'prepare-9'          # bump when the rules change: the world is re-rendered and every dataset rebuilt
+VERSION = 'prepare-8'          # bump when the rules change: the world is re-rendered and every dataset rebuilt
 FORMAT_VERSION = 4            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green', CANT]  # first words differ:

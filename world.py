@@ -181,9 +181,8 @@ def sample_layout(rng):
          'walk': 0.0 if highway else rng.uniform(2.0, 4.5), 'night': t == 'night',
          'ambient': tuple(amb * c * rng.uniform(0.96, 1.04) for c in light), 'fog_dist': fog * rng.uniform(0.7, 1.4),
          'sky': (top, hor), 'cover': cover * rng.uniform(0.5, 1.5), 'density': rng.random() ** 0.7,
-         # phones and dash cams sit at many pitches: real footprints reach far above the rules' fixed horizon (car
-         # bottoms p10 0.40 H in BDD), and a low mount sees the dashboard fill up to the bottom third. The rules
-         # keep their fixed camera here as on real frames, so the labels are what they would be on a real photo.
+         # cameras sit at many pitches (BDD's car bottoms reach 0.40 H at p10, above the rules' horizon) and low mounts
+         # see up to a third of dashboard; the rules keep their fixed camera, as on real frames
          'cam': Cam(RW / 2 + rng.uniform(-0.01, 0.01) * RW, (HORIZON + np.clip(rng.normal(0, 0.045), -0.1, 0.07)) * RH),
          'hood': rng.uniform(0.62, 0.94) * RH if rng.random() < 0.55 else RH + 1.0, 'lamps': [],
          'zoff': rng.uniform(0, 102.4)}
