@@ -913,11 +913,13 @@ def patch_labels(arrays, rows, patch):
 def look_targets(arrays, q_rows, patch):
     """Where each question at q_rows (indices or a slice) should look, the targets of the model's look loss: float32
     (B, H/p, W/p), the patches of its referents (the objects and lights that decided its answer) weighted alike and
-    summing to 1, or all zero for a question the rules answered from no object (an absence, the weather, out of scope)."""
+    summing to 1; every patch alike for a question about the whole frame (the weather, the time of day), whose answer
+    no patch holds alone; all zero for one the rules answered from no object (an absence, out of scope)."""
     H, W = arrays['images'].shape[1:3]
     starts, ends = arrays['ref_offsets'][:-1][q_rows], arrays['ref_offsets'][1:][q_rows]     # (B,) each
     ref, question = spans(starts, ends)                                        # (R,) each
     out = union_by(patch_masks(arrays['boxes'][arrays['referents'][ref]], patch, H, W), question, len(starts))  # (B, P)
+    out[arrays['family'][q_rows] == FAMILIES.index('scene')] = 1
     return (out / np.maximum(out.sum(1, keepdims=True), 1)).reshape(len(starts), H // patch, W // patch)
 
 

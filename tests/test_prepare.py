@@ -415,18 +415,22 @@ def test_patch_labels_mark_the_patches_each_box_touches():
 
 def test_look_targets_spread_over_the_referents_patches():
     """A question's look target is the patches its referent boxes touch, weighted alike and summing to 1 (the
-    union: a patch two referents share counts once); a question without referents gets all zeros."""
+    union: a patch two referents share counts once); a question without referents gets all zeros, unless it asks
+    about the whole frame (the scene family: the weather, the time of day), which looks at every patch alike."""
+    exist, scene = prepare.FAMILIES.index('exist'), prepare.FAMILIES.index('scene')
     arrays = {'images': np.zeros((1, 32, 48, 3), np.uint8),
               'boxes': np.array([[9, 1, 24, 15], [20, 2, 22, 4], [40, 17, 41, 20]], np.float32),   # x1, y1, x2, y2
-              'referents': np.array([0, 1, 2, 2]), 'ref_offsets': np.array([0, 3, 3, 4])}       # questions 0, 1, 2
-    looks = prepare.look_targets(arrays, np.array([0, 1, 2]), patch=8)
-    assert looks.shape == (3, 4, 6) and looks.dtype == np.float32
+              'referents': np.array([0, 1, 2, 2]), 'ref_offsets': np.array([0, 3, 3, 4, 4]),    # questions 0..3
+              'family': np.array([exist, exist, exist, scene])}
+    looks = prepare.look_targets(arrays, np.array([0, 1, 2, 3]), patch=8)
+    assert looks.shape == (4, 4, 6) and looks.dtype == np.float32
     where = np.zeros((4, 6))
     where[0:2, 1:3] = 1                               # box 0; box 1 lies inside its patches
     where[2, 5] = 1                                   # box 2, a sliver
     np.testing.assert_allclose(looks[0], where / 5)
     assert (looks[1] == 0).all()                      # no referents: nothing to look at
     assert looks[2, 2, 5] == 1 and looks[2].sum() == 1
+    np.testing.assert_allclose(looks[3], np.full((4, 6), 1 / 24))   # "Is it raining?": everywhere alike
 
 def test_training_batch_mirrors_look_targets_with_their_questions(toy_data):
     """With flips, a mirrored image's questions swap left and right and its look targets mirror too: every toy
