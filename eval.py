@@ -266,8 +266,9 @@ def generate_all(model, arrays, batch_questions):
 # The report's sections: each takes the predictions, returns plain numbers for eval.json, and draws its plot
 
 
-def by_family(hit, fam, families):
-    return {f: {'n': int((fam == i).sum()), 'accuracy': hit[fam == i].mean()} for i, f in enumerate(families) if (fam == i).any()}
+def by_group(hit, group, names):
+    """Accuracy per group (a family, a template): {name: {'n', 'accuracy'}} over the groups that were asked."""
+    return {g: {'n': int((group == i).sum()), 'accuracy': hit[group == i].mean()} for i, g in enumerate(names) if (group == i).any()}
 
 
 def calibration_section(logits, y, val_logits, val_y, out_dir):
@@ -335,10 +336,11 @@ def baseline_section(y, fam, pred, arrays, train, meta, blind_logits):
     guess = majority_by_template(src['template'], src['answers'], arrays['template'], len(meta['templates']),
                                  len(meta['answers']))
     res = {'majority': {'accuracy': (guess == y).mean(), 'gap': acc - (guess == y).mean(), 'counted_on':
-                        'train' if src is train else 'this split', 'per_family': by_family(guess == y, fam, meta['families'])}}
+                        'train' if src is train else 'this split', 'per_family': by_group(guess == y, fam, meta['families']),
+                        'per_template': by_group(guess == y, arrays['template'], meta['templates'])}}
     if blind_logits is not None:
         hit = blind_logits.argmax(1) == y
-        res['blind'] = {'accuracy': hit.mean(), 'gap': acc - hit.mean(), 'per_family': by_family(hit, fam, meta['families'])}
+        res['blind'] = {'accuracy': hit.mean(), 'gap': acc - hit.mean(), 'per_family': by_group(hit, fam, meta['families'])}
     return res
 
 
@@ -390,7 +392,7 @@ def phrasing_section(pred, y, fam, arrays, meta, k=8):
     hit, abstained = pred == y, pred == meta['answers'].index(CANT)
     share = lambda x, m: {'n': int(m.sum()), 'rate': x[m].mean() if m.any() else float('nan')}
     acc = lambda m: {'n': int(m.sum()), 'accuracy': hit[m].mean() if m.any() else float('nan'),
-                     'per_family': by_family(hit[m], fam[m], meta['families'])}
+                     'per_family': by_group(hit[m], fam[m], meta['families'])}
     n, right = np.bincount(ph, minlength=len(meta['phrasings'])), np.bincount(ph, hit, len(meta['phrasings']))
     asked = np.flatnonzero(n)
     worst = asked[np.lexsort((-n[asked], right[asked] / n[asked]))][:k]          # lowest accuracy, then most asked
@@ -430,7 +432,7 @@ def generation_section(said, arrays, y, fam, meta, tokenizer, k=6):
     one_of = np.array([n and s in deciding(j) | {t} for j, (n, s, t) in enumerate(zip(named, said_f, true_f))])
     same = np.array([s == t for s, t in zip(said_f, true_f)])
     rate = lambda ok, m: ok[m].mean() if m.any() else float('nan')
-    return {'exact_match': hit.mean(), 'per_family': by_family(hit, fam, meta['families']),
+    return {'exact_match': hit.mean(), 'per_family': by_group(hit, fam, meta['families']),
             'reason_names_object_and_side': {'on_correct': rate(one_of, named & hit), 'n_correct': int((named & hit).sum()),
                                              'on_errors': rate(one_of, named & ~hit), 'n_errors': int((named & ~hit).sum()),
                                              'as_stored_on_correct': rate(same, named & hit)},
@@ -531,7 +533,9 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
            'n_params': model.num_params(), 'train_time': ck.get('train_time'), 'iter_num': ck.get('iter_num'),
            'model_args': ck['model_args'], 'answers': meta['answers'], 'families': meta['families']}
     res['classification'] = {**full_report(y, logits, meta['answers']), 'per_family': {
-        f: full_report(y[fam == i], logits[fam == i], meta['answers']) for i, f in enumerate(meta['families']) if (fam == i).any()}}
+        f: full_report(y[fam == i], logits[fam == i], meta['answers']) for i, f in enumerate(meta['families']) if (fam == i).any()},
+        # a family's figure can hide one of its templates at chance ("Is it raining?" beside "Is it night?")
+        'per_template': by_group(probs.argmax(1) == y, arrays['template'], meta['templates'])}
     val_logits = logits if split == 'val' else predict(model, val, batch_questions)[0]  # on val, T is fitted in-sample
     res['calibration'] = calibration_section(logits, y, val_logits, val['answers'].astype(np.int64), out)
     if save_temperature and os.path.getmtime(ckpt) != mtime:  # train.py saved new weights: they need their own T
@@ -620,6 +624,10 @@ def print_sections(r):
     print(f"baselines: majority answer per template (counted on {m['counted_on']}) {fmt(m['accuracy'])} "
           f"(gap {fmt(m['gap'], '+.3f')})"
           + (f", blind model {fmt(b['blind']['accuracy'])} (gap {fmt(b['blind']['gap'], '+.3f')})" if 'blind' in b else ''))
+    per = r['classification']['per_template']
+    least = sorted(per, key=lambda t: per[t]['accuracy'] - m['per_template'][t]['accuracy'])[:5]
+    print("  the templates least above it: " + '; '.join(
+        f"{t!r} {fmt(per[t]['accuracy'])} vs {fmt(m['per_template'][t]['accuracy'])} (n={per[t]['n']})" for t in least))
     print(f"robustness, accuracy on the first {rob['n']} questions (clean {fmt(rob['clean'])}):")
     for kind, accs in rob['accuracy'].items():
         print(f"  {kind:<10} " + '  '.join(f"{s:>4}: {fmt(a)}" for s, a in accs.items()))

@@ -322,6 +322,12 @@ def test_end_to_end_writes_every_section_and_plot(run):
     c = saved['classification']
     assert c['n'] == 72 and set(c['per_family']) == {'exist', 'count', 'spatial'} and 'yes_no' in c
     assert c['per_answer']['support'][ANSWERS.index('2')] == 0
+    # per template too, beside the majority's: a family's mean cannot hide a template the model never learned
+    per, major = c['per_template'], saved['baselines']['majority']['per_template']
+    assert list(per) == list(major) == [q for _, q in QUESTIONS] and sum(x['n'] for x in per.values()) == c['n']
+    for fam, q in QUESTIONS:  # one template a family here, so each template's figures are its family's
+        assert per[q]['accuracy'] == pytest.approx(c['per_family'][fam]['accuracy'])
+        assert major[q]['accuracy'] == pytest.approx(saved['baselines']['majority']['per_family'][fam]['accuracy'])
     g = saved['grounding']
     assert list(g['per_layer']) == ['cross-attn 0', 'cross-attn 1'] and set(g['per_family']) == {'exist', 'count', 'spatial'}
     assert g['n'] == sum(x['n'] for x in g['per_family'].values()) > 0
@@ -440,6 +446,9 @@ def test_a_dataset_with_only_test_questions(run, tmp_path, capsys):
     assert f"on {data} (toy), test split: 72 questions" in report
     assert 'val has 0 questions: too few to fit a temperature, T = 1' in report
     assert 'majority answer per template (counted on this split)' in report
+    per, major = res['classification']['per_template'], res['baselines']['majority']['per_template']
+    first = min(per, key=lambda t: per[t]['accuracy'] - major[t]['accuracy'])
+    assert f"the templates least above it: {first!r} {per[first]['accuracy']:.3f} vs " in report
     with pytest.raises(SystemExit, match=r'^the val split of .*test-only has no questions ---> HINT'):
         ev.evaluate(run['ckpt'], data_dir=data, split='val', out=str(tmp_path))
 
