@@ -267,8 +267,10 @@ def generate_all(model, arrays, batch_questions):
 
 
 def by_group(hit, group, names):
-    """Accuracy per group (a family, a template): {name: {'n', 'accuracy'}} over the groups that were asked."""
-    return {g: {'n': int((group == i).sum()), 'accuracy': hit[group == i].mean()} for i, g in enumerate(names) if (group == i).any()}
+    """Accuracy per group (a family, a template, a phrasing): {name: {'n', 'accuracy'}} over the groups asked."""
+    group = np.asarray(group, np.int64)
+    n, right = np.bincount(group, minlength=len(names)), np.bincount(group, hit, len(names))
+    return {names[i]: {'n': int(n[i]), 'accuracy': right[i] / n[i]} for i in np.flatnonzero(n)}
 
 
 def calibration_section(logits, y, val_logits, val_y, out_dir):
@@ -393,15 +395,13 @@ def phrasing_section(pred, y, fam, arrays, meta, k=8):
     share = lambda x, m: {'n': int(m.sum()), 'rate': x[m].mean() if m.any() else float('nan')}
     acc = lambda m: {'n': int(m.sum()), 'accuracy': hit[m].mean() if m.any() else float('nan'),
                      'per_family': by_group(hit[m], fam[m], meta['families'])}
-    n, right = np.bincount(ph, minlength=len(meta['phrasings'])), np.bincount(ph, hit, len(meta['phrasings']))
-    asked = np.flatnonzero(n)
-    worst = asked[np.lexsort((-n[asked], right[asked] / n[asked]))][:k]          # lowest accuracy, then most asked
+    per = by_group(hit, ph, range(len(meta['phrasings'])))                    # keyed by phrasing id
+    worst = sorted(per, key=lambda j: (per[j]['accuracy'], -per[j]['n']))[:k]  # lowest accuracy, then most asked
     return {'accuracy': {'seen': acc(~oos & ~held), 'unseen': acc(~oos & held)},
             'abstention': {'seen': share(abstained, oos & ~held), 'unseen': share(abstained, oos & held & ~new),
                            'new_words': share(abstained, oos & new)},
             'false_abstention': share(abstained, ~oos),
-            'worst': [{'phrasing': meta['phrasings'][j], 'held_out': meta['held_out'][j], 'n': n[j],
-                       'accuracy': right[j] / n[j]} for j in worst]}
+            'worst': [{'phrasing': meta['phrasings'][j], 'held_out': meta['held_out'][j], **per[j]} for j in worst]}
 
 
 def split_answer(text):
