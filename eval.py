@@ -1,6 +1,6 @@
 """
-Evaluate a trained tvlm checkpoint on a split of its dataset: classification, calibration, grounding, baselines,
-robustness and error analysis, printed as a report and written to eval.json and PNGs beside the checkpoint.
+Evaluate a trained tvlm checkpoint on a split of its dataset: classification, calibration, grounding, detection,
+baselines, robustness and error analysis, printed as a report and written to eval.json and PNGs beside the checkpoint.
 
 $ python eval.py --ckpt=out-small/ckpt.pt                      # test split; writes out-small/eval.json + PNGs
 $ python eval.py --ckpt=out-small/ckpt.pt --blind_ckpt=out-ablate-blind/ckpt.pt --split=val --out=eval-val
@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from prepare import check_compatible, jpeg, load_meta, mirror_tables, open_split, side_of, split_batches
+from prepare import (PATCH_LABELS, check_compatible, jpeg, load_meta, mirror_tables, open_split, patch_labels,
+                     side_of, split_batches)
 from tvlm import CANT, TVLM, image_attention, load_checkpoint
 from viz import draw_boxes, overlay
 
@@ -179,6 +180,15 @@ def grounding(maps, shares):
             'pointing': (shares[np.arange(Q), maps.argmax(1)] > 0).mean(),  # the top patch touches a referent box
             'pointing_chance': (shares > 0).mean(), 'entropy': entropy.mean(), 'entropy_uniform': np.log(P)}
 
+
+def average_precision(score, positive):
+    """Average precision of scores float[M] for labels bool[M]: the precision at each positive's rank, averaged (a
+    scorer that knows nothing gets the positives' share); None without positives."""
+    if not positive.any():
+        return None
+    hits = positive[np.argsort(-score, kind='stable')]                             # (M,) best score first
+    return float((np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits].mean())
+
 # -----------------------------------------------------------------------------
 # Robustness: image perturbations and the left-right mirror
 
@@ -318,6 +328,23 @@ def grounding_section(maps, arrays, cfg, families):
     res['per_family'] = {f: grounding(avg[has[fam == i]], shares[fam == i])
                          for i, f in enumerate(families) if (fam == i).any()}
     return res
+
+
+@torch.no_grad()
+def detection_section(model, arrays, batch_images=64):
+    """The patch head's average precision per label (prepare.PATCH_LABELS) over every patch of the split, beside the
+    label's share of the patches: how well the ViT finds each kind of thing, from thousands of patches where the
+    questions about it may number a few dozen (real frames). None for a model without a patch head."""
+    if model.patch_head is None:
+        return None
+    dev, n = next(model.parameters()).device, len(arrays['images'])
+    scores = np.concatenate([model.patch_head(model.vit(torch.from_numpy(np.require(
+        arrays['images'][i:i + batch_images], requirements=['C', 'W'])).to(dev))).float().cpu().numpy()
+        for i in range(0, n, batch_images)])                                     # (N, P, K) logits
+    truth = patch_labels(arrays, np.arange(n), model.cfg.patch).reshape(scores.shape) > 0   # (N, P, K)
+    return {label: {'ap': average_precision(scores[..., k].ravel(), truth[..., k].ravel()),
+                    'share': float(truth[..., k].mean()), 'n': int(truth[..., k].sum())}
+            for k, label in enumerate(PATCH_LABELS)}
 
 
 def majority_by_template(train_template, train_answers, template, n_templates, n_answers):
@@ -545,6 +572,7 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
         write_atomic(ckpt, lambda tmp: torch.save(ck, tmp))
         res['calibration']['saved'] = True
     res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg, meta['families'])
+    res['detection'] = detection_section(model, arrays)
     blind_logits = predict(load(blind_ckpt, data_dir, device)[0], arrays, batch_questions)[0] if blind_ckpt else None
     res['phrasing'] = phrasing_section(probs.argmax(1), y, fam, arrays, meta)
     res['baselines'] = baseline_section(y, fam, probs.argmax(1), arrays, train, meta, blind_logits)
@@ -620,6 +648,9 @@ def print_sections(r):
         for name, parts in (('layer', g['per_layer'].items()), ('family', g['per_family'].items())):
             print(f"  per {name}: " + ', '.join(f"{k} {fmt(x['ratio'], '.2f')}x (pointing {fmt(x['pointing'], '.2f')})"
                                                 for k, x in parts))
+    if r['detection']:
+        print("detection, the patch head's average precision per label over every patch (the label's share of them, "
+              "a blind guess): " + ', '.join(f"{k} {fmt(x['ap'])} ({fmt(x['share'])})" for k, x in r['detection'].items() if x['n']))
     m = b['majority']
     print(f"baselines: majority answer per template (counted on {m['counted_on']}) {fmt(m['accuracy'])} "
           f"(gap {fmt(m['gap'], '+.3f')})"

@@ -129,6 +129,14 @@ def test_grounding_on_hand_made_maps():
     assert off['ratio'] == 0.0 and off['pointing'] == 0.0
 
 
+def test_average_precision_by_hand():
+    # ranked: pos, neg, pos, neg -> precision 1/1 at the first positive, 2/3 at the second
+    assert ev.average_precision(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0], bool)) == pytest.approx(5 / 6)
+    assert ev.average_precision(np.array([0.1, 0.9, 0.5]), np.array([1, 1, 1], bool)) == pytest.approx(1.0)
+    assert ev.average_precision(np.array([0.3, 0.2, 0.1]), np.array([0, 0, 1], bool)) == pytest.approx(1 / 3)
+    assert ev.average_precision(np.array([0.5, 0.4]), np.array([0, 0], bool)) is None
+
+
 def test_majority_by_template():
     guess = ev.majority_by_template([0, 0, 0, 1, 1], [1, 1, 0, 2, 2], [0, 1, 2], n_templates=3, n_answers=3)
     assert guess.tolist() == [1, 2, 1]                                   # template 2 unseen: overall majority
@@ -302,7 +310,7 @@ def run(tmp_path_factory):
     torch.set_num_threads(1)  # models this tiny run faster on one thread than on two fighting other jobs
     root = tmp_path_factory.mktemp('eval')
     data = make_dataset(str(root / 'data'), n=(48, ev.MIN_TEMPERATURE_QUESTIONS // 3, 24))
-    ckpt = make_checkpoint(str(root / 'out-cross' / 'ckpt.pt'), data)
+    ckpt = make_checkpoint(str(root / 'out-cross' / 'ckpt.pt'), data, n_patch_labels=len(prepare.PATCH_LABELS))
     blind = make_checkpoint(str(root / 'out-blind' / 'ckpt.pt'), data, fusion='none')
     blind_digest = digest(blind)
     blind_res = ev.evaluate(blind, robust_max=9, batch_questions=64)
@@ -331,6 +339,12 @@ def test_end_to_end_writes_every_section_and_plot(run):
     g = saved['grounding']
     assert list(g['per_layer']) == ['cross-attn 0', 'cross-attn 1'] and set(g['per_family']) == {'exist', 'count', 'spatial'}
     assert g['n'] == sum(x['n'] for x in g['per_family'].values()) > 0
+    # the patch head's AP per label: each toy car covers one patch cell, and toy box class 0 is PATCH_LABELS[0]
+    det, test_boxes = saved['detection'], len(np.load(os.path.join(run['data'], 'test_boxes.npy')))
+    assert list(det) == prepare.PATCH_LABELS and det[prepare.PATCH_LABELS[0]]['n'] == test_boxes > 0
+    assert det[prepare.PATCH_LABELS[0]]['share'] == pytest.approx(test_boxes / (24 * 6))
+    assert 0 < det[prepare.PATCH_LABELS[0]]['ap'] <= 1 and all(x['ap'] is None for x in list(det.values())[1:])
+    assert run['blind_res']['detection'] is None                           # no image, no patch head
     assert saved['baselines']['blind']['gap'] == pytest.approx(c['accuracy'] - saved['baselines']['blind']['accuracy'])
     assert set(saved['robustness']['accuracy']) == set(ev.ROBUSTNESS) and saved['robustness']['n'] == 30
     assert 0 <= saved['robustness']['flip']['consistency'] <= 1 and saved['robustness']['flip']['n_left_right'] == 10
