@@ -259,8 +259,9 @@ loss_sum, hits, seen, steps, t_log = torch.zeros((), device=device), torch.zeros
 evals_since_best, t0 = 0, time.time()
 try:
     while True:
+        lr_now = get_lr(iter_num, warmup_iters, lr_decay_iters, lr, min_lr)  # logged: each group's is this x lr_scale
         for group in optimizer.param_groups:
-            group['lr'] = get_lr(iter_num, warmup_iters, lr_decay_iters, lr, min_lr) * group['lr_scale']
+            group['lr'] = lr_now * group['lr_scale']
 
         # evaluate, checkpoint, stop early
         if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > 0:
@@ -324,10 +325,10 @@ try:
                 qps = batch_size * grad_accum * world_size / dt
                 mfu = f", mfu {100 * flops_per_step / dt / peak_flops:.1f}%" if peak_flops else ''
                 gn = grad_norm.item() if grad_clip else float('nan')
-                print(f"iter {iter_num}: loss {mean_loss:.4f}, acc {hits.item() / seen:.3f}, lr {optimizer.param_groups[0]['lr']:.1e}, "
+                print(f"iter {iter_num}: loss {mean_loss:.4f}, acc {hits.item() / seen:.3f}, lr {lr_now:.1e}, "
                       f"grad {gn:.2f}, {dt * 1000:.1f}ms, {qps:,.0f} q/s, {qps / questions_per_image:,.0f} img/s{mfu}")
                 log({'kind': 'train', 'iter': iter_num, 'loss': mean_loss, 'acc': hits.item() / seen,
-                     'lr': optimizer.param_groups[0]['lr'], 'grad_norm': gn, 'ms': dt * 1000, 'samples_per_s': qps,
+                     'lr': lr_now, 'grad_norm': gn, 'ms': dt * 1000, 'samples_per_s': qps,
                      'mfu': flops_per_step / dt / peak_flops if peak_flops else None})
             loss_sum.zero_()
             hits.zero_()
