@@ -236,11 +236,14 @@ def predict(model, arrays, batch_questions, max_images=None, transform=None, att
     """float32[Q, A] logits for the questions of the first max_images images (all by default), whole images per
     batch so the ViT runs once per image; transform(images, questions) may alter both. With attn=True, also the
     summary token's attention to the image, {name: float32[Q, P]} per tvlm.image_attention map (None for a blind
-    model)."""
+    model), and from the same ViT pass the patch head's logits on the images asked about: (image rows int64[N],
+    float32[N, P, K]) (None without a patch head). -> (logits, maps, patches)"""
     dev = next(model.parameters()).device
     attn = attn and model.cfg.fusion != 'none'
+    heads = attn and model.patch_head is not None
     logits, maps = [np.zeros((0, len(model.answers)), np.float32)], {}  # an empty split gives (0, A), not an error
-    for _, _, images, q, idx in split_batches(arrays, batch_questions, max_images):
+    image_rows, patch_logits = [np.zeros(0, np.int64)], []
+    for rows_img, _, images, q, idx in split_batches(arrays, batch_questions, max_images):
         if transform is not None:
             images, q = transform(images, q)
         images = np.require(images, requirements=['C', 'W'])                  # copies read-only memmaps and views
@@ -252,7 +255,11 @@ def predict(model, arrays, batch_questions, max_images=None, transform=None, att
             rows = torch.arange(len(q), device=dev)
             for name, m in image_attention(out):
                 maps.setdefault(name, []).append(m[rows, out['summary_idx']].cpu().numpy())  # (Q', P)
-    return np.concatenate(logits), ({k: np.concatenate(v) for k, v in maps.items()} if attn else None)
+        if heads:
+            image_rows.append(rows_img)
+            patch_logits.append(model.patch_head(out['vis']).float().cpu().numpy())   # (N', P, K)
+    patches = (np.concatenate(image_rows), np.concatenate(patch_logits)) if heads and patch_logits else None
+    return np.concatenate(logits), ({k: np.concatenate(v) for k, v in maps.items()} if attn else None), patches
 
 @torch.no_grad()
 def generate_all(model, arrays, batch_questions):
@@ -330,18 +337,15 @@ def grounding_section(maps, arrays, cfg, families):
     return res
 
 
-@torch.no_grad()
-def detection_section(model, arrays, batch_images=64):
-    """The patch head's average precision per label (prepare.PATCH_LABELS) over every patch of the split, beside the
-    label's share of the patches: how well the ViT finds each kind of thing, from thousands of patches where the
-    questions about it may number a few dozen (real frames). None for a model without a patch head."""
-    if model.patch_head is None:
+def detection_section(patches, arrays, patch):
+    """The patch head's average precision per label (prepare.PATCH_LABELS) over every patch of the images predict()
+    gave its logits for (`patches`: rows, float[N, P, K]), beside the label's share of the patches: how well the ViT
+    finds each kind of thing, from thousands of patches where the questions about it may number a few dozen (real
+    frames). None for a model without a patch head."""
+    if patches is None:
         return None
-    dev, n = next(model.parameters()).device, len(arrays['images'])
-    scores = np.concatenate([model.patch_head(model.vit(torch.from_numpy(np.require(
-        arrays['images'][i:i + batch_images], requirements=['C', 'W'])).to(dev))).float().cpu().numpy()
-        for i in range(0, n, batch_images)])                                     # (N, P, K) logits
-    truth = patch_labels(arrays, np.arange(n), model.cfg.patch).reshape(scores.shape) > 0   # (N, P, K)
+    rows, scores = patches
+    truth = patch_labels(arrays, rows, patch).reshape(scores.shape) > 0          # (N, P, K)
     return {label: {'ap': average_precision(scores[..., k].ravel(), truth[..., k].ravel()),
                     'share': float(truth[..., k].mean()), 'n': int(truth[..., k].sum())}
             for k, label in enumerate(PATCH_LABELS)}
@@ -553,7 +557,7 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
             out = os.path.join(out, f'eval-{os.path.basename(os.path.normpath(data_dir))}')
     os.makedirs(out, exist_ok=True)
     y, fam = arrays['answers'].astype(np.int64), arrays['family'].astype(np.int64)
-    logits, maps = predict(model, arrays, batch_questions, attn=True)
+    logits, maps, patches = predict(model, arrays, batch_questions, attn=True)
     probs = softmax(logits)
     res = {'ckpt': ckpt, 'split': split, 'data_dir': data_dir, 'source': meta.get('source'),
            'source_format': meta.get('source_format'), 'n_questions': len(y), 'n_images': len(arrays['q_offsets']) - 1,
@@ -572,7 +576,7 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
         write_atomic(ckpt, lambda tmp: torch.save(ck, tmp))
         res['calibration']['saved'] = True
     res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg, meta['families'])
-    res['detection'] = detection_section(model, arrays)
+    res['detection'] = detection_section(patches, arrays, model.cfg.patch)
     blind_logits = predict(load(blind_ckpt, data_dir, device)[0], arrays, batch_questions)[0] if blind_ckpt else None
     res['phrasing'] = phrasing_section(probs.argmax(1), y, fam, arrays, meta)
     res['baselines'] = baseline_section(y, fam, probs.argmax(1), arrays, train, meta, blind_logits)

@@ -575,7 +575,8 @@ class TVLM(nn.Module):
         training loss of self.loss, or None without targets).
         answer='generate': tokens are whole sequences (see answer_targets), targets int64[B, T] with -100 where
         nothing is learned, and the logits float[B, T, V] predict each next token.
-        A dict passed as `out` takes the explicit attention path and is filled with the attention maps."""
+        A dict passed as `out` takes the explicit attention path and is filled with the attention maps (and 'vis',
+        the ViT's tokens)."""
         cfg = self.cfg
         look = targets is not None and look_targets is not None and cfg.look_weight > 0
         if out is not None:
@@ -591,7 +592,7 @@ class TVLM(nn.Module):
             summary = (tokens != Tokenizer.pad_id).sum(1) - 1                  # (B,)
             logits = self.head(h[torch.arange(h.shape[0], device=h.device), summary])  # (B, A)
         if out is not None:
-            out.update(summary_idx=summary, prefix=0 if prefix is None else prefix.shape[1])
+            out.update(summary_idx=summary, prefix=0 if prefix is None else prefix.shape[1], vis=vis)
         looked = (out['cross_attn'], summary, look_targets) if look else None
         loss = None if targets is None else self.loss(logits, targets, vis, patch_targets, looked)
         return logits, loss

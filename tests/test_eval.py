@@ -366,7 +366,7 @@ def test_grounding_reads_the_maps_viz_shows(run, fusion, names):
     is viz.py's 'layer average' panel for it (under 'both': cross and prefix maps alike)."""
     ckpt = make_checkpoint(str(run['root'] / f'out-{fusion}' / 'ckpt.pt'), run['data'], steps=2, fusion=fusion)
     model, arrays = TVLM.from_checkpoint(ckpt), ev.open_split(run['data'], 'test')
-    logits, maps = ev.predict(model, arrays, 64, attn=True)
+    logits, maps, _ = ev.predict(model, arrays, 64, attn=True)
     assert logits.shape == (72, len(ANSWERS)) and list(maps) == names and all(m.shape == (72, 6) for m in maps.values())
     np.testing.assert_allclose(np.stack(list(maps.values())).sum(-1), 1.0, rtol=1e-5)
     for j in (0, 40, 71):
