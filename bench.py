@@ -108,7 +108,7 @@ def make_dataset(tmp):
               'q_offsets': np.arange(0, n * q_per + 1, q_per, dtype=np.int64),
               'boxes': xy.reshape(-1, 4).astype(np.float32), 'box_offsets': np.arange(0, n * q_per + 1, q_per),
               'box_class': rng.integers(0, 10, n * q_per).astype(np.int16),
-              'box_colour': rng.integers(0, 4, n * q_per).astype(np.int8)}
+              'box_colour': rng.integers(0, 4, n * q_per).astype(np.int8), 'rain': rng.integers(-1, 2, n).astype(np.int8)}
     for name, arr in arrays.items():
         np.save(os.path.join(tmp, f'train_{name}.npy'), arr)
     return {name: np.load(os.path.join(tmp, f'train_{name}.npy'), mmap_mode='r') for name in arrays}

@@ -345,10 +345,13 @@ def detection_section(patches, arrays, patch):
     if patches is None:
         return None
     rows, scores = patches
-    truth = patch_labels(arrays, rows, patch).reshape(scores.shape) > 0          # (N, P, K)
-    return {label: {'ap': average_precision(scores[..., k].ravel(), truth[..., k].ravel()),
-                    'share': float(truth[..., k].mean()), 'n': int(truth[..., k].sum())}
-            for k, label in enumerate(PATCH_LABELS)}
+    K = scores.shape[-1]              # an older checkpoint's head predicts the labels before 'rain', a prefix
+    target = patch_labels(arrays, rows, patch)[..., :K].reshape(scores.shape)   # (N, P, K), -1 where not known
+    known, truth = target >= 0, target > 0
+    return {label: {'ap': average_precision(scores[..., k][known[..., k]], truth[..., k][known[..., k]]),
+                    'share': float(truth[..., k][known[..., k]].mean()) if known[..., k].any() else None,
+                    'n': int(truth[..., k].sum())}
+            for k, label in enumerate(PATCH_LABELS[:K])}
 
 
 def majority_by_template(train_template, train_answers, template, n_templates, n_answers):

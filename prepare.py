@@ -89,7 +89,7 @@ list_questions = False    # True: print every phrasing, grouped by template, the
 train_per_family = 3      # questions per family on a train image (val and test: 1); more per image, more per ViT pass
 
 VERSION = 'prepare-8'          # bump when the rules change: the world is re-rendered and every dataset rebuilt
-FORMAT_VERSION = 4            # bump when the files' layout changes; readers refuse other versions
+FORMAT_VERSION = 5            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green', CANT]  # first words differ:
 assert len({a.split()[0] for a in ANSWERS}) == len(ANSWERS), "eval and generate mode read answers by their first word"
@@ -100,7 +100,12 @@ CATEGORY_MAP = {**{c: c for c in BOX_CLASSES}, 'person': 'pedestrian', 'bike': '
                 'other person': 'pedestrian', 'other vehicle': 'car', 'trailer': 'truck',    # det_20's ignored classes
                 'caravan': 'car', 'van': 'car'}
 COLOURS = ['none', 'red', 'yellow', 'green']
-PATCH_LABELS = BOX_CLASSES + [f'{c} light' for c in COLOURS[1:]]   # what the model's patch head predicts
+# what the model's patch head predicts: each box's class and a lit light's colour on the patches it touches, and
+# rain on every patch of a rainy frame (streaks, drops on the glass, a wet road: the ViT learns to see it there, which
+# "Is it raining?", one question in a dozen, never taught it; without it the model called every dark frame rainy).
+# A frame label covers every patch, so it weighs a quarter: at full weight it crowded out the objects (two runs)
+PATCH_LABELS = BOX_CLASSES + [f'{c} light' for c in COLOURS[1:]] + ['rain']
+PATCH_LABEL_WEIGHTS = (1.0,) * (len(PATCH_LABELS) - 1) + (0.25,)
 COLOUR_MAP = {**{c: c for c in COLOURS}, 'r': 'red', 'y': 'yellow', 'g': 'green', 'na': 'none'}  # det_20: R/Y/G/NA
 
 # -----------------------------------------------------------------------------
@@ -127,6 +132,8 @@ TEMPLATES = [('exist', 'Is there a pedestrian?'), ('exist', 'Is there a car?'), 
              ('scene', 'Is it night?'), ('scene', 'Is it raining?'),
              ('out of scope', 'What color is the car?')]   # no rule in candidates(): prepare asks it, always CANT
 OUT_OF_SCOPE = len(TEMPLATES) - 1
+RAINING = {'rainy': 'yes', 'clear': 'no', 'partly cloudy': 'no', 'overcast': 'no', 'foggy': 'no'}  # by BDD's weather;
+                                                                        # snowy and undefined: not asked
 EXIST_CLASS = {'Is there a pedestrian?': 'pedestrian', 'Is there a car?': 'car', 'Are there any trucks?': 'truck',
                'Is there a bus?': 'bus', 'Is there a cyclist?': 'rider', 'Is there a traffic sign?': 'traffic sign'}
 MAX_SHARE = {'What color is the traffic light?': 0.45, 'How many cars are close?': 0.3,   # of a template's
@@ -305,8 +312,7 @@ def candidates(boxes, cls, colour, attrs, H, W):
     stop = negate.get(straight[0]) if light != 'yellow' or blocked['ego'][0] == 'yes' else None
     ans['Should I stop?'] = (stop, straight[1])
     ans['Is it night?'] = ({'night': 'yes', 'daytime': 'no'}.get(attrs.get('timeofday')), [])
-    ans['Is it raining?'] = ({'rainy': 'yes', 'clear': 'no', 'partly cloudy': 'no', 'overcast': 'no',
-                              'foggy': 'no'}.get(attrs.get('weather')), [])
+    ans['Is it raining?'] = (RAINING.get(attrs.get('weather')), [])
     return [(t, ans[q][0], np.asarray(ans[q][1], dtype=np.int64)) for t, (_, q) in enumerate(TEMPLATES)
             if ans.get(q, (None,))[0] is not None]
 
@@ -326,7 +332,7 @@ WHERE = {'Is the left lane clear?': 'in the left lane', 'Is the right lane clear
          'Is the road ahead clear?': 'ahead', 'Is there a car on the left?': 'on the left',
          'Is there a car on the right?': 'on the right', 'Can I safely turn left?': 'on the left',
          'Can I safely turn right?': 'on the right', 'Is it safe to go straight?': 'ahead', 'Should I stop?': 'ahead'}
-WEATHERS = ['clear', 'partly cloudy', 'overcast', 'foggy']     # the weathers that answer "Is it raining?" with no
+WEATHERS = [w for w, a in RAINING.items() if a == 'no']       # the weathers that answer "Is it raining?" with no
 
 
 def reason(question, answer, refs, boxes, cls, colour, attrs, H, W, variant):
@@ -611,7 +617,9 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
               'image_idx': np.asarray(image, dtype=np.int32),
               'q_offsets': np.asarray(q_offsets, dtype=np.int64),
               'referents': np.concatenate([*refs, np.zeros(0, dtype=np.int64)]).astype(np.int32),
-              'ref_offsets': np.cumsum([0] + [len(r) for r in refs]).astype(np.int64)}
+              'ref_offsets': np.cumsum([0] + [len(r) for r in refs]).astype(np.int64),
+              # per image: raining 1, not 0, not known -1 (the rain patch label's target)
+              'rain': np.asarray([{'yes': 1, 'no': 0}.get(RAINING.get(k[1].get('weather')), -1) for k in kept], np.int8)}
     for k, arr in arrays.items():
         np.save(os.path.join(tmp, f'{split}_{k}.npy'), arr)
     with open(os.path.join(tmp, f'{split}_names.json'), 'w') as fh:
@@ -677,7 +685,7 @@ def build(cfg, root, name, source):
     args = {k: v for k, v in cfg.items() if k not in ('out', 'force', 'workers', 'list_questions')}  # the content's
     if os.path.exists(os.path.join(final, 'meta.json')) and not cfg['force']:
         meta = read_json(os.path.join(final, 'meta.json'))
-        if meta.get('args') == args and meta.get('generator_version') == VERSION:
+        if meta.get('args') == args and (meta.get('generator_version'), meta.get('format_version')) == (VERSION, FORMAT_VERSION):
             print(f"{final} is complete and was made with the same arguments: reusing it (--force=True rebuilds)")
             return final
     for stale in glob.glob(f'{final}.tmp-*'):            # left by a killed run; never a valid dataset
@@ -781,7 +789,7 @@ def run(cfg):
 # Reading a prepared dataset: train.py, eval.py, viz.py and bench.py all come through here
 
 SPLIT_ARRAYS = ('images', 'boxes', 'box_class', 'box_colour', 'box_offsets', 'questions', 'answer_text', 'answers',
-                'family', 'template', 'phrasing', 'image_idx', 'q_offsets', 'referents', 'ref_offsets')
+                'family', 'template', 'phrasing', 'image_idx', 'q_offsets', 'referents', 'ref_offsets', 'rain')
 
 
 def load_meta(data_dir):
@@ -808,7 +816,7 @@ def check_compatible(model, meta, data_dir):
 
 
 DATASET_FIELDS = ('img_h', 'img_w', 'vocab_size', 'max_q_len', 'max_answer_len', 'n_answers', 'n_patch_labels',
-                  'answer_weights')
+                  'patch_label_weights', 'answer_weights')
 
 
 def data_shape(meta):
@@ -823,7 +831,8 @@ def model_config(settings, shape, answer_counts):
     asks for one, and with class_weights answer weights from the train split's answer_counts int[A]."""
     model_fields = {f.name for f in fields(TVLMConfig)} - set(DATASET_FIELDS)
     args = {k: v for k, v in settings.items() if k in model_fields}
-    args['n_patch_labels'] = len(PATCH_LABELS) if settings['patch_weight'] and settings['fusion'] != 'none' else 0
+    if settings['patch_weight'] and settings['fusion'] != 'none':
+        args['n_patch_labels'], args['patch_label_weights'] = len(PATCH_LABELS), PATCH_LABEL_WEIGHTS
     if settings['class_weights']:  # inverse frequency, normalised so a balanced dataset gets all ones
         counts = np.asarray(answer_counts, dtype=np.float64)
         args['answer_weights'] = tuple((counts.sum() / np.maximum(counts, 1) / len(counts)).tolist())
@@ -897,7 +906,7 @@ def union_by(masks, group, n):
 
 def patch_labels(arrays, rows, patch):
     """Which of PATCH_LABELS touch each patch of the images at `rows` (int64 (n,)): float32 (n, H/p, W/p, K) of 0/1,
-    the targets of the model's auxiliary patch head."""
+    the targets of the model's auxiliary patch head; 'rain' is the frame's, on every patch, -1 where not known."""
     H, W = arrays['images'].shape[1:3]
     box, image = spans(arrays['box_offsets'][rows], arrays['box_offsets'][rows + 1])   # (M,) each
     masks = patch_masks(arrays['boxes'][box], patch, H, W)                    # (M, P)
@@ -907,7 +916,9 @@ def patch_labels(arrays, rows, patch):
     slot = np.concatenate([image, image[lit]]) * len(PATCH_LABELS) + label    # (M + lit,) row of (image, label)
     order = np.argsort(slot, kind='stable')
     out = union_by(np.concatenate([masks, masks[lit]])[order], slot[order], len(rows) * len(PATCH_LABELS))   # (n K, P)
-    return out.reshape(len(rows), len(PATCH_LABELS), H // patch, W // patch).transpose(0, 2, 3, 1)
+    out = out.reshape(len(rows), len(PATCH_LABELS), H // patch, W // patch).transpose(0, 2, 3, 1)   # (n, H/p, W/p, K)
+    out[..., PATCH_LABELS.index('rain')] = arrays['rain'][rows][:, None, None]
+    return out
 
 
 def look_targets(arrays, q_rows, patch):

@@ -69,6 +69,7 @@ class TVLMConfig:
     # > 0 adds a linear head on the image tokens that predicts which of n_patch_labels things (prepare.py's
     # PATCH_LABELS) each patch touches: training signal for the ViT before the answers can give it any
     n_patch_labels: int = 0
+    patch_label_weights: tuple = ()  # () = every patch label weighs 1; else one weight per label
     # the training loss, all of it here so forward() returns what is trained (see TVLM.loss)
     label_smoothing: float = 0.0
     focal_gamma: float = 0.0         # > 0: focal loss (1 - p_true)^gamma x CE, down-weights easy answers
@@ -96,6 +97,8 @@ class TVLMConfig:
             (self.pos in ('rope', 'learned'), f"pos={self.pos!r} must be 'rope' or 'learned'"),
             (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
             (len(self.answer_weights) in (0, self.n_answers), f"{len(self.answer_weights)} answer_weights for {self.n_answers} answers"),
+            (len(self.patch_label_weights) in (0, self.n_patch_labels),
+             f"{len(self.patch_label_weights)} patch_label_weights for {self.n_patch_labels} patch labels"),
             (self.answer in ('classify', 'generate'), f"answer={self.answer!r} must be 'classify' or 'generate'"),
             (not self.look_weight or self.image_cross, f"look_weight teaches cross-attention: fusion={self.fusion!r} has none"),
             # both reweight answer classes, which a written answer does not have: refused, not silently dropped
@@ -520,6 +523,8 @@ class TVLM(nn.Module):
         # not a parameter and not saved: it follows from the config, which the checkpoint holds
         weight = torch.tensor(cfg.answer_weights, dtype=torch.float32) if cfg.answer_weights else None
         self.register_buffer('answer_weight', weight, persistent=False)
+        self.register_buffer('patch_label_weight', torch.tensor(cfg.patch_label_weights or (1.0,) * cfg.n_patch_labels,
+                                                                dtype=torch.float32), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # residual projections scaled down by depth (GPT-2)
             if name.endswith(('wo.weight', 'mlp.proj.weight')):
@@ -615,8 +620,11 @@ class TVLM(nn.Module):
         else:
             loss = answer_loss(logits, targets, cfg.label_smoothing, self.answer_weight, cfg.focal_gamma)
         if patch_targets is not None and self.patch_head is not None and cfg.patch_weight:
-            # multi-label: a binary cross-entropy per label, summed over a patch's K labels, averaged over patches
-            bce = F.binary_cross_entropy_with_logits(self.patch_head(vis).float(), patch_targets.flatten(1, 2),
+            # multi-label: a binary cross-entropy per label, weighted, summed over a patch's K labels, averaged over
+            # patches; none for a target < 0, which is not known (the weather of a frame BDD left undefined)
+            target = patch_targets.flatten(1, 2)                                      # (N, P, K)
+            weight = (target >= 0) * self.patch_label_weight                          # (N, P, K)
+            bce = F.binary_cross_entropy_with_logits(self.patch_head(vis).float(), target.clamp_min(0), weight,
                                                      reduction='none')                  # (N, P, K)
             loss = loss + cfg.patch_weight * bce.sum(-1).mean()
         if looked is not None:

@@ -831,6 +831,23 @@ def draw_hood(d, L, rng):
         d.polygon([(0, top + rng.uniform(0, 15)), (RW, top + rng.uniform(0, 15)), (RW, RH), (0, RH)], fill=(14, 14, 16))
 
 
+def raindrops(a, rng):
+    """Drops on the windscreen, out of focus (the camera focuses on the street): soft discs, each a small lens that
+    shows a blurred and brighter view of the scene inside a darker rim; what gives rain away in a dash-cam photo more
+    often than streaks do. float (RH, RW, 3) -> the same."""
+    lens = np.asarray(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(6)),
+                      np.float32) * 1.15 + 12                                            # (RH, RW, 3)
+    inside, rim = Image.new('L', (RW, RH)), Image.new('L', (RW, RH))
+    di, dr = ImageDraw.Draw(inside), ImageDraw.Draw(rim)
+    for _ in range(int(rng.integers(25, 160))):
+        x, y, r = rng.uniform(0, RW), rng.uniform(0, RH), 2 + 10 * rng.random() ** 2     # mostly small ones
+        dr.ellipse([x - r, y - 1.15 * r, x + r, y + 1.15 * r], fill=int(rng.uniform(60, 160)))
+        di.ellipse([x - 0.75 * r, y - 0.9 * r, x + 0.75 * r, y + 0.9 * r], fill=int(rng.uniform(150, 255)))
+    inside, rim = (np.asarray(m.filter(ImageFilter.GaussianBlur(1)), np.float32)[..., None] / 255 for m in (inside, rim))
+    a = a * (1 - 0.4 * rim)                                                              # (RH, RW, 3)
+    return a + (lens - a) * inside
+
+
 def finish(img, L, rng):
     """Glare around lights, rain streaks or falling snow, a dashboard reflection on the windscreen, then the camera:
     blur, vignetting, sensor noise, exposure, white balance and contrast. -> the image to save."""
@@ -842,6 +859,8 @@ def finish(img, L, rng):
         a += np.asarray(small.resize((RW // 4, RH // 4), Image.BILINEAR), np.float32).repeat(4, 0).repeat(4, 1)
     if L['look'] in ('rainy', 'snowy') and rng.random() < 0.8:
         a += crop(tex[L['look']], rng) * rng.uniform(0.5, 1)
+    if L['look'] == 'rainy' and rng.random() < 0.85:
+        a = raindrops(a, rng)
     if L['hood'] < RH and rng.random() < 0.5:                                              # dashboard reflection
         x = int(rng.integers(RW))
         a += tex['reflection'][:, x:x + RW] * rng.uniform(10, 35)

@@ -47,7 +47,8 @@ def write_toy_dataset(out, n_images=120, H=32, W=48, seed=0):
             image_idx=np.repeat(np.arange(n_images), 3).astype(np.int32),
             q_offsets=np.arange(0, 3 * n_images + 1, 3, dtype=np.int64),
             referents=np.stack([ref[:, 0], ref[:, 1], ref[:, 0], ref[:, 1]], 1).ravel().astype(np.int32),  # L, R, L+R
-            ref_offsets=np.concatenate([[0], np.cumsum(np.tile([1, 1, 2], n_images))]).astype(np.int64))
+            ref_offsets=np.concatenate([[0], np.cumsum(np.tile([1, 1, 2], n_images))]).astype(np.int64),
+            rain=np.full(n_images, -1, np.int8))
         for name, arr in arrays.items():
             np.save(os.path.join(out, f'{split}_{name}.npy'), arr)
         with open(os.path.join(out, f'{split}_names.json'), 'w') as f:

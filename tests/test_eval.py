@@ -258,7 +258,8 @@ def make_dataset(root, n=(48, 16, 24), H=32, W=48, answers=ANSWERS, seed=0):
                   'image_idx': np.repeat(np.arange(N), 3).astype(np.int32),
                   'q_offsets': np.arange(0, 3 * N + 1, 3).astype(np.int64),
                   'referents': np.array([r for rs in refs for r in rs], np.int32),
-                  'ref_offsets': np.concatenate([[0], np.cumsum([len(r) for r in refs])]).astype(np.int64)}
+                  'ref_offsets': np.concatenate([[0], np.cumsum([len(r) for r in refs])]).astype(np.int64),
+                  'rain': np.full(N, -1, np.int8)}
         for k, v in arrays.items():
             np.save(os.path.join(root, f'{split}_{k}.npy'), v)
         json.dump([f'{split}-{i:04d}' for i in range(N)], open(os.path.join(root, f'{split}_names.json'), 'w'))

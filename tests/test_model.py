@@ -109,6 +109,23 @@ def test_patch_loss_is_binary_cross_entropy_of_the_patch_head():
     assert make_model(n_patch_labels=3, fusion='none').patch_head is None
 
 
+def test_patch_loss_weighs_each_label_and_skips_unknown_targets():
+    """patch_label_weights scale each label's BCE; a target < 0 (not known) adds nothing and pulls on nothing."""
+    model = make_model(n_patch_labels=3, patch_weight=1.0, patch_label_weights=(1.0, 1.0, 0.25)).train()
+    q, a, img, idx = encode(CORPUS[:2]), torch.tensor([0, 1]), images(1), torch.tensor([0, 0])
+    targets = (torch.rand(1, 4, 6, 3, generator=torch.Generator().manual_seed(0)) < 0.3).float()   # (N, Hi/p, Wi/p, K)
+    targets[..., 2] = -1                                                     # label 2 not known anywhere
+    targets[0, 0, 0, 2] = 1                                                  # ... but on one patch
+    _, answer_only = model(img, q, a, image_idx=idx)
+    _, both = model(img, q, a, image_idx=idx, patch_targets=targets)
+    bce = F.binary_cross_entropy_with_logits(model.patch_head(model.vit(img)), targets.clamp_min(0).view(1, 24, 3),
+                                             reduction='none')               # (1, 24, 3)
+    by_hand = (bce[..., :2].sum() + 0.25 * bce[0, 0, 2]) / 24
+    assert both.item() == pytest.approx(answer_only.item() + by_hand.item(), rel=1e-6)
+    with pytest.raises(ValueError, match='2 patch_label_weights for 3 patch labels'):
+        make_model(n_patch_labels=3, patch_label_weights=(1.0, 1.0))
+
+
 def test_look_loss_is_cross_entropy_from_the_targets_to_the_summary_attention():
     """With look_targets the loss adds look_weight x the cross-entropy from each question's target (B, P) to its
     summary token's cross-attention, heads averaged, averaged over layers and over the questions that have a target;

@@ -290,6 +290,12 @@ def test_rerun_reuses_unless_forced(tmp_path, capsys):
     assert 'reusing' in capsys.readouterr().out and os.stat(os.path.join(out, 'meta.json')).st_mtime_ns == stamp
     prepare.build(cfg(out=out, force=True), root, 'bdd100k', 'bdd100k')
     assert 'reusing' not in capsys.readouterr().out
+    meta = json.load(open(os.path.join(out, 'meta.json')))
+    with open(os.path.join(out, 'meta.json'), 'w') as f:                    # written by an older prepare.py
+        json.dump({**meta, 'format_version': prepare.FORMAT_VERSION - 1}, f)
+    prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    assert 'reusing' not in capsys.readouterr().out
+    assert json.load(open(os.path.join(out, 'meta.json')))['format_version'] == prepare.FORMAT_VERSION
 
 
 def test_filters_and_cap(tmp_path):
@@ -346,6 +352,7 @@ def test_meta_counts_frame_attributes_per_split(tmp_path):
     meta = json.load(open(os.path.join(out, 'meta.json')))
     assert meta['attributes']['test'] == {'scene': {'city street': 1}, 'timeofday': {'night': 1}, 'weather': {'clear': 1}}
     assert meta['box_stats']['test']['car']['per_frame'] == 1.0
+    assert np.load(os.path.join(out, 'test_rain.npy')).tolist() == [0]        # clear: not raining, known
 
 
 def test_mirror_tables_swap_left_and_right():
@@ -396,12 +403,13 @@ def test_split_batches_cover_every_question_once_in_order(toy_data):
 
 
 def test_patch_labels_mark_the_patches_each_box_touches():
-    """A box marks its class in every patch it overlaps (even a sliver); a lit light also marks its colour."""
+    """A box marks its class in every patch it overlaps (even a sliver); a lit light also marks its colour; rain
+    is the frame's, on every patch: 1 raining, 0 not, -1 not known."""
     car, light = prepare.BOX_CLASSES.index('car'), prepare.BOX_CLASSES.index('traffic light')
     arrays = {'images': np.zeros((2, 32, 48, 3), np.uint8), 'box_offsets': np.array([0, 2, 2]),
               'boxes': np.array([[9, 1, 24, 15], [40, 17, 41, 20]], np.float32),            # x1, y1, x2, y2
               'box_class': np.array([car, light], np.int16),
-              'box_colour': np.array([0, prepare.COLOURS.index('red')], np.int8)}
+              'box_colour': np.array([0, prepare.COLOURS.index('red')], np.int8), 'rain': np.array([0, -1], np.int8)}
     labels = prepare.patch_labels(arrays, np.array([0, 1]), patch=8)
     assert labels.shape == (2, 4, 6, len(prepare.PATCH_LABELS)) and labels.dtype == np.float32
     expected_car = np.zeros((4, 6))
@@ -411,7 +419,11 @@ def test_patch_labels_mark_the_patches_each_box_touches():
     lit[2, 5] = 1                                     # a 1x3-pixel light still marks its one patch
     assert (labels[0, ..., light] == lit).all()
     assert (labels[0, ..., prepare.PATCH_LABELS.index('red light')] == lit).all()
-    assert labels[0].sum() == expected_car.sum() + 2 and labels[1].sum() == 0   # image 1 has no boxes
+    rain = prepare.PATCH_LABELS.index('rain')
+    assert (labels[0, ..., rain] == 0).all() and (labels[1, ..., rain] == -1).all()
+    assert labels[0].sum() == expected_car.sum() + 2 and (np.delete(labels[1], rain, -1) == 0).all()  # image 1: no boxes
+    arrays['rain'] = np.array([1, 0], np.int8)
+    assert (prepare.patch_labels(arrays, np.array([1, 0]), patch=8)[..., rain] == [[[0]], [[1]]]).all()   # by row
 
 def test_look_targets_spread_over_the_referents_patches():
     """A question's look target is the patches its referent boxes touch, weighted alike and summing to 1 (the

@@ -59,7 +59,8 @@ def write_dataset(d, tok=TOK, n=6, seed=0):
                   phrasing=np.tile(np.array([0, 1], np.int16), n),
                   image_idx=np.repeat(np.arange(n), 2).astype(np.int32), q_offsets=np.arange(0, 2 * n + 1, 2),
                   referents=np.arange(0, 2 * n, 2).astype(np.int32),
-                  ref_offsets=np.concatenate([[0], np.repeat(np.arange(1, n + 1), 2)]).astype(np.int64))
+                  ref_offsets=np.concatenate([[0], np.repeat(np.arange(1, n + 1), 2)]).astype(np.int64),
+                  rain=np.zeros(n, np.int8))
     for name, a in arrays.items():
         np.save(os.path.join(d, f'val_{name}.npy'), a)
     meta = dict(format_version=prepare.FORMAT_VERSION, tokenizer=tok.to_dict(), answers=ANSWERS, families=['exist', 'count'],
