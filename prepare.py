@@ -104,7 +104,7 @@ COLOURS = ['none', 'red', 'yellow', 'green']
 # rain on every patch of a rainy frame (streaks, drops on the glass, a wet road: the ViT learns to see it there, which
 # "Is it raining?", one question in a dozen, never taught it; without it the model called every dark frame rainy).
 # A frame label covers every patch, so it weighs a quarter: at full weight (one run) it crowded out the rest, test
-# 0.847 and lights 0.797 against 0.855 and 0.868; at a tenth (two seeds) no better, and it saw rain less on real frames
+# 0.847 and lights 0.797 against 0.855 and 0.868; a tenth (two seeds) was no better on the real frames we have
 PATCH_LABELS = BOX_CLASSES + [f'{c} light' for c in COLOURS[1:]] + ['rain']
 PATCH_LABEL_WEIGHTS = (1.0,) * (len(PATCH_LABELS) - 1) + (0.25,)
 COLOUR_MAP = {**{c: c for c in COLOURS}, 'r': 'red', 'y': 'yellow', 'g': 'green', 'na': 'none'}  # det_20: R/Y/G/NA
