@@ -347,11 +347,13 @@ def detection_section(patches, arrays, patch):
     rows, scores = patches
     K = scores.shape[-1]              # an older checkpoint's head predicts the labels before 'rain', a prefix
     target = patch_labels(arrays, rows, patch)[..., :K].reshape(scores.shape)   # (N, P, K), -1 where not known
-    known, truth = target >= 0, target > 0
-    return {label: {'ap': average_precision(scores[..., k][known[..., k]], truth[..., k][known[..., k]]),
-                    'share': float(truth[..., k][known[..., k]].mean()) if known[..., k].any() else None,
-                    'n': int(truth[..., k].sum())}
-            for k, label in enumerate(PATCH_LABELS[:K])}
+    res = {}
+    for k, label in enumerate(PATCH_LABELS[:K]):
+        known = target[..., k] >= 0                                              # (N, P)
+        truth = target[..., k][known] > 0                                        # (patches known,)
+        res[label] = {'ap': average_precision(scores[..., k][known], truth), 'n': int(truth.sum()),
+                      'share': float(truth.mean()) if truth.size else None}
+    return res
 
 
 def majority_by_template(train_template, train_answers, template, n_templates, n_answers):
