@@ -261,6 +261,7 @@ def predict(model, arrays, batch_questions, max_images=None, transform=None, att
     patches = (np.concatenate(image_rows), np.concatenate(patch_logits)) if heads and patch_logits else None
     return np.concatenate(logits), ({k: np.concatenate(v) for k, v in maps.items()} if attn else None), patches
 
+
 @torch.no_grad()
 def generate_all(model, arrays, batch_questions):
     """Generate mode: the greedy 'answer: reason' text for every question of a split, in file order; a question

@@ -602,7 +602,7 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
         box_offsets.append(box_offsets[-1] + len(boxes))
         q_offsets.append(len(qs))
     template, answer, image, refs, text, phrasing = zip(*qs) if qs else [()] * 6
-    assert all(len(Tokenizer.split(x)) < R for x in text), f"an answer and its reason do not fit max_answer_len={R}" 
+    assert all(len(Tokenizer.split(x)) < R for x in text), f"an answer and its reason do not fit max_answer_len={R}"
     enc = np.stack([tok.encode(p, cfg['max_q_len'])[0] for _, p, _, _ in PHRASES]).astype(np.uint16)  # (phrasings, T)
     template, phrasing = np.asarray(template, dtype=np.int16), np.asarray(phrasing, dtype=np.int16)
     arrays = {'boxes': np.concatenate([k[2] for k in kept] + [np.zeros((0, 4), np.float32)]),     # (M, 4)

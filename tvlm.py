@@ -18,7 +18,7 @@ Shape legend, used in every comment below:
 import math
 import pickle
 import re
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -757,6 +757,7 @@ class TVLM(nn.Module):
         said = self.tokenizer.decode(written[:cut].tolist())
         return said, float(p[:cut].prod()), {'reason': self.tokenizer.decode(written[cut + 1:].tolist()),
                                              **(judged if said == CANT else {})}
+
 
 def image_attention(out):
     """Where the text looked, from the `out` dict of a forward pass: [(name, float[B, T, P])], one entry per decoder

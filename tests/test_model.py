@@ -60,8 +60,6 @@ def encode(questions, max_len=12):
     return torch.from_numpy(np.stack([TOK.encode(q, max_len)[0] for q in questions]))  # (B, T)
 
 
-
-
 def image_inputs(model, imgs):
     """The decoder's image inputs as TVLM.forward builds them: (prefix (B, P, C) or None, ctx (N, P, C) or None)."""
     cfg = model.cfg
@@ -854,7 +852,6 @@ def test_empty_question_is_a_clear_error(question):
     """answer() refuses an empty question with a ValueError."""
     with pytest.raises(ValueError, match="question is empty"):
         make_model().answer(_rgb(32, 48), question)
-
 
 
 @pytest.mark.parametrize('answer', ['classify', 'generate'])

@@ -214,6 +214,7 @@ def test_balancing_keeps_answers_even_within_a_template():
     yes, no = counts[t, ANSWERS.index('yes')], counts[t, ANSWERS.index('no')]
     assert no == 40 and yes <= no + 2 * prepare.SLACK + 1
 
+
 def test_per_family_asks_different_templates_of_a_family():
     names = [q for _, q in TEMPLATES]
     exist = [names.index(q) for q in ('Is there a car?', 'Is there a bus?', 'Is there a pedestrian?')]
@@ -317,6 +318,7 @@ def test_same_seed_gives_byte_identical_output(tmp_path, monkeypatch):
     assert files == sorted(os.listdir(dirs[1])) and 'train_images.npy' in files
     for f in files:
         assert open(os.path.join(dirs[0], f), 'rb').read() == open(os.path.join(dirs[1], f), 'rb').read(), f
+
 
 def test_box_stats_describe_a_split_in_fractions_of_its_height():
     """Per class: boxes per frame, share of frames with one, height and bottom-y percentiles over H."""
@@ -425,6 +427,7 @@ def test_patch_labels_mark_the_patches_each_box_touches():
     arrays['rain'] = np.array([1, 0], np.int8)
     assert (prepare.patch_labels(arrays, np.array([1, 0]), patch=8)[..., rain] == [[[0]], [[1]]]).all()   # by row
 
+
 def test_look_targets_spread_over_the_referents_patches():
     """A question's look target is the patches its referent boxes touch, weighted alike and summing to 1 (the
     union: a patch two referents share counts once); a question without referents gets all zeros, unless it asks
@@ -443,6 +446,7 @@ def test_look_targets_spread_over_the_referents_patches():
     assert (looks[1] == 0).all()                      # no referents: nothing to look at
     assert looks[2, 2, 5] == 1 and looks[2].sum() == 1
     np.testing.assert_allclose(looks[3], np.full((4, 6), 1 / 24))   # "Is it raining?": everywhere alike
+
 
 def test_training_batch_mirrors_look_targets_with_their_questions(toy_data):
     """With flips, a mirrored image's questions swap left and right and its look targets mirror too: every toy

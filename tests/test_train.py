@@ -233,6 +233,7 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
     p = run_train(['--vit_heads=3'], str(tmp_path / 'o'), toy_data, check=False)
     assert p.returncode == 1 and 'vit_width=32 not divisible by vit_heads=3' in p.stderr
 
+
 def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):
     """Pretrain on the toy set, then fine-tune on a prepared BDD100K tree (world.py's, in BDD's 2018 layout) with
     other words and answers: the run starts from the checkpoint and writes a loadable model for the new data."""
