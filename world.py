@@ -630,7 +630,7 @@ def draw_props(d, L, rng, props):
 def draw_vehicle(d, o, L):
     """A vehicle: the flank we see in perspective, wheels, and the face toward us: rear (lights, window, plate),
     front (headlights, windscreen, grille), or for a crossing vehicle its whole side."""
-    cam, X, Z, w, h, n = L['cam'], o['X'], o['Z'], o['w'], o['h'], o['len']
+    cam, X, Z, w, h = L['cam'], o['X'], o['Z'], o['w'], o['h']
     waist, roof = VEHICLES[o['type']][4:]
     car, bus, lit = o['kind'] == 'car', o['kind'] == 'bus', L['timeofday'] != 'daytime'
     paint = lambda k=1.0: tone(L, o['rgb'], Z, k)
@@ -642,17 +642,8 @@ def draw_vehicle(d, o, L):
         x1, x2 = cam.vx + FOCAL * (X - w / 2) / Z, cam.vx + FOCAL * (X + w / 2) / Z
     F = lambda u, v: (x1 + u * (x2 - x1), y2 - v * (y2 - y1 if o['heading'] == 0 else FOCAL * h / Z))
     poly = lambda pts, fill: d.polygon([F(u, v) for u, v in pts], fill=fill)
-    if o['heading'] != 0 and abs(X) > w / 2:                            # the flank, toward the vanishing point
-        xs = X - math.copysign(w / 2, X)
-        S = lambda v, t: cam(xs, v * h, Z + t * n)
-        d.polygon([S(0.1, 0), S(0.1, 1), S(waist, 1), S(waist, 0)], fill=paint(0.68))
-        d.polygon([S(waist, .22), S(waist, .85), S(1, .72), S(1, .32)] if car else
-                  [S(waist, 0), S(waist, 1), S(1, 1), S(1, 0)], fill=paint(0.72))
-        if car or bus:
-            d.polygon([S(waist + .07, .3), S(waist + .07, .82), S(.9, .7), S(.9, .35)] if car else
-                      [S(.55, .05), S(.55, .95), S(.85, .95), S(.85, .05)], fill=glass)
-        for t in (0.17, 0.83):
-            d.polygon([S((0.34 + 0.34 * math.sin(a)) / h, t + 0.34 * math.cos(a) / n) for a in np.arange(0, 6.3, 0.8)], fill=dark)
+    if o['heading'] != 0 and abs(X) > w / 2:
+        draw_flank(d, o, L, paint, dark, glass)
     if o['heading'] == 0:
         return draw_profile(o, L, poly, paint, dark, glass, lit)
     poly([(.03, 0), (.2, 0), (.2, .17), (.03, .17)], dark)                 # tyres
@@ -682,6 +673,22 @@ def draw_vehicle(d, o, L):
             poly([(u, lamp_v[0]), (u + .18, lamp_v[0]), (u + .18, lamp_v[1]), (u, lamp_v[1])], head)
         if car:
             poly([(.32, .22), (.68, .22), (.68, waist - .08), (.32, waist - .08)], dark)                 # grille
+
+
+def draw_flank(d, o, L, paint, dark, glass):
+    """The side of a vehicle ahead or oncoming that we see beside its face, running toward the vanishing point."""
+    cam, X, Z, w, h, n = L['cam'], o['X'], o['Z'], o['w'], o['h'], o['len']
+    waist, car, bus = VEHICLES[o['type']][4], o['kind'] == 'car', o['kind'] == 'bus'
+    xs = X - math.copysign(w / 2, X)
+    S = lambda v, t: cam(xs, v * h, Z + t * n)
+    d.polygon([S(0.1, 0), S(0.1, 1), S(waist, 1), S(waist, 0)], fill=paint(0.68))
+    d.polygon([S(waist, .22), S(waist, .85), S(1, .72), S(1, .32)] if car else
+              [S(waist, 0), S(waist, 1), S(1, 1), S(1, 0)], fill=paint(0.72))
+    if car or bus:
+        d.polygon([S(waist + .07, .3), S(waist + .07, .82), S(.9, .7), S(.9, .35)] if car else
+                  [S(.55, .05), S(.55, .95), S(.85, .95), S(.85, .05)], fill=glass)
+    for t in (0.17, 0.83):
+        d.polygon([S((0.34 + 0.34 * math.sin(a)) / h, t + 0.34 * math.cos(a) / n) for a in np.arange(0, 6.3, 0.8)], fill=dark)
 
 
 def draw_profile(o, L, poly, paint, dark, glass, lit):
