@@ -61,7 +61,7 @@ def confusion_matrix(y, pred, n):
         bad = ids[(ids < 0) | (ids >= n)]
         if len(bad):  # n * y + pred would silently count it in another cell
             raise ValueError(f"confusion_matrix: {what} id {bad[0]} is outside the {n} answer ids 0..{n - 1}")
-    return np.bincount(n * y + pred, minlength=n * n).reshape(n, n)
+    return np.bincount(n * y + pred, minlength=n * n).reshape(n, n)        # (n, n)
 
 
 def classification(y, pred, n):
@@ -167,7 +167,7 @@ def box_shares(boxes, img_h, img_w, patch):
     in_y = (ys >= boxes[:, 1:2]) & (ys < boxes[:, 3:4])                      # (M, Hi)
     in_x = (xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])                      # (M, Wi)
     inside = (in_y[:, :, None] & in_x[:, None, :]).any(0)                    # (Hi, Wi)
-    return inside.reshape(img_h // patch, patch, img_w // patch, patch).mean((1, 3))
+    return inside.reshape(img_h // patch, patch, img_w // patch, patch).mean((1, 3))   # (Hi/p, Wi/p)
 
 
 def grounding(maps, shares):
@@ -196,7 +196,7 @@ def average_precision(score, positive):
 def perturb(images, kind, strength, rng, patch):
     """uint8[N, Hi, Wi, 3] -> the same images corrupted by `kind` at `strength` (see ROBUSTNESS)."""
     if kind == 'jpeg':
-        return np.stack([jpeg(im, strength) for im in images])
+        return np.stack([jpeg(im, strength) for im in images])                # (N, Hi, Wi, 3)
     x = images.astype(np.float32)
     if kind == 'noise':
         x = x + rng.normal(0.0, strength, x.shape)

@@ -570,7 +570,7 @@ def decode_split(path, items, cfg, pool, skipped, stats):
         images[len(kept)] = img
         if stats is not None:
             px = img.reshape(-1, 3).astype(np.float64)     # (H*W, 3)
-            stats += np.stack([px.sum(0), (px ** 2).sum(0), np.full(3, len(px))])
+            stats += np.stack([px.sum(0), (px ** 2).sum(0), np.full(3, len(px))])          # (3, 3)
         kept.append((name, attrs, *scale_boxes(boxes, info, h, w, skipped)))
     images.flush()
     if len(kept) < len(items):                          # skipped images: copy the kept rows to a shorter file
@@ -606,8 +606,8 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
     enc = np.stack([tok.encode(p, cfg['max_q_len'])[0] for _, p, _, _ in PHRASES]).astype(np.uint16)  # (phrasings, T)
     template, phrasing = np.asarray(template, dtype=np.int16), np.asarray(phrasing, dtype=np.int16)
     arrays = {'boxes': np.concatenate([k[2] for k in kept] + [np.zeros((0, 4), np.float32)]),     # (M, 4)
-              'box_class': np.concatenate([k[3] for k in kept] + [np.zeros(0, np.int16)]),
-              'box_colour': np.concatenate([k[4] for k in kept] + [np.zeros(0, np.int8)]),
+              'box_class': np.concatenate([k[3] for k in kept] + [np.zeros(0, np.int16)]),        # (M,)
+              'box_colour': np.concatenate([k[4] for k in kept] + [np.zeros(0, np.int8)]),       # (M,)
               'box_offsets': np.asarray(box_offsets, dtype=np.int64),
               'questions': enc[phrasing.astype(np.int64)].reshape(-1, cfg['max_q_len']),     # (Q, T)
               'phrasing': phrasing,                                                             # (Q,) into PHRASES
@@ -617,7 +617,7 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
               'family': np.asarray([FAMILIES.index(TEMPLATES[t][0]) for t in template], dtype=np.uint8),
               'image_idx': np.asarray(image, dtype=np.int32),
               'q_offsets': np.asarray(q_offsets, dtype=np.int64),
-              'referents': np.concatenate([*refs, np.zeros(0, dtype=np.int64)]).astype(np.int32),
+              'referents': np.concatenate([*refs, np.zeros(0, dtype=np.int64)]).astype(np.int32),  # (R,)
               'ref_offsets': np.cumsum([0] + [len(r) for r in refs]).astype(np.int64),
               # per image: raining 1, not 0, not known -1 (the rain patch label's target)
               'rain': np.asarray([{'yes': 1, 'no': 0}.get(RAINING.get(k[1].get('weather')), -1) for k in kept], np.int8)}
@@ -893,7 +893,7 @@ def patch_masks(boxes, patch, H, W):
     cols, rows = np.arange(W // patch), np.arange(H // patch)
     in_x = (cols >= np.floor(cells[:, :1])) & (cols < np.ceil(cells[:, 2:3]))  # (M, W/p)
     in_y = (rows >= np.floor(cells[:, 1:2])) & (rows < np.ceil(cells[:, 3:]))  # (M, H/p)
-    return (in_y[:, :, None] & in_x[:, None, :]).reshape(len(boxes), len(rows) * len(cols))
+    return (in_y[:, :, None] & in_x[:, None, :]).reshape(len(boxes), len(rows) * len(cols))   # (M, P)
 
 
 def union_by(masks, group, n):
@@ -932,7 +932,7 @@ def look_targets(arrays, q_rows, patch):
     ref, question = spans(starts, ends)                                        # (R,) each
     out = union_by(patch_masks(arrays['boxes'][arrays['referents'][ref]], patch, H, W), question, len(starts))  # (B, P)
     out[arrays['family'][q_rows] == FAMILIES.index('scene')] = 1
-    return (out / np.maximum(out.sum(1, keepdims=True), 1)).reshape(len(starts), H // patch, W // patch)
+    return (out / np.maximum(out.sum(1, keepdims=True), 1)).reshape(len(starts), H // patch, W // patch)  # (B, H/p, W/p)
 
 
 def jpeg(image, quality):
@@ -946,7 +946,7 @@ def recompress(images, generator):
     """The host half of train.py's photometric augmentation: a quarter of the images JPEG-compressed at quality
     20-44 (the one step with no device kernel, so it is kept to a share). uint8 (N, H, W, 3) -> the same."""
     quality = (20 + 96 * torch.rand(len(images), generator=generator)).numpy()
-    return np.stack([jpeg(im, q) if q < 44 else im for im, q in zip(images, quality)])
+    return np.stack([jpeg(im, q) if q < 44 else im for im, q in zip(images, quality)])   # (N, H, W, 3)
 
 
 def photometric(images, generator):

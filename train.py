@@ -344,7 +344,7 @@ if master:
     print(f"done: best val acc {best_val_acc:.4f}, {train_time / 60:.1f} min of training; best checkpoint {out_dir}/ckpt.pt")
 if ddp:
     # a cheap end-of-run proof that DDP kept the replicas identical: compare every rank's weights to rank 0's
-    flat = torch.cat([p.detach().flatten().float() for p in raw_model.parameters()])
+    flat = torch.cat([p.detach().flatten().float() for p in raw_model.parameters()])   # (n_params,)
     ref = flat.clone()
     torch.distributed.broadcast(ref, src=0)
     diff = torch.tensor([(flat - ref).abs().max().item()], device=flat.device)

@@ -238,7 +238,7 @@ def apply_rope(x, cos, sin):
 
 def unfold(x, k):
     """(N, H, k*T, ...) with k rows per image folded into one sequence -> (N*k, H, T, ...), a row each."""
-    return x.unflatten(2, (k, -1)).transpose(1, 2).flatten(0, 1)
+    return x.unflatten(2, (k, -1)).transpose(1, 2).flatten(0, 1)   # (N, H, k, T, ...) -> (N*k, H, T, ...)
 
 
 class Attention(nn.Module):
@@ -342,8 +342,8 @@ class ViT(nn.Module):
     def __init__(self, cfg, mean=(128.0,) * 3, std=(64.0,) * 3):
         super().__init__()
         # normalising inside the model lets the data path move uint8 (4x fewer bytes than float32)
-        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))  # (1, 3, 1, 1)
+        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))    # (1, 3, 1, 1)
         if cfg.stem:  # conv -> BatchNorm -> ReLU, each halving the image, then a 1x1 conv to the ViT width
             chans = (3,) + tuple(cfg.stem)
             layers = []
@@ -410,8 +410,8 @@ def prefix_lm_mask(P, L, device=None):
           q   1 1 1 1 1 0
           a   1 1 1 1 1 1
     Padding needs no mask of its own: pads come after the last real token, and causality hides them."""
-    row = torch.arange(L, device=device).view(L, 1)
-    col = torch.arange(L, device=device).view(1, L)
+    row = torch.arange(L, device=device).view(L, 1)                            # (L, 1)
+    col = torch.arange(L, device=device).view(1, L)                            # (1, L)
     return (col < P) | (col <= row)                                            # (L, L)
 
 

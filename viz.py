@@ -72,12 +72,12 @@ def attend(model, img, ids, rollout=False):
     layers = [(name, m[0]) for name, m in image_attention(out)]                        # (T, P) each
     if rollout:  # (T, P) @ (P, P): attention on the ViT's outputs, re-expressed on its input patches
         R = attention_rollout([a[0] for a in out['vit_attn']])
-        layers = [(name, a @ R) for name, a in layers]
+        layers = [(name, a @ R) for name, a in layers]                                 # (T, P) each
     n = int((np.asarray(ids) != 0).sum())                                              # the real tokens
     logits = model.answer_logits(logits, torch.tensor(ids)[None].to(device))          # (1, A), in either mode
     return {'probs': (logits[0].float() / model.temperature).softmax(-1).cpu(),        # as model.answer() does
             'summary': int(out['summary_idx'][0]), 'words': [model.tokenizer.itos[i] for i in ids[:n]],
-            'layers': [(name, a.view(T, gh, gw).cpu().numpy()) for name, a in layers]}
+            'layers': [(name, a.view(T, gh, gw).cpu().numpy()) for name, a in layers]}   # (T, Hi/p, Wi/p) each
 
 
 def top_answers(model, probs, k=3):
