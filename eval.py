@@ -624,13 +624,14 @@ def print_report(r):
         print(f"\nyes/no ({yn['n']:,} questions): sensitivity {fmt(yn['sensitivity'])}, specificity {fmt(yn['specificity'])}, "
               f"AUC {fmt(yn['auc'])}; TP {yn['tp']}, FN {yn['fn']}, FP {yn['fp']}, TN {yn['tn']}")
     b = r['baselines']
-    print(f"\nper family:\n  {'family':<8} {'n':>6} {'acc':>6} {'bal':>6} {'AUC':>6} {'major':>6}" + (f" {'blind':>6}" if 'blind' in b else ''))
+    print(f"\nper family (margin: points above the majority answer per template):\n  {'family':<12} {'n':>6} {'acc':>6} "
+          f"{'bal':>6} {'AUC':>6} {'major':>6} {'margin':>6}" + (f" {'blind':>6}" if 'blind' in b else ''))
     for f, fc in c['per_family'].items():
         auc_ = fc['yes_no']['auc'] if 'yes_no' in fc else None
         major = b['majority']['per_family'][f]['accuracy']
         blind = f" {fmt(b['blind']['per_family'][f]['accuracy']):>6}" if 'blind' in b else ''
-        print(f"  {f:<8} {fc['n']:>6} {fmt(fc['accuracy']):>6} {fmt(fc['balanced_accuracy']):>6} {fmt(auc_):>6} "
-              f"{fmt(major):>6}{blind}")
+        print(f"  {f:<12} {fc['n']:>6} {fmt(fc['accuracy']):>6} {fmt(fc['balanced_accuracy']):>6} {fmt(auc_):>6} "
+              f"{fmt(major):>6} {100 * (fc['accuracy'] - major):>+6.1f}{blind}")
     print_sections(r)
 
 
