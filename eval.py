@@ -370,16 +370,19 @@ def baseline_section(y, fam, pred, arrays, train, meta, blind_logits):
     """Majority-per-template and (given) blind-model accuracy, and how far the model is above each. The majority
     answers are counted on train; a dataset without train questions (BDD's val images alone) counts them on the
     evaluated split itself: an in-sample question prior, the strongest baseline that never looks at the image."""
-    acc = (pred == y).mean()
+    acc, per_family = (pred == y).mean(), by_group(pred == y, fam, meta['families'])
+
+    def beaten(hit):  # a baseline's accuracy, overall and per family, each with the model's gap over it
+        return {'accuracy': hit.mean(), 'gap': acc - hit.mean(), 'per_family': {
+            f: {**x, 'gap': per_family[f]['accuracy'] - x['accuracy']}
+            for f, x in by_group(hit, fam, meta['families']).items()}}
     src = train if len(train['answers']) else arrays
     guess = majority_by_template(src['template'], src['answers'], arrays['template'], len(meta['templates']),
                                  len(meta['answers']))
-    res = {'majority': {'accuracy': (guess == y).mean(), 'gap': acc - (guess == y).mean(), 'counted_on':
-                        'train' if src is train else 'this split', 'per_family': by_group(guess == y, fam, meta['families']),
+    res = {'majority': {**beaten(guess == y), 'counted_on': 'train' if src is train else 'this split',
                         'per_template': by_group(guess == y, arrays['template'], meta['templates'])}}
     if blind_logits is not None:
-        hit = blind_logits.argmax(1) == y
-        res['blind'] = {'accuracy': hit.mean(), 'gap': acc - hit.mean(), 'per_family': by_group(hit, fam, meta['families'])}
+        res['blind'] = beaten(blind_logits.argmax(1) == y)
     return res
 
 
@@ -628,10 +631,10 @@ def print_report(r):
           f"{'bal':>6} {'AUC':>6} {'major':>6} {'margin':>6}" + (f" {'blind':>6}" if 'blind' in b else ''))
     for f, fc in c['per_family'].items():
         auc_ = fc['yes_no']['auc'] if 'yes_no' in fc else None
-        major = b['majority']['per_family'][f]['accuracy']
+        major = b['majority']['per_family'][f]
         blind = f" {fmt(b['blind']['per_family'][f]['accuracy']):>6}" if 'blind' in b else ''
         print(f"  {f:<12} {fc['n']:>6} {fmt(fc['accuracy']):>6} {fmt(fc['balanced_accuracy']):>6} {fmt(auc_):>6} "
-              f"{fmt(major):>6} {100 * (fc['accuracy'] - major):>+6.1f}{blind}")
+              f"{fmt(major['accuracy']):>6} {100 * major['gap']:>+6.1f}{blind}")
     print_sections(r)
 
 

@@ -347,6 +347,8 @@ def test_end_to_end_writes_every_section_and_plot(run):
     assert 0 < det[prepare.PATCH_LABELS[0]]['ap'] <= 1 and all(x['ap'] is None for x in list(det.values())[1:])
     assert run['blind_res']['detection'] is None                           # no image, no patch head
     assert saved['baselines']['blind']['gap'] == pytest.approx(c['accuracy'] - saved['baselines']['blind']['accuracy'])
+    for f, x in saved['baselines']['majority']['per_family'].items():   # each family's margin over the majority
+        assert x['gap'] == pytest.approx(c['per_family'][f]['accuracy'] - x['accuracy'])
     assert set(saved['robustness']['accuracy']) == set(ev.ROBUSTNESS) and saved['robustness']['n'] == 30
     assert 0 <= saved['robustness']['flip']['consistency'] <= 1 and saved['robustness']['flip']['n_left_right'] == 10
     for png in ('reliability.png', 'robustness.png', 'failures.png'):
