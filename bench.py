@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from prepare import DATASET_FIELDS, data_shape, load_meta, model_config, open_split, training_batch
-from tvlm import TVLM, TVLMConfig, Tokenizer, configure_optimizers, flops_per_sample, load_image
+from tvlm import TVLM, TVLMConfig, Tokenizer, configure_optimizers, flops_per_sample, load_image, pick_device
 
 # -----------------------------------------------------------------------------
 # defaults: train.py's, run from its own source, so any config file for train.py works here unchanged and
@@ -45,8 +45,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
 
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+device = pick_device(device)
 device_type = 'cuda' if device.startswith('cuda') else device
 if threads:
     torch.set_num_threads(threads)

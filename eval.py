@@ -24,7 +24,7 @@ import torch
 
 from prepare import (PATCH_LABELS, check_compatible, jpeg, load_meta, mirror_tables, open_split, patch_labels,
                      side_of, split_batches)
-from tvlm import CANT, TVLM, image_attention, load_checkpoint
+from tvlm import CANT, TVLM, image_attention, load_checkpoint, pick_device
 from viz import draw_boxes, overlay
 
 # -----------------------------------------------------------------------------
@@ -734,8 +734,7 @@ def compare_runs(dirs, out_dir):
 if __name__ == '__main__':
     _positional = []  # run dirs for --compare
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    device = pick_device(device)
     if compare:
         compare_runs(_positional or sys.exit("--compare needs run dirs: python eval.py --compare out-a out-b"), out)
     elif _positional:

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from prepare import (DATASET_FIELDS, data_shape, load_meta, loss_inputs, mirror_tables, model_config, open_split,
                      split_batches, to_device, training_batch)
 from tvlm import (TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
-                  load_checkpoint)
+                  load_checkpoint, pick_device)
 
 # -----------------------------------------------------------------------------
 # defaults: plain globals, overridden by config files and --key=value (configurator.py). bench.py runs this
@@ -79,8 +79,7 @@ sys.stdout.reconfigure(line_buffering=True)  # show progress live even when pipe
 
 # DDP: torchrun sets RANK; every process runs this same script on its own device and batches
 ddp = int(os.environ.get('RANK', -1)) != -1
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+device = pick_device(device)
 if ddp:
     rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
     init_process_group(backend=backend if backend != 'auto' else 'nccl' if device.startswith('cuda') else 'gloo')

@@ -771,7 +771,7 @@ def image_attention(out):
     return [(name, m / m.sum(-1, keepdim=True).clamp_min(1e-12)) for name, m in maps]
 
 # -----------------------------------------------------------------------------
-# Training helpers: optimizer, learning-rate schedule, FLOPs (train.py and bench.py use them; tests import them)
+# Script helpers: optimizer, device, learning-rate schedule, FLOPs (train.py, eval.py and bench.py use them)
 
 def configure_optimizers(model, weight_decay, lr, betas, device_type, lr_scale=None):
     """AdamW; weight decay on matrices only (not norms, biases); one group per component and decay kind, each
@@ -788,6 +788,13 @@ def configure_optimizers(model, weight_decay, lr, betas, device_type, lr_scale=N
         g['params'].append(p)
     fused = device_type == 'cuda'  # the fused CUDA kernel; elsewhere the default foreach implementation
     return torch.optim.AdamW(list(groups.values()), lr=lr, betas=betas, fused=fused)
+
+
+def pick_device(device):
+    """'auto' -> the fastest device here (cuda, then mps, then cpu); any other name is kept as given."""
+    if device != 'auto':
+        return device
+    return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 
 
 def get_lr(it, warmup_iters, lr_decay_iters, lr, min_lr):

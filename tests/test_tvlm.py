@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tvlm import (CANT, TVLM, Attention, RMSNorm, TVLMConfig, Tokenizer, answer_loss, answer_targets, apply_rope,
-                  configure_optimizers, get_lr, load_checkpoint, load_image, prefix_lm_mask,
+                  configure_optimizers, get_lr, load_checkpoint, load_image, pick_device, prefix_lm_mask,
                   rope_cache)  # conftest.py: root on sys.path
 
 CORPUS = ["Is the traffic light red?", "How many cars are on the left?", "Is there a pedestrian?",
@@ -910,3 +910,11 @@ def test_get_lr_warmup_cosine_floor():
     assert f(decay) == pytest.approx(min_lr)
     assert all(f(it) == min_lr for it in [decay + 1, 10 * decay])
     assert get_lr(0, 0, decay, lr, min_lr) == pytest.approx(lr)
+
+
+def test_pick_device_resolves_auto_and_keeps_a_named_device(monkeypatch):
+    assert pick_device('cpu') == 'cpu' and pick_device('cuda:1') == 'cuda:1'
+    for cuda, mps, expected in ((True, True, 'cuda'), (False, True, 'mps'), (False, False, 'cpu')):
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: mps)
+        assert pick_device('auto') == expected
