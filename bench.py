@@ -1,7 +1,7 @@
 """
 Measure what a tvlm user feels, on whatever device this runs, and print it as one table:
   1 ceiling    FLOP/s of a large matmul per precision: the most this device does, so model figures are a share of it
-  2 train      train.py's optimizer step (forward + loss + backward + clip + AdamW) on its own batches, eager,
+  2 train      train.py's optimizer step (forward + loss + backward + clip + AdamW/Muon) on its own batches, eager,
                and compiled with --compile=True; fp32, plus bf16 autocast on CUDA (or --dtype=bfloat16 alone)
   3 sharing    questions/s with 1..8 questions per image: the ViT runs once per image, not per question
   4 answer     inference throughput at batch 32, single-question latency, 6 questions about one frame
@@ -131,17 +131,18 @@ def get_batch(qpi=questions_per_image):
 
 def make_train_step(precision, use_compile):
     model = TVLM(cfg).to(device)
-    opt = configure_optimizers(model, weight_decay, lr, (beta1, beta2), device_type)
+    optimizers = configure_optimizers(model, weight_decay, lr, (beta1, beta2), device_type, muon=muon)
     fwd = torch.compile(model) if use_compile else model
 
-    def step(images, tokens, targets, idx, patches, looks):  # train.py's: forward and loss, backward, clip, AdamW
+    def step(images, tokens, targets, idx, patches, looks):  # train.py's: forward and loss, backward, clip, update
         with autocast(precision):
             _, loss = fwd(images, tokens, targets, image_idx=idx, patch_targets=patches, look_targets=looks)
         loss.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     return step
 
 

@@ -64,6 +64,7 @@ weight_decay = 0.05
 beta1, beta2 = 0.9, 0.95
 grad_clip = 1.0               # 0 disables
 lr_vit, lr_proj, lr_dec, lr_head = 1.0, 1.0, 1.0, 1.0   # per-component multipliers of lr
+muon = False                  # Muon for the transformer blocks' matrices, AdamW for the rest (tvlm.Muon)
 # system
 device = 'auto'               # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'                # 'float32', 'bfloat16' or 'float16' (GradScaler); auto = bf16 on CUDA if supported
@@ -173,10 +174,15 @@ def answer_hits(logits, tokens, targets):
 
 
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
-optimizer = configure_optimizers(raw_model, weight_decay, lr, (beta1, beta2), device_type,
-                                 lr_scale={'vit': lr_vit, 'proj': lr_proj, 'dec': lr_dec, 'head': lr_head})
+optimizers = configure_optimizers(raw_model, weight_decay, lr, (beta1, beta2), device_type,
+                                  lr_scale={'vit': lr_vit, 'proj': lr_proj, 'dec': lr_dec, 'head': lr_head}, muon=muon)
 if init_from == 'resume':
-    optimizer.load_state_dict(checkpoint['optimizer'])
+    states = checkpoint['optimizer']
+    states = states if isinstance(states, list) else [states]  # checkpoints before Muon saved AdamW's state alone
+    if len(states) != len(optimizers):
+        sys.exit(f"{ckpt_path} was trained with{'out' if muon else ''} Muon ---> HINT: resume with --muon={not muon}")
+    for opt, state in zip(optimizers, states):
+        opt.load_state_dict(state)
     scaler.load_state_dict(checkpoint['scaler'])
     torch.set_rng_state(checkpoint['rng']['torch'])
     if world_size == 1:
@@ -227,8 +233,9 @@ def evaluate():
 def save_checkpoint(name):
     """Everything needed to resume or to answer, as tensors and plain values (weights_only=True loads it);
     written to a temporary file and renamed, so a crash mid-save never leaves a half-written checkpoint."""
-    ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
-            'model_args': asdict(cfg), 'iter_num': iter_num, 'best_val_acc': best_val_acc, 'train_time': train_time,
+    ckpt = {'model': raw_model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
+            'scaler': scaler.state_dict(), 'model_args': asdict(cfg), 'iter_num': iter_num,
+            'best_val_acc': best_val_acc, 'train_time': train_time,
             'config': config, 'rng': {'torch': torch.get_rng_state(), 'batch': batch_state},
             'tokenizer': tokenizer.to_dict(), 'answers': answers, 'families': families,
             'data_dir': os.path.abspath(data_dir), 'n_params': raw_model.num_params()}
@@ -260,7 +267,7 @@ evals_since_best, t0 = 0, time.time()
 try:
     while True:
         lr_now = get_lr(iter_num, warmup_iters, lr_decay_iters, lr, min_lr)  # logged: each group's is this x lr_scale
-        for group in optimizer.param_groups:
+        for group in (g for opt in optimizers for g in opt.param_groups):
             group['lr'] = lr_now * group['lr_scale']
 
         # evaluate, checkpoint, stop early
@@ -305,11 +312,13 @@ try:
             hits += answer_hits(logits, q, targets).sum()
             seen += len(q)
         if grad_clip:
-            scaler.unscale_(optimizer)
+            for opt in optimizers:
+                scaler.unscale_(opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)  # a device tensor
-        scaler.step(optimizer)
+        for opt in optimizers:
+            scaler.step(opt)
+            opt.zero_grad(set_to_none=True)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
 
         # timing and logging
         t1 = time.time()

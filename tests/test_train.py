@@ -48,8 +48,10 @@ def test_every_ablation_config_builds_on_the_quickstart(ablation):
     assert cfg.fusion == settings['fusion'] and cfg.look_weight == settings['look_weight']
 
 
-def test_tiny_model_overfits_one_batch(toy_data):
-    """The llm.c sanity check: 8 fixed questions are memorised to zero error within 150 steps."""
+@pytest.mark.parametrize('muon', [False, True])
+def test_tiny_model_overfits_one_batch(toy_data, muon):
+    """The llm.c sanity check: 8 fixed questions are memorised to zero error within 150 steps, with AdamW alone
+    or with Muon for the blocks' matrices."""
     torch.manual_seed(0)
     cfg = TVLMConfig(img_h=32, img_w=48, patch=8, vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64, dec_width=32,
                      dec_depth=1, dec_heads=2, dec_kv_heads=1, dec_mlp=64, vocab_size=20, max_q_len=8, n_answers=5)
@@ -58,12 +60,13 @@ def test_tiny_model_overfits_one_batch(toy_data):
     tokens = torch.randint(4, 20, (8, 8))
     targets = torch.randint(0, 5, (8,))
     idx = torch.arange(8) // 2
-    opt = configure_optimizers(model, 0.0, 3e-3, (0.9, 0.95), 'cpu')
+    optimizers = configure_optimizers(model, 0.0, 3e-3, (0.9, 0.95), 'cpu', muon=muon)
     for _ in range(150):
         logits, loss = model(images, tokens, targets, image_idx=idx)
-        opt.zero_grad()
         loss.backward()
-        opt.step()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad()
     assert loss.item() < 0.05 and (logits.argmax(-1) == targets).all()
 
 
@@ -92,8 +95,8 @@ def test_loss_falls_and_checkpoints_load(toy_data, tmp_path):
 
 
 def test_resume_equals_straight_run(toy_data, tmp_path):
-    """10 iterations, resume, 10 more = 20 straight, bit for bit (dropout, flips and jitter included)."""
-    common = ['--eval_interval=10', '--dropout=0.1', '--hflip=True', '--augment=True', '--lr_decay_iters=20']
+    """10 iterations, resume, 10 more = 20 straight, bit for bit (dropout, flips, jitter and Muon's momentum included)."""
+    common = ['--eval_interval=10', '--dropout=0.1', '--hflip=True', '--augment=True', '--lr_decay_iters=20', '--muon=True']
     run_train(common + ['--max_iters=20'], str(tmp_path / 'a'), toy_data)
     run_train(common + ['--max_iters=10'], str(tmp_path / 'b'), toy_data)
     run_train(common + ['--max_iters=20', '--init_from=resume'], str(tmp_path / 'b'), toy_data)
@@ -102,6 +105,8 @@ def test_resume_equals_straight_run(toy_data, tmp_path):
     assert a['iter_num'] == b['iter_num'] == 20
     for k in a['model']:
         assert torch.equal(a['model'][k], b['model'][k]), k
+    p = run_train(common[:-1] + ['--max_iters=30', '--init_from=resume'], str(tmp_path / 'b'), toy_data, check=False)
+    assert p.returncode == 1 and 'trained with Muon ---> HINT: resume with --muon=True' in p.stderr.strip().splitlines()[-1]
 
 
 CRASH_ON_THIRD_SAVE = """

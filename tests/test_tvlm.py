@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tvlm import (CANT, TVLM, Attention, RMSNorm, TVLMConfig, Tokenizer, answer_loss, answer_targets, apply_rope,
-                  configure_optimizers, get_lr, load_checkpoint, load_image, pick_device, prefix_lm_mask,
-                  rope_cache)  # conftest.py: root on sys.path
+                  configure_optimizers, get_lr, load_checkpoint, load_image, orthogonalize, pick_device,
+                  prefix_lm_mask, rope_cache)  # conftest.py: root on sys.path
 
 CORPUS = ["Is the traffic light red?", "How many cars are on the left?", "Is there a pedestrian?",
           "What's the weather like?", "Is the road wet, or dry?"]
@@ -877,10 +877,11 @@ def test_unknown_words_are_answered_cant_answer(answer):
 
 
 def test_configure_optimizers_groups():
-    """Matrices decay and norms/biases do not; every parameter is in exactly one group with its component's lr_scale."""
+    """Matrices decay and norms/biases do not; every parameter is in exactly one group with its component's lr_scale;
+    muon=True moves the transformer blocks' matrices, and only them, from AdamW to Muon."""
     model = make_model(fusion='both')
     scale = {'vit': 0.1, 'proj': 0.5, 'dec': 1.0, 'head': 2.0}
-    opt = configure_optimizers(model, weight_decay=0.1, lr=1e-3, betas=(0.9, 0.95), device_type='cpu', lr_scale=scale)
+    opt, = configure_optimizers(model, weight_decay=0.1, lr=1e-3, betas=(0.9, 0.95), device_type='cpu', lr_scale=scale)
     assert isinstance(opt, torch.optim.AdamW)
     names = {id(p): n for n, p in model.named_parameters()}
     seen = [names[id(p)] for g in opt.param_groups for p in g['params']]
@@ -893,8 +894,53 @@ def test_configure_optimizers_groups():
     decayed = {names[id(p)] for g in opt.param_groups if g['weight_decay'] > 0 for p in g['params']}
     assert {'dec.blocks.0.attn.wq.weight', 'vit.patch.weight', 'head.weight', 'proj.weight'} <= decayed
     assert not any('norm' in n or n.endswith('bias') for n in decayed)
-    plain = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), 'cpu')
+    plain, = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), 'cpu')
     assert all(g['lr_scale'] == 1.0 for g in plain.param_groups)
+    adamw, muon = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), 'cpu', lr_scale=scale, muon=True)
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g['params']}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g['params']}
+    assert in_muon | in_adamw == set(names.values()) and not in_muon & in_adamw
+    assert in_muon == {n for n, p in model.named_parameters() if '.blocks.' in n and p.dim() == 2}
+    assert {'vit.blocks.0.mlp.fc.weight', 'dec.blocks.0.cross.wkv.weight'} <= in_muon
+    assert all(g['lr_scale'] == scale[g['name'].split('_')[0]] and g['weight_decay'] == 0.1 for g in muon.param_groups)
+
+
+@pytest.mark.parametrize('shape', [(3, 16, 48), (2, 40, 8)])
+def test_orthogonalize_flattens_the_spectrum(shape):
+    """Newton-Schulz takes matrices whose singular values span 1000x to ones within ~[0.5, 1.5], wide or tall,
+    keeping the singular vectors (the sign of G's projection on its own top direction stays positive)."""
+    torch.manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(shape[0], shape[1], shape[1]))
+    V, _ = torch.linalg.qr(torch.randn(shape[0], shape[2], shape[2]))
+    k = min(shape[1:])
+    s = torch.logspace(0, -3, k)                                               # (k,) singular values 1 .. 1e-3
+    G = U[:, :, :k] * s @ V[:, :, :k].mT                                       # (K, m, n)
+    sv = torch.linalg.svdvals(orthogonalize(G).float())                        # (K, k)
+    assert sv[:, :k // 2].min() > 0.5 and sv.max() < 1.5                      # the tiny ones rise less far
+    top = (U[:, :, :1].mT @ orthogonalize(G).float() @ V[:, :, :1]).flatten()  # (K,)
+    assert (top > 0.5).all()
+
+
+def test_muon_matches_torch_reference():
+    """tvlm.Muon, which orthogonalises matrices of one shape together, steps like torch.optim.Muon (torch >= 2.9)
+    with the AdamW-matched scale, matrix by matrix: momentum, Nesterov, weight decay and all."""
+    if not hasattr(torch.optim, 'Muon'):
+        pytest.skip('torch.optim.Muon arrived in torch 2.9')
+    from tvlm import Muon
+    torch.manual_seed(0)
+    shapes = [(16, 32), (16, 32), (32, 8)]
+    ours = [nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [nn.Parameter(p.detach().clone()) for p in ours]
+    opt_ours = Muon([{'params': ours, 'weight_decay': 0.1}], lr=0.02)
+    opt_ref = torch.optim.Muon(ref, lr=0.02, weight_decay=0.1, adjust_lr_fn='match_rms_adamw')
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for a, b, g in zip(ours, ref, grads):
+            a.grad, b.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_ref.step()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
 
 
 def test_get_lr_warmup_cosine_floor():
