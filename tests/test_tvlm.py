@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from tvlm import (CANT, TVLM, Attention, RMSNorm, TVLMConfig, Tokenizer, answer_loss, answer_targets, apply_rope,
-                  configure_optimizers, get_lr, load_checkpoint, load_image, orthogonalize, pick_device,
+from tvlm import (CANT, TVLM, Attention, Muon, RMSNorm, TVLMConfig, Tokenizer, answer_loss, answer_targets,
+                  apply_rope, configure_optimizers, get_lr, load_checkpoint, load_image, orthogonalize, pick_device,
                   prefix_lm_mask, rope_cache)  # conftest.py: root on sys.path
 
 CORPUS = ["Is the traffic light red?", "How many cars are on the left?", "Is there a pedestrian?",
@@ -926,7 +926,6 @@ def test_muon_matches_torch_reference():
     with the AdamW-matched scale, matrix by matrix: momentum, Nesterov, weight decay and all."""
     if not hasattr(torch.optim, 'Muon'):
         pytest.skip('torch.optim.Muon arrived in torch 2.9')
-    from tvlm import Muon
     torch.manual_seed(0)
     shapes = [(16, 32), (16, 32), (32, 8)]
     ours = [nn.Parameter(torch.randn(s)) for s in shapes]
