@@ -823,7 +823,10 @@ class Muon(torch.optim.Optimizer):
             lr, mu, by_shape = group['lr'], group['momentum'], {}
             for p in group['params']:
                 if p.grad is not None:
-                    buf = self.state[p].setdefault('momentum', torch.zeros_like(p))
+                    state = self.state[p]
+                    if not state:  # the first step; setdefault would build a zero tensor on every step
+                        state['momentum'] = torch.zeros_like(p)
+                    buf = state['momentum']
                     buf.lerp_(p.grad, 1 - mu)
                     by_shape.setdefault(p.shape, []).append((p, p.grad.lerp(buf, mu)))   # Nesterov
             for (m, n), pairs in by_shape.items():
