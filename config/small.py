@@ -7,12 +7,10 @@ stem = (16, 32, 64, 128)      # a conv stem: the patchify conv alone learned sma
 vit_width, vit_depth, vit_heads, vit_mlp = 128, 4, 4, 512
 dec_width, dec_depth, dec_heads, dec_kv_heads, dec_mlp = 128, 2, 4, 2, 512
 fusion = 'cross'
-batch_size = 96
-questions_per_image = 12      # 8 images of ~11 questions each (prepare's train_per_family=3), each once before any
-                              # twice: the ViT, most of a step, runs on few images. Val 0.741 after 1,000 steps of 16
-                              # images x 8 (5.4 min) -> 0.806 after 2,000 of 8 x 16 (6.6 min); with Muon, 8 x 12 for
-                              # 2,800 steps against 8 x 16 for 2,500 in about the same time, three seeds: test
-                              # 0.886/0.882/0.880 (0.876/0.871/0.870)
+batch_size = 128
+questions_per_image = 16      # 8 images of ~11 questions each (prepare's train_per_family=3), each once before any twice:
+                              # the ViT, most of a step, runs on half as many images. Val 0.741 after 1,000 steps of
+                              # 16 images x 8 (5.4 min) -> 0.806 after 2,000 of 8 x 16 (6.6 min)
 patch_weight = 2.0            # the patch-label loss: the ViT learns objects from boxes long before from answers
 look_weight = 0.5             # the look loss: where the rules looked; 0.677 -> 0.741 val at 1000 iterations
 first_word_weight = 4.0       # --answer=generate: the deciding answer word x4 in the token loss; 0.729 -> 0.739 val
@@ -23,11 +21,11 @@ lr = 7e-4                     # 1e-3 and 2e-3 did worse in 1000-iteration trials
 min_lr = 7e-5
 lr_vit = 2.0                  # the ViT, the part that underfits, at twice the rate: two seeds, test 0.849/0.856 (0.844/0.843
                               # at 1.0), in scope 0.835/0.843 (0.830/0.828), the patch head's AP up on every label
-muon = True                   # Muon for the blocks' matrices (tvlm.Muon), AdamW for the rest: three seeds (8 x 16,
-                              # 2,500 steps), test 0.876/0.871/0.870 (AdamW alone 0.855/0.856/0.861), steps ~15%
-                              # slower; at equal time (AdamW for 3,000 steps, 8.1 min) 0.876 against 0.869, one seed
-max_iters = 2800
+muon = True                   # Muon for the blocks' matrices (tvlm.Muon), AdamW for the rest: three seeds, test
+                              # 0.876/0.871/0.870 (AdamW alone 0.855/0.856/0.861), steps ~15% slower; at equal time
+                              # (AdamW for 3,000 steps, 8.1 min) 0.876 against 0.869, one seed
+max_iters = 2500
 warmup_iters = 200
-lr_decay_iters = 2800
+lr_decay_iters = 2500
 eval_interval = 250
 log_interval = 50
