@@ -12,6 +12,7 @@ $ python train.py config/small.py --init_from=resume
 Fine-tune a trained model on another prepared dataset (synthetic pretraining, then real BDD100K):
 $ python train.py config/finetune.py --init_from=out-small/ckpt.pt --data_dir=data/bdd100k
 """
+import copy
 import gc
 import json
 import os
@@ -65,6 +66,7 @@ beta1, beta2 = 0.9, 0.95
 grad_clip = 1.0               # 0 disables
 lr_vit, lr_proj, lr_dec, lr_head = 1.0, 1.0, 1.0, 1.0   # per-component multipliers of lr
 muon = False                  # Muon for the transformer blocks' matrices, AdamW for the rest (tvlm.Muon)
+ema_decay = 0.0               # > 0: evaluate and save a moving average of the weights, updated by this much a step
 # system
 device = 'auto'               # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'                # 'float32', 'bfloat16' or 'float16' (GradScaler); auto = bf16 on CUDA if supported
@@ -142,9 +144,7 @@ try:
 except ValueError as e:
     sys.exit(str(e))
 model = TVLM(cfg, tokenizer, answers, mean=meta['mean'], std=meta['std'])
-if init_from == 'resume':
-    model.load_state_dict(checkpoint['model'])
-elif checkpoint is not None:
+if checkpoint is not None and init_from != 'resume':
     old = checkpoint['model_args']
     if (old['img_h'], old['img_w']) != (cfg.img_h, cfg.img_w):
         sys.exit(f"{init_from} was trained on {old['img_h']}x{old['img_w']} images, {data_dir} holds {cfg.img_h}x{cfg.img_w} "
@@ -153,7 +153,15 @@ elif checkpoint is not None:
     if master:
         print(f"fine-tuning from {init_from}; not copied whole: {', '.join(partial) or 'nothing'}")
 model.to(device)
-raw_model = model  # the plain module: what gets saved, evaluated, and counted
+raw_model = model  # the plain module: what is trained and counted
+# the weights that get evaluated and saved: with ema_decay, their exponential moving average, which smooths out the
+# last steps' noise (Polyak averaging); BatchNorm's running statistics are averaged with them
+ema_model = copy.deepcopy(raw_model).requires_grad_(False) if ema_decay else raw_model
+if init_from == 'resume':
+    ema_model.load_state_dict(checkpoint['model'])
+    raw_model.load_state_dict(checkpoint.get('train_model', checkpoint['model']))
+ema_pairs = [(a, w) for a, w in zip(ema_model.state_dict().values(), raw_model.state_dict().values())
+             if ema_decay and a.is_floating_point()]   # (average, weight), tensors that share the modules' storage
 if master:
     print(f"{raw_model.describe()}, device={device}, dtype={dtype}, world_size={world_size}")
 
@@ -205,8 +213,8 @@ def stop_if_not_finite(loss, where):
 @torch.no_grad()
 def evaluate():
     """Val loss (the training loss, auxiliary losses included, so it compares with the train loss), accuracy and
-    accuracy per question family, over whole images in file order."""
-    raw_model.eval()
+    accuracy per question family, over whole images in file order, of the weights that get saved."""
+    ema_model.eval()
     loss_sum, correct, fam_correct, fam_total = 0.0, 0, np.zeros(len(families)), np.zeros(len(families))
     n = 0
     for rows, q_rows, images, q, idx in split_batches(val_data, 4 * batch_size):
@@ -216,7 +224,7 @@ def evaluate():
                              for x in loss_inputs(val_data, cfg, q, rows, q_rows))   # the training batches' inputs
         targets = answer_targets(q) if cfg.answer == 'generate' else to_device(val_data['answers'][q_rows].astype(np.int64), device)
         with ctx:
-            logits, loss = raw_model(to_device(images, device), q, targets, image_idx=to_device(idx, device),
+            logits, loss = ema_model(to_device(images, device), q, targets, image_idx=to_device(idx, device),
                                      patch_targets=patches, look_targets=looks)
         loss_sum += loss.item() * len(q)
         hit = answer_hits(logits, q, targets).cpu().numpy()
@@ -225,7 +233,7 @@ def evaluate():
         np.add.at(fam_correct, fam, hit)
         np.add.at(fam_total, fam, 1)
         n += len(q)
-    raw_model.train()
+    ema_model.train()
     per_family = {f'val_acc_{f}': float(c / t) for f, c, t in zip(families, fam_correct, fam_total) if t}
     return {'val_loss': loss_sum / n, 'val_acc': correct / n, **per_family}  # plain floats: weights_only loads them
 
@@ -233,12 +241,14 @@ def evaluate():
 def save_checkpoint(name):
     """Everything needed to resume or to answer, as tensors and plain values (weights_only=True loads it);
     written to a temporary file and renamed, so a crash mid-save never leaves a half-written checkpoint."""
-    ckpt = {'model': raw_model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
+    ckpt = {'model': ema_model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
             'scaler': scaler.state_dict(), 'model_args': asdict(cfg), 'iter_num': iter_num,
             'best_val_acc': best_val_acc, 'train_time': train_time,
             'config': config, 'rng': {'torch': torch.get_rng_state(), 'batch': batch_state},
             'tokenizer': tokenizer.to_dict(), 'answers': answers, 'families': families,
             'data_dir': os.path.abspath(data_dir), 'n_params': raw_model.num_params()}
+    if ema_decay:  # resuming needs the weights being trained, besides their average
+        ckpt['train_model'] = raw_model.state_dict()
     path = os.path.join(out_dir, name)
     torch.save(ckpt, path + '.tmp')
     os.replace(path + '.tmp', path)
@@ -319,6 +329,8 @@ try:
             scaler.step(opt)
             opt.zero_grad(set_to_none=True)
         scaler.update()
+        for avg, w in ema_pairs:  # the average takes a step towards the new weights
+            avg.lerp_(w, 1 - ema_decay)
 
         # timing and logging
         t1 = time.time()

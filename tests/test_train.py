@@ -95,18 +95,36 @@ def test_loss_falls_and_checkpoints_load(toy_data, tmp_path):
 
 
 def test_resume_equals_straight_run(toy_data, tmp_path):
-    """10 iterations, resume, 10 more = 20 straight, bit for bit (dropout, flips, jitter and Muon's momentum included)."""
-    common = ['--eval_interval=10', '--dropout=0.1', '--hflip=True', '--augment=True', '--lr_decay_iters=20', '--muon=True']
+    """10 iterations, resume, 10 more = 20 straight, bit for bit (dropout, flips, jitter, Muon's momentum and the
+    weights' moving average included)."""
+    common = ['--eval_interval=10', '--dropout=0.1', '--hflip=True', '--augment=True', '--lr_decay_iters=20',
+              '--ema_decay=0.9', '--muon=True']
     run_train(common + ['--max_iters=20'], str(tmp_path / 'a'), toy_data)
     run_train(common + ['--max_iters=10'], str(tmp_path / 'b'), toy_data)
     run_train(common + ['--max_iters=20', '--init_from=resume'], str(tmp_path / 'b'), toy_data)
     a = torch.load(tmp_path / 'a' / 'last.pt', weights_only=True)
     b = torch.load(tmp_path / 'b' / 'last.pt', weights_only=True)
     assert a['iter_num'] == b['iter_num'] == 20
-    for k in a['model']:
-        assert torch.equal(a['model'][k], b['model'][k]), k
+    for weights in ('model', 'train_model'):
+        for k in a[weights]:
+            assert torch.equal(a[weights][k], b[weights][k]), (weights, k)
     p = run_train(common[:-1] + ['--max_iters=30', '--init_from=resume'], str(tmp_path / 'b'), toy_data, check=False)
     assert p.returncode == 1 and 'trained with Muon ---> HINT: resume with --muon=True' in p.stderr.strip().splitlines()[-1]
+
+
+def test_moving_average_steps_towards_the_trained_weights(toy_data, tmp_path):
+    """With ema_decay, a checkpoint's 'model' (what is evaluated and answers) is the moving average and its
+    'train_model' the weights being trained; each step moves the average (1 - decay) of the way to the new weights."""
+    out = tmp_path / 'out'
+    common = ['--ema_decay=0.75', '--eval_interval=5']
+    run_train(common + ['--max_iters=5'], str(out), toy_data)
+    before = torch.load(out / 'last.pt', weights_only=True)
+    run_train(common + ['--max_iters=6', '--init_from=resume'], str(out), toy_data)
+    after = torch.load(out / 'last.pt', weights_only=True)
+    averaged = [k for k, w in after['train_model'].items() if w.is_floating_point()]
+    for k in averaged:
+        torch.testing.assert_close(after['model'][k], before['model'][k].lerp(after['train_model'][k], 0.25))
+    assert sum(not torch.equal(after['model'][k], after['train_model'][k]) for k in averaged) > len(averaged) / 2
 
 
 CRASH_ON_THIRD_SAVE = """
