@@ -2,7 +2,8 @@
 Measure what a tvlm user feels, on whatever device this runs, and print it as one table:
   1 ceiling    FLOP/s of a large matmul per precision: the most this device does, so model figures are a share of it
   2 train      train.py's optimizer step (forward + loss + backward + clip + AdamW/Muon) on its own batches, eager,
-               and compiled with --compile=True; fp32, plus bf16 autocast on CUDA (or --dtype=bfloat16 alone)
+               and compiled with --compile=True; fp32, plus bf16 autocast on CUDA (or --dtype=bfloat16 alone);
+               without ema_decay's moving average (0.35 ms of config/small.py's ~180 ms step on a 2-core CPU)
   3 sharing    questions/s with 1..8 questions per image: the ViT runs once per image, not per question
   4 answer     inference throughput at batch 32, single-question latency, 6 questions about one frame
   5 generate   greedy decoding of max_answer_len words after a full-length question, tokens/s with and without

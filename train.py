@@ -144,7 +144,9 @@ try:
 except ValueError as e:
     sys.exit(str(e))
 model = TVLM(cfg, tokenizer, answers, mean=meta['mean'], std=meta['std'])
-if checkpoint is not None and init_from != 'resume':
+if init_from == 'resume':
+    model.load_state_dict(checkpoint.get('train_model', checkpoint['model']))   # with ema_decay, 'model' is the average
+elif checkpoint is not None:
     old = checkpoint['model_args']
     if (old['img_h'], old['img_w']) != (cfg.img_h, cfg.img_w):
         sys.exit(f"{init_from} was trained on {old['img_h']}x{old['img_w']} images, {data_dir} holds {cfg.img_h}x{cfg.img_w} "
@@ -154,14 +156,6 @@ if checkpoint is not None and init_from != 'resume':
         print(f"fine-tuning from {init_from}; not copied whole: {', '.join(partial) or 'nothing'}")
 model.to(device)
 raw_model = model  # the plain module: what is trained and counted
-# the weights that get evaluated and saved: with ema_decay, their exponential moving average, which smooths out the
-# last steps' noise (Polyak averaging); BatchNorm's running statistics are averaged with them
-ema_model = copy.deepcopy(raw_model).requires_grad_(False) if ema_decay else raw_model
-if init_from == 'resume':
-    ema_model.load_state_dict(checkpoint['model'])
-    raw_model.load_state_dict(checkpoint.get('train_model', checkpoint['model']))
-ema_pairs = [(a, w) for a, w in zip(ema_model.state_dict().values(), raw_model.state_dict().values())
-             if ema_decay and a.is_floating_point()]   # (average, weight), tensors that share the modules' storage
 if master:
     print(f"{raw_model.describe()}, device={device}, dtype={dtype}, world_size={world_size}")
 
@@ -197,11 +191,19 @@ if init_from == 'resume':
         batch_gen.set_state(checkpoint['rng']['batch'])
     else:  # only rank 0's stream is saved: give every rank a fresh one, so no rank replays its old batches
         batch_gen.manual_seed(seed + rank + 1_000_003 * iter_num)
-checkpoint = None  # free the memory
 if compile:
     model = torch.compile(model)
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+# the weights that get evaluated and saved: with ema_decay, their exponential moving average, which smooths out the
+# last steps' noise (Polyak averaging), BatchNorm's running statistics included; copied after DDP has broadcast
+# rank 0's weights, so every rank averages the same ones
+ema_model = copy.deepcopy(raw_model).requires_grad_(False) if ema_decay else raw_model
+if init_from == 'resume' and ema_decay:
+    ema_model.load_state_dict(checkpoint['model'])
+ema_pairs = [(a, w) for a, w in zip(ema_model.state_dict().values(), raw_model.state_dict().values())
+             if ema_decay and a.is_floating_point()]   # (average, weight), tensors that share the modules' storage
+checkpoint = None  # free the memory
 
 
 def stop_if_not_finite(loss, where):
@@ -364,7 +366,8 @@ if master:
     print(f"done: best val acc {best_val_acc:.4f}, {train_time / 60:.1f} min of training; best checkpoint {out_dir}/ckpt.pt")
 if ddp:
     # a cheap end-of-run proof that DDP kept the replicas identical: compare every rank's weights to rank 0's
-    flat = torch.cat([p.detach().flatten().float() for p in raw_model.parameters()])   # (n_params,)
+    compared = [raw_model, ema_model] if ema_decay else [raw_model]   # the weights being trained, and their average
+    flat = torch.cat([p.detach().flatten().float() for m in compared for p in m.parameters()])   # (n,)
     ref = flat.clone()
     torch.distributed.broadcast(ref, src=0)
     diff = torch.tensor([(flat - ref).abs().max().item()], device=flat.device)
