@@ -66,7 +66,7 @@ beta1, beta2 = 0.9, 0.95
 grad_clip = 1.0               # 0 disables
 lr_vit, lr_proj, lr_dec, lr_head = 1.0, 1.0, 1.0, 1.0   # per-component multipliers of lr
 muon = False                  # Muon for the transformer blocks' matrices, AdamW for the rest (tvlm.Muon)
-ema_decay = 0.0               # > 0: evaluate and save a moving average of the weights, updated by this much a step
+ema_decay = 0.0               # > 0: evaluate and save a moving average of the weights, keeping this share a step
 # system
 device = 'auto'               # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'                # 'float32', 'bfloat16' or 'float16' (GradScaler); auto = bf16 on CUDA if supported
