@@ -650,6 +650,8 @@ class TVLM(nn.Module):
         B, T = prompts.shape
         assert (prompts != Tokenizer.pad_id).all(), "generate() takes unpadded prompts of one length"
         assert T + max_new_tokens <= self.cfg.max_text_len, f"prompt + new tokens exceed {self.cfg.max_text_len} positions"
+        if isinstance(image_idx, int):  # k prompts per image: as indices, since after the prompt a step is one row each
+            image_idx = torch.arange(len(images), device=prompts.device).repeat_interleave(image_idx)   # (B,)
         _, prefix, ctx = self.encode_image(images, image_idx)
         cache = [{'self': {}, 'cross': {}} for _ in self.dec.blocks] if use_cache else None
         tokens, x = prompts, prompts

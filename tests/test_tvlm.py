@@ -553,7 +553,8 @@ def test_cached_decoding_equals_full_forward(kw):
 @pytest.mark.parametrize('kw', VARIANTS, ids=VARIANT_IDS)
 def test_cached_greedy_decoding_equals_uncached(kw):
     """generate() with the cache writes token for token what rerunning the whole sequence writes, up to the end of
-    the position tables (max_q_len + max_answer_len), with several questions per image; cross-attention projects
+    the position tables (max_q_len + max_answer_len), with several questions per image (by index, or k per image in
+    order); cross-attention projects
     each image's keys and values once, not per step or per question; rows that wrote <eos> continue with <pad>."""
     model, imgs, idx = gen_model(**kw), images(2), torch.tensor([0, 0, 1, 1, 0])
     with torch.no_grad():  # an untrained tied head mostly echoes its input: smaller embeddings let the context speak
@@ -567,6 +568,8 @@ def test_cached_greedy_decoding_equals_uncached(kw):
     assert projected == [2] * (model.cfg.dec_depth if model.cfg.image_cross else 0)
     assert torch.equal(cached, model.generate(imgs, prompts, 18, image_idx=idx, use_cache=False))
     assert cached.shape == (5, 24) and torch.equal(cached[:, :6], prompts)
+    in_order = model.generate(imgs, prompts[:4], 18, image_idx=torch.tensor([0, 0, 1, 1]))   # k per image, as an int
+    assert torch.equal(model.generate(imgs, prompts[:4], 18, image_idx=2), in_order)
     assert max(len(set(row)) for row in cached[:, 6:].tolist()) > 2, "the test decodes nothing but echoes"
     for row in cached[:, 6:].tolist():
         if Tokenizer.eos_id in row:
