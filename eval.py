@@ -263,20 +263,20 @@ def predict(model, arrays, batch_questions, max_images=None, transform=None, att
 
 
 @torch.no_grad()
-def generate_all(model, arrays, batch_questions):
-    """Generate mode: the greedy 'answer: reason' text for every question of a split, in file order; a question
-    with a word the model does not know gets "can't answer", as from TVLM.answer(), whatever the decoder writes."""
+def generate_all(model, arrays, batch_questions, abstained):
+    """Generate mode: the greedy 'answer: reason' text for every question of a split, in file order; where
+    abstained bool[Q] (predict's answer is "can't answer": a word the model does not know, or p(can't answer) above
+    its abstain_above) it is "can't answer", as from TVLM.answer(), whatever the decoder writes."""
     dev, said = next(model.parameters()).device, []
-    for _, _, images, q, idx in split_batches(arrays, batch_questions):
+    for _, q_rows, images, q, idx in split_batches(arrays, batch_questions):
         images = torch.from_numpy(np.require(images, requirements=['C', 'W'])).to(dev)
-        unknown = model.unknown_words(torch.from_numpy(q)).tolist()             # (Q,)
         lengths, text = (q != 0).sum(1), [''] * len(q)
         for L in np.unique(lengths):  # generate() takes prompts of one length: one call per question length
             rows = np.flatnonzero(lengths == L)
             seq = model.generate(images, torch.from_numpy(q[rows, :L]).to(dev), model.cfg.max_answer_len,
                                  torch.from_numpy(idx[rows]).to(dev))
             for r, s in zip(rows, seq[:, L:].tolist()):
-                text[r] = CANT if unknown[r] else model.tokenizer.decode(s)
+                text[r] = CANT if abstained[q_rows][r] else model.tokenizer.decode(s)
         said += text
     return said
 
@@ -421,11 +421,12 @@ def confidence_errors(conf, correct, high=HIGH_CONF, low=LOW_CONF):
             'high_conf_error_rate': rate(hi), 'low_conf_error_rate': rate(lo)}
 
 
-def phrasing_section(pred, y, fam, arrays, meta, k=8):
+def phrasing_section(pred, y, fam, arrays, meta, abstain_above=1.0, k=8):
     """Questions as people ask them: in-scope accuracy on seen and held-out phrasings (val and test ask each question
     in one of each, on the same image), overall and per family; how often out-of-scope questions get "can't answer"
-    (seen, held-out and new-word ones apart), how often in-scope ones do (false abstention); and the k phrasings
-    answered worst. None for a dataset without phrasings or without "can't answer"."""
+    (seen, held-out and new-word ones apart), how often in-scope ones do (false abstention), the model's threshold
+    on p(can't answer) that is part of it (TVLM.abstain_above); and the k phrasings answered worst. None for a
+    dataset without phrasings or without "can't answer"."""
     if 'phrasings' not in meta or CANT not in meta['answers']:
         return None
     ph = arrays['phrasing'].astype(np.int64)
@@ -440,7 +441,7 @@ def phrasing_section(pred, y, fam, arrays, meta, k=8):
     return {'accuracy': {'seen': acc(~oos & ~held), 'unseen': acc(~oos & held)},
             'abstention': {'seen': share(abstained, oos & ~held), 'unseen': share(abstained, oos & held & ~new),
                            'new_words': share(abstained, oos & new)},
-            'false_abstention': share(abstained, ~oos),
+            'false_abstention': share(abstained, ~oos), 'abstain_above': abstain_above,
             'worst': [{'phrasing': meta['phrasings'][j], 'held_out': meta['held_out'][j], **per[j]} for j in worst]}
 
 
@@ -587,14 +588,15 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg, meta['families'])
     res['detection'] = detection_section(patches, arrays, model.cfg.patch)
     blind_logits = predict(load(blind_ckpt, data_dir, device)[0], arrays, batch_questions)[0] if blind_ckpt else None
-    res['phrasing'] = phrasing_section(probs.argmax(1), y, fam, arrays, meta)
+    res['phrasing'] = phrasing_section(probs.argmax(1), y, fam, arrays, meta, model.abstain_above)
     res['baselines'] = baseline_section(y, fam, probs.argmax(1), arrays, train, meta, blind_logits)
     res['robustness'] = robustness_section(model, arrays, logits, robust_max, batch_questions, seed, out)
     with open(os.path.join(data_dir, f'{split}_names.json')) as f:
         names = json.load(f)
     if model.cfg.answer == 'generate':
-        res['generation'] = generation_section(generate_all(model, arrays, batch_questions), arrays, y, fam, meta,
-                                               model.tokenizer)
+        abstained = probs.argmax(1) == (meta['answers'].index(CANT) if CANT in meta['answers'] else -1)
+        res['generation'] = generation_section(generate_all(model, arrays, batch_questions, abstained), arrays, y, fam,
+                                               meta, model.tokenizer)
     res['errors'] = error_section(y, probs, None if maps is None else layer_average(maps), arrays, model, names, out)
     res['plots'] = ['reliability.png', 'robustness.png'] + (['failures.png'] if res['errors']['most_confident'] else [])
     res = plain(res)
@@ -698,7 +700,8 @@ def print_phrasing(p):
               for f, x in a['seen']['per_family'].items()))
     print(f"  out of scope answered \"{CANT}\": seen phrasings {fmt(ab['seen']['rate'])} (n={ab['seen']['n']}), held out "
           f"{fmt(ab['unseen']['rate'])} (n={ab['unseen']['n']}), new words {fmt(ab['new_words']['rate'])} "
-          f"(n={ab['new_words']['n']}); in scope (false abstention) {fmt(fa['rate'])} (n={fa['n']})")
+          f"(n={ab['new_words']['n']}); in scope (false abstention) {fmt(fa['rate'])} (n={fa['n']}); by threshold "
+          f"above p({CANT}) = {p['abstain_above']:.3f} (train.py's, from val; 1 = none)")
     print("  worst phrasings: " + '; '.join(f"{x['phrasing']!r}{' (held out)' if x['held_out'] else ''} "
                                             f"{fmt(x['accuracy'])} of {x['n']}" for x in p['worst']))
 

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from prepare import (DATASET_FIELDS, data_shape, load_meta, loss_inputs, mirror_tables, model_config, open_split,
                      split_batches, to_device, training_batch)
-from tvlm import (TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
+from tvlm import (CANT, TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
                   load_checkpoint, pick_device)
 
 # -----------------------------------------------------------------------------
@@ -117,7 +117,7 @@ flip_tokens, flip_answers = mirror_tables(tokenizer, answers)
 
 # model: from scratch with this config on this dataset, exactly as the checkpoint being resumed was built, or
 # with a pretrained checkpoint's architecture on this dataset's words and answers (fine-tuning)
-iter_num, best_val_acc, train_time = 0, 0.0, 0.0
+iter_num, best_val_acc, train_time, abstain_above, evals_since_best = 0, 0.0, 0.0, 1.0, 0
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'last.pt')
     if not os.path.exists(ckpt_path):
@@ -134,6 +134,7 @@ try:
     if init_from == 'resume':
         cfg = TVLMConfig(**checkpoint['model_args'])
         iter_num, best_val_acc, train_time = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['train_time']
+        abstain_above, evals_since_best = checkpoint.get('abstain_above', 1.0), checkpoint.get('evals_since_best', 0)
     else:
         # fine-tuning keeps the pretrained shapes; how to train and answer (dropout, the loss knobs, classify or
         # generate) is this run's config, so a classifier can learn to answer in words
@@ -212,13 +213,21 @@ def stop_if_not_finite(loss, where):
                  f"---> HINT: lower --lr, keep --grad_clip on, or try --dtype=float32")
 
 
+# the val questions that set the saved weights' abstain_above (tvlm.TVLM.answer_logits): in scope, and in a phrasing
+# seen in training, so that no out-of-scope or held-out question has a say
+sets_threshold = np.zeros(len(val_data['answers']), bool)
+if CANT in answers and 'held_out' in meta:
+    sets_threshold = (val_data['answers'] != answers.index(CANT)) & ~np.asarray(meta['held_out'])[val_data['phrasing']]
+
+
 @torch.no_grad()
 def evaluate():
     """Val loss (the training loss, auxiliary losses included, so it compares with the train loss), accuracy and
-    accuracy per question family, over whole images in file order, of the weights that get saved."""
+    accuracy per question family, over whole images in file order, of the weights that get saved; and their
+    abstain_above: the highest p(can't answer) of a sets_threshold question (none: 1, never abstain by threshold)."""
     ema_model.eval()
     loss_sum, correct, fam_correct, fam_total = 0.0, 0, np.zeros(len(families)), np.zeros(len(families))
-    n = 0
+    n, p_cant = 0, []
     for rows, q_rows, images, q, idx in split_batches(val_data, 4 * batch_size):
         if n >= eval_max_questions:
             break
@@ -235,9 +244,13 @@ def evaluate():
         np.add.at(fam_correct, fam, hit)
         np.add.at(fam_total, fam, 1)
         n += len(q)
+        if sets_threshold[q_rows].any():
+            p = ema_model.answer_logits(logits, q, rules=False).float().softmax(-1)[:, answers.index(CANT)]   # (B,)
+            p_cant.append(p[torch.from_numpy(sets_threshold[q_rows]).to(device)].max().item())
     ema_model.train()
     per_family = {f'val_acc_{f}': float(c / t) for f, c, t in zip(families, fam_correct, fam_total) if t}
-    return {'val_loss': loss_sum / n, 'val_acc': correct / n, **per_family}  # plain floats: weights_only loads them
+    return {'val_loss': loss_sum / n, 'val_acc': correct / n, **per_family,   # plain floats: weights_only loads them
+            'abstain_above': max(p_cant, default=1.0)}
 
 
 def save_checkpoint(name):
@@ -245,7 +258,8 @@ def save_checkpoint(name):
     written to a temporary file and renamed, so a crash mid-save never leaves a half-written checkpoint."""
     ckpt = {'model': ema_model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
             'scaler': scaler.state_dict(), 'model_args': asdict(cfg), 'iter_num': iter_num,
-            'best_val_acc': best_val_acc, 'train_time': train_time,
+            'best_val_acc': best_val_acc, 'evals_since_best': evals_since_best, 'train_time': train_time,
+            'abstain_above': abstain_above,
             'config': config, 'rng': {'torch': torch.get_rng_state(), 'batch': batch_state},
             'tokenizer': tokenizer.to_dict(), 'answers': answers, 'families': families,
             'data_dir': os.path.abspath(data_dir), 'n_params': raw_model.num_params()}
@@ -271,26 +285,26 @@ if master:
         import wandb  # optional extra, imported only when asked for
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 flops_per_step = 3 * flops_per_sample(cfg, questions_per_image) * batch_size * grad_accum * world_size
-batch_state = batch_gen.get_state()  # the state that draws the pending batch: a resume draws the same one again
+batch_state = batch_gen.get_state()  # the state that draws iteration iter_num's batch: a resume draws it again
 batch = get_batch()
 # running sums since the last log line, kept on the device so a step never waits for it (nanoGPT syncs at log time)
 loss_sum, hits, seen, steps, t_log = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0, time.time()
-evals_since_best, t0 = 0, time.time()
+start_iter, t0 = iter_num, time.time()
 try:
     while True:
         lr_now = get_lr(iter_num, warmup_iters, lr_decay_iters, lr, min_lr)  # logged: each group's is this x lr_scale
         for group in (g for opt in optimizers for g in opt.param_groups):
             group['lr'] = lr_now * group['lr_scale']
 
-        # evaluate, checkpoint, stop early
-        if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > 0:
+        # evaluate, checkpoint, stop early (not on a resumed run's first weights: they were evaluated before saving)
+        if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > start_iter:
             metrics = evaluate()  # on every rank, so all take the same early-stopping decision
             if ddp:  # ...from rank 0's numbers, in case GPU nondeterminism makes the ranks' differ
                 shared = [metrics]
                 torch.distributed.broadcast_object_list(shared, src=0)
                 metrics = shared[0]
             stop_if_not_finite(metrics['val_loss'], f"on val at iteration {iter_num}")
-            is_best = metrics['val_acc'] > best_val_acc
+            is_best, abstain_above = metrics['val_acc'] > best_val_acc, metrics['abstain_above']
             best_val_acc = max(best_val_acc, metrics['val_acc'])
             evals_since_best = 0 if is_best else evals_since_best + 1
             if master:
@@ -317,7 +331,7 @@ try:
                 with ctx:
                     logits, loss = model(images, q, targets, image_idx=idx, patch_targets=patches, look_targets=looks)
                     loss = loss / grad_accum
-                batch_state = batch_gen.get_state()
+                next_state = batch_gen.get_state()
                 batch = get_batch()
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
@@ -338,7 +352,7 @@ try:
         t1 = time.time()
         train_time += t1 - t0
         t0 = t1
-        iter_num += 1
+        iter_num, batch_state = iter_num + 1, next_state   # together: Ctrl-C mid-step saves the step's own batch
         steps += 1
         if iter_num % log_interval == 0:
             mean_loss = (loss_sum / steps).item()  # the loop's one wait for the device, every log_interval steps

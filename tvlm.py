@@ -514,6 +514,7 @@ class TVLM(nn.Module):
     def __init__(self, cfg, tokenizer=None, answers=None, mean=(128.0,) * 3, std=(64.0,) * 3):
         super().__init__()
         self.cfg, self.tokenizer, self.answers, self.temperature = cfg, tokenizer, answers, 1.0
+        self.abstain_above = 1.0   # p(can't answer) past which the answer is "can't answer" (answer_logits); 1 = never
         sees = cfg.fusion != 'none'
         self.vit = ViT(cfg, mean, std) if sees else None
         self.proj = nn.Linear(cfg.vit_width, cfg.dec_width) if sees else None  # vision width -> text width
@@ -679,26 +680,39 @@ class TVLM(nn.Module):
         except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: weights of other names or shapes
             raise ValueError(f"the checkpoint's weights do not fit its own model_args: {str(e).splitlines()[0]}") from None
         model.temperature = float(ckpt.get('temperature', 1.0))
+        model.abstain_above = float(ckpt.get('abstain_above', 1.0))
         return model.to(device).eval()
 
-    def answer_logits(self, logits, tokens):
+    def answer_logits(self, logits, tokens, rules=True):
         """float[B, A], a score per answer class in either mode, from forward's logits: the classifier's own, or in
         generate mode the LM's logits for each answer's first word right after the question's <eos> (no two answers
-        share a first word; any answer written after it is ignored), so every answer-class metric applies to both modes. Questions
-        with unknown words score "can't answer" (see unknown_words)."""
+        share a first word; any answer written after it is ignored), so every answer-class metric applies to both
+        modes. With rules, questions with unknown words (see unknown_words), and those whose p(can't answer) is above
+        abstain_above, score "can't answer"."""
         if self.cfg.answer == 'generate':
             last = (tokens == Tokenizer.eos_id).int().argmax(1)                  # (B,) the question's (first) <eos>
             first = [self.tokenizer.stoi[self.tokenizer.split(a)[0]] for a in self.answers]
             logits = logits[torch.arange(len(tokens), device=tokens.device), last][:, first]   # (B, A)
+        if not rules or self.answers is None or CANT not in self.answers:
+            return logits
+        cant = self.answers.index(CANT)
+        # over the threshold, "can't answer" is lifted just above the top answer: the model's pick, without a
+        # certainty it does not have (an in-scope question it abstains on keeps its probabilities for NLL and T)
+        judged = logits.float().softmax(-1)[:, cant] > self.abstain_above                      # (B,)
+        is_cant = torch.arange(logits.shape[1], device=logits.device) == cant                   # (A,)
+        logits = torch.where(judged[:, None] & is_cant, logits.max(-1, keepdim=True).values + 1e-3, logits)  # (B, A)
         sure = torch.full_like(logits, -1e4)                                     # finite: NLL and AUC stay numbers
-        if self.answers is not None and CANT in self.answers:
-            sure[:, self.answers.index(CANT)] = 0                                # (B, A) "can't answer", p ~ 1
+        sure[:, cant] = 0                                                        # (B, A) "can't answer", p ~ 1
         return torch.where(self.unknown_words(tokens)[:, None], sure, logits)    # (B, A)
 
-    # Abstention, two ways. The trained "can't answer" class covers questions in known words that no rule answers
+    # Abstention, three ways. The trained "can't answer" class covers questions in known words that no rule answers
     # ("What color is the car?"): the model learns them like any answer, and generalises to other such wordings.
-    # It cannot cover a word it never saw: encode() maps it to <unk>, whose embedding learned nothing, so the model
-    # would answer a question it cannot read ("Is it snowing?" -> "yes"). Such questions get "can't answer" by rule.
+    # Where it generalises less ("What time is it?", held out, went to "Is it night time?"'s yes and no), it still
+    # gives "can't answer" more probability than to any in-scope question, so a threshold catches more: train.py
+    # sets abstain_above to the most that any in-scope val question in a seen phrasing gets, so that none of them
+    # would abstain and no out-of-scope or held-out question decides it. The class cannot cover a word it never saw:
+    # encode() maps it to <unk>, whose embedding learned nothing, so the model would answer a question it cannot
+    # read ("Is it snowing?" -> "yes"). Such questions get "can't answer" by rule.
     def unknown_words(self, tokens):
         """bool[B]: the questions int64[B, T] that hold a word the tokenizer does not know (an <unk> id), which
         answer_logits() and answer() answer "can't answer" (models without that class: none)."""
@@ -746,9 +760,9 @@ class TVLM(nn.Module):
         if self.head is not None:
             logits, _ = self(img, ids)                                         # (1, A)
             probs = (logits[0].float() / self.temperature).softmax(-1)         # (A,)
-            best = int(probs.argmax())
+            best = self.answers[int(self.answer_logits(logits, ids)[0].argmax())]   # the top answer, or the threshold's
             dist = dict(zip(self.answers, probs.tolist()))
-            return self.answers[best], float(probs[best]), {**dist, **judged} if self.answers[best] == CANT else dist
+            return best, dist[best], {**dist, **judged} if best == CANT else dist
         Tq = int((ids != Tokenizer.pad_id).sum())
         seq = self.generate(img, ids[:, :Tq], self.cfg.max_answer_len)         # (1, Tq + n)
         logits, _ = self(img, seq)                                             # (1, Tq + n, V)
@@ -757,6 +771,10 @@ class TVLM(nn.Module):
         p = probs.gather(1, written[:, None])[:, 0]                            # (n,)
         cut = next((i for i, t in enumerate(written.tolist()) if self.tokenizer.itos[t] in (':', '<eos>')), len(written))
         said = self.tokenizer.decode(written[:cut].tolist())
+        abstains = said != CANT and CANT in self.answers and \
+            self.answers[int(self.answer_logits(logits, seq)[0].argmax())] == CANT   # the first word, or the threshold
+        if abstains:
+            return CANT, float(probs[0, self.tokenizer.stoi[self.tokenizer.split(CANT)[0]]]), {'reason': '', **judged}
         return said, float(p[:cut].prod()), {'reason': self.tokenizer.decode(written[cut + 1:].tolist()),
                                              **(judged if said == CANT else {})}
 

@@ -205,20 +205,24 @@ def test_reason_names_a_deciding_object_by_hand():
     assert rs['on_correct'] == pytest.approx(3 / 4) and rs['as_stored_on_correct'] == pytest.approx(2 / 4)
 
 
-def test_generated_answers_abstain_on_unknown_words_as_answer_does():
-    """generate_all scores what a user gets from answer(): a question with a word the tokenizer does not know is
-    "can't answer" by rule, whatever the decoder would write; the others are the decoder's own words."""
+def test_generated_answers_abstain_as_answer_does():
+    """generate_all scores what a user gets from answer(): "can't answer" where a word is unknown, or where the first
+    answer word or the threshold says so, whatever the decoder would write after it; else the decoder's own words."""
     tok = Tokenizer.build(['Is there a car?', "yes no can't answer :"])
     cfg = TVLMConfig(img_h=32, img_w=48, patch=16, vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64, dec_width=32,
                      dec_depth=1, dec_heads=2, dec_kv_heads=1, dec_mlp=64, vocab_size=len(tok), max_q_len=10,
                      n_answers=3, answer='generate', max_answer_len=6)
+    torch.manual_seed(3)  # an untrained model whose first answer word for the car question is not "can't"
     model = TVLM(cfg, tok, ['yes', 'no', CANT]).eval()
-    q = np.stack([tok.encode(t, 10)[0] for t in ('Is there a car?', 'Is there a unicorn?')])    # (2, 10)
+    questions = ('Is there a car?', 'Is there a unicorn?')
+    q = np.stack([tok.encode(t, 10)[0] for t in questions])                                    # (2, 10)
     arrays = {'images': np.zeros((1, 32, 48, 3), np.uint8), 'questions': q, 'image_idx': np.zeros(2, np.int64), 'q_offsets': np.array([0, 2])}
-    said = ev.generate_all(model, arrays, 64)
-    L = int((q[0] != 0).sum())
-    written = model.generate(torch.from_numpy(arrays['images']), torch.from_numpy(q[:1, :L]), 6)[0, L:]
-    assert said == [tok.decode(written.tolist()), CANT]
+    for above in (1.0, 0.0):  # no threshold, then one that every question is over
+        model.abstain_above = above
+        abstained = ev.predict(model, arrays, 64)[0].argmax(1) == 2                            # (2,)
+        said = ev.generate_all(model, arrays, 64, abstained)
+        assert [ev.split_answer(s)[0] for s in said] == [model.answer(arrays['images'][0], t)[0] for t in questions]
+        assert said[1] == CANT and (said[0] == CANT) == (above == 0.0)
 
 
 # end to end: a tiny dataset in prepare.py's format, a tiny model trained for a moment

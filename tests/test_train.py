@@ -13,7 +13,7 @@ import torch
 
 import prepare
 from conftest import ROOT, TINY_MODEL
-from tvlm import TVLM, TVLMConfig, answer_loss, configure_optimizers
+from tvlm import CANT, TVLM, TVLMConfig, answer_loss, configure_optimizers
 
 
 def run_train(args, out_dir, data_dir, check=True, runner=None, env_extra=None):
@@ -104,7 +104,8 @@ def test_resume_equals_straight_run(toy_data, tmp_path):
     run_train(common + ['--max_iters=20', '--init_from=resume'], str(tmp_path / 'b'), toy_data)
     a = torch.load(tmp_path / 'a' / 'last.pt', weights_only=True)
     b = torch.load(tmp_path / 'b' / 'last.pt', weights_only=True)
-    assert a['iter_num'] == b['iter_num'] == 20
+    assert a['iter_num'] == b['iter_num'] == 20 and a['evals_since_best'] == b['evals_since_best']
+    assert [e['iter'] for e in read_log(str(tmp_path / 'b'), 'eval')] == [10, 20]   # iteration 10 evaluated once
     for weights in ('model', 'train_model'):
         for k in a[weights]:
             assert torch.equal(a[weights][k], b[weights][k]), (weights, k)
@@ -151,6 +152,32 @@ def test_crash_during_save_keeps_previous_checkpoint(toy_data, tmp_path):
     last = torch.load(os.path.join(out, 'last.pt'), weights_only=True)
     assert last['iter_num'] == 5
     TVLM.from_checkpoint(os.path.join(out, 'ckpt.pt'))
+
+
+CTRL_C_IN_STEP_8 = """
+import runpy, sys, torch
+real_clip, calls = torch.nn.utils.clip_grad_norm_, [0]
+def clip(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 8:  # Ctrl-C after the 8th step's backward pass, before its update
+        raise KeyboardInterrupt
+    return real_clip(*args, **kwargs)
+torch.nn.utils.clip_grad_norm_ = clip
+sys.argv = ['train.py'] + sys.argv[1:]
+runpy.run_path('train.py', run_name='__main__')
+"""
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_the_step_it_cut_short(toy_data, tmp_path):
+    """Ctrl-C mid-step saves last.pt as of the step's start, its batch included: resumed, the run ends bit for bit
+    where an uninterrupted one does."""
+    common = ['--max_iters=12', '--eval_interval=5', '--muon=True']
+    run_train(common, str(tmp_path / 'a'), toy_data)
+    p = run_train(common, str(tmp_path / 'b'), toy_data, check=False, runner=CTRL_C_IN_STEP_8)
+    assert p.returncode == 130 and 'interrupted at iteration 7' in p.stdout
+    run_train(common + ['--init_from=resume'], str(tmp_path / 'b'), toy_data)
+    a, b = (torch.load(tmp_path / d / 'last.pt', weights_only=True)['model'] for d in 'ab')
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 NAN_AFTER_12_STEPS = """
@@ -201,8 +228,9 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
 
 def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):
     """Pretrain on the toy set, then fine-tune on a prepared BDD100K tree (world.py's, in BDD's 2018 layout) with
-    other words and answers: the run starts from the checkpoint and writes a loadable model for the new data."""
-    import prepare
+    other words and answers: the run starts from the checkpoint and writes a loadable model for the new data, with
+    its abstention threshold: the most p(can't answer) that an in-scope val question in a seen phrasing gets."""
+    import eval as ev
     import world
     run_train(['--max_iters=10', '--eval_interval=10'], str(tmp_path / 'pre'), toy_data)
     tree, data = str(tmp_path / 'bdd'), str(tmp_path / 'data')
@@ -217,6 +245,11 @@ def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):
     assert 'fine-tuning from' in p.stdout and 'dec.embed.weight (' in p.stdout and 'head.weight (' in p.stdout
     model = TVLM.from_checkpoint(os.path.join(out, 'ckpt.pt'))
     assert model.answers == prepare.ANSWERS and len(model.tokenizer) > 10
+    threshold, model.abstain_above = model.abstain_above, 1.0                          # scores without the threshold
+    val, held_out = prepare.open_split(data, 'val'), np.asarray(prepare.load_meta(data)['held_out'])
+    p_cant = torch.from_numpy(ev.predict(model, val, 64)[0]).softmax(1)[:, model.answers.index(CANT)].numpy()
+    sets_it = (val['answers'] != model.answers.index(CANT)) & ~held_out[val['phrasing']]
+    assert sets_it.any() and threshold == pytest.approx(p_cant[sets_it].max(), rel=1e-4) and threshold < 1
     p = run_train([f'--init_from={tmp_path / "nowhere.pt"}'], out, data, check=False)
     assert p.returncode == 1 and 'no checkpoint at' in p.stderr.strip().splitlines()[-1]
 

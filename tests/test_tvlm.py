@@ -875,6 +875,31 @@ def test_unknown_words_are_answered_cant_answer(answer):
     assert not make_model().unknown_words(q).any()                                  # no class to abstain with
     assert make_model().answer(_rgb(32, 48), "Is it snowing?")[0] in ANSWERS
 
+
+@pytest.mark.parametrize('answer', ['classify', 'generate'])
+def test_threshold_abstains_where_p_cant_answer_is_above_it(answer):
+    """A question in known words gets "can't answer" when its p(can't answer) is above abstain_above, in answer() and
+    answer_logits() alike, and the model's own answer when it is below; the default, 1, never abstains."""
+    answers = ANSWERS + [CANT]
+    tok = Tokenizer.build(CORPUS + answers)
+    torch.manual_seed(0)
+    model = TVLM(tiny_cfg(answer=answer, vocab_size=len(tok), n_answers=len(answers)), tok, answers).eval()
+    question, img = "Is there a pedestrian?", _rgb(32, 48)
+    q = torch.from_numpy(tok.encode(question, 12)[0])[None]                            # (1, T)
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(img)[None], q)
+    p_cant = float(model.answer_logits(logits, q, rules=False).softmax(1)[0, answers.index(CANT)])
+    own = model.answer(img, question)
+    assert model.abstain_above == 1.0 and own[0] != CANT
+    for above, expected in ((p_cant - 1e-4, CANT), (p_cant + 1e-4, own[0])):
+        model.abstain_above = above
+        ans, prob, extra = model.answer(img, question)
+        assert ans == expected and (extra.get('abstain') == 'the model judged it out of scope') == (ans == CANT)
+        scores, raw = model.answer_logits(logits, q), model.answer_logits(logits, q, rules=False)   # (1, A) each
+        assert (scores.argmax(1)[0] == answers.index(CANT)) == (ans == CANT)
+        others = [i for i, a in enumerate(answers) if a != CANT]     # kept as they were, for NLL and temperature
+        assert torch.equal(scores[:, others], raw[:, others]) and scores.max() <= raw.max() + 1e-3
+
 # -----------------------------------------------------------------------------
 # Optimizer, schedule and FLOPs
 
