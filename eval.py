@@ -561,10 +561,11 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     if len(arrays['answers']) == 0:  # a BDD tree with only some splits' images prepares the others empty
         sys.exit(f"the {split} split of {data_dir} has no questions ---> HINT: evaluate a split that has some "
                  f"(--split=train|val|test), or re-run prepare.py with images for this one")
-    if not out:  # another dataset's report (real frames) goes in its own folder, so it never overwrites the
-        out = os.path.dirname(os.path.abspath(ckpt))   # checkpoint's own eval.json, the one --compare reads
-        if os.path.abspath(data_dir) != os.path.abspath(ck.get('data_dir', data_dir)):
-            out = os.path.join(out, f'eval-{os.path.basename(os.path.normpath(data_dir))}')
+    if not out:  # another dataset's (real frames) or split's report goes in its own folder, so it never overwrites
+        out = os.path.dirname(os.path.abspath(ckpt))   # the checkpoint's own test eval.json, the one --compare reads
+        other = os.path.abspath(data_dir) != os.path.abspath(ck.get('data_dir', data_dir))
+        name = '-'.join([os.path.basename(os.path.normpath(data_dir))] * other + [split] * (split != 'test'))
+        out = os.path.join(out, f'eval-{name}') if name else out
     os.makedirs(out, exist_ok=True)
     y, fam = arrays['answers'].astype(np.int64), arrays['family'].astype(np.int64)
     logits, maps, patches = predict(model, arrays, batch_questions, attn=True)

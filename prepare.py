@@ -418,7 +418,7 @@ def print_questions():
 # BDD100K ingestion: 2018 aggregated, legacy per-image and 2020 det_20 labels (../shared/BDD100K_FORMAT.md)
 
 class LabelError(ValueError):
-    """A labels file that cannot be read; the message names the file and what is wrong."""
+    """Labels that cannot be read, or give no usable frame; the message names the file and what is wrong."""
 
 
 def read_json(path):
@@ -701,11 +701,14 @@ def build(cfg, root, name, source):
             # phrasings too (their words also occur in seen ones), never the new-word questions
             tok = Tokenizer.build([p for _, p, _, new in PHRASES if not new] + [written_answer(a, '') for a in ANSWERS]
                                   + reason_corpus())
-            long = [p for _, p, _, _ in PHRASES if len(Tokenizer.split(p)) + 2 > cfg['max_q_len']]
-            assert len(tok) < 2 ** 16 and not long, f"questions do not fit max_q_len={cfg['max_q_len']}: {long}"
+            assert len(tok) < 2 ** 16, f"{len(tok)} words do not fit the uint16 question ids"
             stats = np.zeros((3, 3))                      # sum, sum of squares, pixel count per channel
             written = {s: write_split(tmp, s, splits[s], cfg, pool, skipped, tok, stats if s == 'train' else None)
                        for s in ('train', 'val', 'test')}
+        if all(len(w[0]['q_offsets']) == 1 for w in written.values()):
+            raise LabelError(f"no usable frame under {root} (skipped: {dict(sorted(skipped.items())) or 'none'}) ---> HINT: "
+                             f"images go in images/100k/<split>/<name>.jpg; --weather keeps one of "
+                             f"{', '.join(BDD_MIX['weather'])}, --timeofday one of {', '.join(BDD_MIX['timeofday'])}")
         mean = stats[0] / np.maximum(stats[2], 1)
         std = np.sqrt(np.maximum(stats[1] / np.maximum(stats[2], 1) - mean ** 2, 0))
         counts, dist, blind, box = summarize({s: w[0] for s, w in written.items()}, cfg['img_h'])
@@ -772,6 +775,10 @@ def bdd_comparison(box, mix):
 
 def run(cfg):
     t0 = time.time()
+    longest = max(len(Tokenizer.split(p)) for _, p, _, _ in PHRASES) + 2      # with <bos> and <eos>
+    if cfg['max_q_len'] < longest:
+        sys.exit(f"--max_q_len={cfg['max_q_len']} cannot hold the longest question ({longest} tokens) ---> HINT: "
+                 f"use --max_q_len={longest} or more")
     if cfg['bdd_root']:
         if not os.path.isdir(cfg['bdd_root']):
             sys.exit(f"--bdd_root={cfg['bdd_root']} is not a folder; point it at the BDD100K root (images/, labels/)")
@@ -842,6 +849,8 @@ def model_config(settings, shape, answer_counts):
 
 def open_split(data_dir, split):
     """{name: read-only memmap} for one split; nothing is read into RAM until indexed."""
+    if not os.path.exists(os.path.join(data_dir, f'{split}_answers.npy')):
+        sys.exit(f"{data_dir} has no split {split!r} ---> HINT: prepare.py writes train, val and test")
     return {name: np.load(os.path.join(data_dir, f'{split}_{name}.npy'), mmap_mode='r') for name in SPLIT_ARRAYS}
 
 

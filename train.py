@@ -76,6 +76,12 @@ peak_flops = 0.0              # the device's peak FLOP/s for MFU (e.g. 312e12 fo
 seed = 1337
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in config_keys}
+for key in ('batch_size', 'questions_per_image', 'grad_accum', 'eval_interval', 'log_interval'):
+    if globals()[key] < 1:  # each would fail deep inside with a traceback
+        sys.exit(f"--{key}={globals()[key]} must be 1 or more")
+if lr <= 0 or min_lr < 0 or dtype not in ('auto', 'float32', 'bfloat16', 'float16') or not out_dir:
+    sys.exit(f"need lr > 0 (got {lr}), min_lr >= 0 ({min_lr}), dtype auto, float32, bfloat16 or float16 ({dtype!r}) "
+             f"and an out_dir ({out_dir!r})")
 # -----------------------------------------------------------------------------
 
 sys.stdout.reconfigure(line_buffering=True)  # show progress live even when piped into tee or a file

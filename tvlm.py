@@ -18,6 +18,7 @@ Shape legend, used in every comment below:
 import math
 import pickle
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -742,6 +743,17 @@ class TVLM(nn.Module):
                 partial.append(name)
         return partial
 
+    def encode_question(self, question):
+        """A user's question -> int64[max_q_len] ids, or a one-line ValueError for one the model cannot read whole:
+        no words, or more than max_q_len - 2 tokens (encode() would cut it and the model answer another question)."""
+        words = self.tokenizer.split(question)
+        if not any(w[0].isalnum() for w in words):
+            raise ValueError(f"the question is empty: {question!r} has no words; ask something like 'Is the light red?'")
+        if len(words) > self.cfg.max_q_len - 2:
+            raise ValueError(f"the question has {len(words)} words and marks, this model reads {self.cfg.max_q_len - 2} "
+                             f"---> HINT: ask it in fewer words")
+        return self.tokenizer.encode(question, self.cfg.max_q_len)[0]
+
     @torch.no_grad()
     def answer(self, image, question):
         """One image (path, PIL image or array, any size or mode) and one question -> (answer, prob, {answer: prob}).
@@ -749,11 +761,9 @@ class TVLM(nn.Module):
         product of the answer words' probabilities. When the answer is "can't answer", extra['abstain'] says why:
         the question's unknown words (then extra holds only that), or the model's own judgement."""
         assert self.tokenizer is not None and self.answers is not None, "answer() needs a model from from_checkpoint()"
-        if not question.strip():
-            raise ValueError("the question is empty: ask something like 'Is the light red?'")
         device = self.dec.embed.weight.device
+        ids = torch.from_numpy(self.encode_question(question))[None].to(device)             # (1, max_q_len)
         img = torch.from_numpy(load_image(image, self.cfg.img_h, self.cfg.img_w)).to(device)[None]  # (1, Hi, Wi, 3)
-        ids = torch.from_numpy(self.tokenizer.encode(question, self.cfg.max_q_len)[0])[None].to(device)  # (1, max_q_len)
         if self.unknown_words(ids)[0]:
             return CANT, 1.0, {'abstain': 'unknown words: ' + ' '.join(self.tokenizer.unknown(question))}
         judged = {'abstain': 'the model judged it out of scope'}
@@ -857,10 +867,17 @@ class Muon(torch.optim.Optimizer):
 
 
 def pick_device(device):
-    """'auto' -> the fastest device here (cuda, then mps, then cpu); any other name is kept as given."""
-    if device != 'auto':
-        return device
-    return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    """'auto' -> the fastest device here (cuda, then mps, then cpu); any other name is kept as given, or the
+    script exits in one line when it is not a device or not on this machine."""
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        sys.exit(f"--device={device} is not a device ---> HINT: auto, cpu, cuda, cuda:1 or mps")
+    if kind == 'cuda' and not torch.cuda.is_available() or kind == 'mps' and not torch.backends.mps.is_available():
+        sys.exit(f"--device={device}, but this torch {torch.__version__} sees no {kind} device ---> HINT: --device=auto")
+    return device
 
 
 def get_lr(it, warmup_iters, lr_decay_iters, lr, min_lr):

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend or figure s
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from tvlm import TVLM, image_attention, load_image
+from tvlm import TVLM, image_attention, load_image, pick_device
 
 PANEL_W = 3.0    # inches per image panel; at DPI 100, four panels make a 1200 px wide figure
 DPI = 100
@@ -124,6 +124,7 @@ def save(fig, path):
     buf = io.BytesIO()
     fig.savefig(buf, format='png')
     img = Image.open(buf).convert('RGB').quantize(256)
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     img.save(path, optimize=True)
     w, h = img.size
     print(f"saved {path} ({w}x{h} px, {os.path.getsize(path) / 1024:.0f} KB)")
@@ -137,7 +138,7 @@ def explain(model, image, question, per_word=False, rollout=False):
     then the summary token's attention per decoder layer and averaged, or (per_word) each word's average, and
     for a generative model each written word's, from the step that wrote it."""
     cfg = model.cfg
-    ids, _ = model.tokenizer.encode(question, cfg.max_q_len)
+    ids = model.encode_question(question)
     pixels = load_image(image, cfg.img_h, cfg.img_w)
     if per_word and cfg.answer == 'generate':  # the question and the answer it writes, as one sequence
         device = next(model.parameters()).device
@@ -286,6 +287,8 @@ if __name__ == '__main__':
     device = 'cpu'
     _positional = []      # image and question; configurator.py appends the arguments that are not --key=value
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    if not out.lower().endswith('.png'):
+        sys.exit(f"--out={out}: viz.py draws PNG files ---> HINT: --out=name.png")
 
     if log:
         path = os.path.join(log, 'log.jsonl') if os.path.isdir(log) else log
@@ -301,9 +304,7 @@ if __name__ == '__main__':
             sys.exit('usage: python viz.py IMAGE "QUESTION" [--ckpt=PATH] [--out=viz.png] (or --data=DIR, --log=DIR)')
         image, question = _positional
         check_image(image)
-        if not question.strip():
-            sys.exit("the question is empty ---> HINT: ask something like \"Is the light red?\"")
-    model = load_model(ckpt or find_checkpoint(), device)
+    model = load_model(ckpt or find_checkpoint(), pick_device(device))
     if data:
         from prepare import check_compatible, load_meta, open_split  # here: the other modes need no dataset
         meta = load_meta(data)

@@ -416,6 +416,8 @@ def test_clear_errors(run, tmp_path):
     other = make_dataset(str(tmp_path / 'other'), n=(3, 3, 3), answers=['yes', 'no', 'none', 'one', 'two'])
     with pytest.raises(SystemExit, match='have different answer classes'):
         ev.evaluate(run['ckpt'], data_dir=other)
+    with pytest.raises(SystemExit, match="has no split 'tset'"):
+        ev.evaluate(run['ckpt'], split='tset')
 
 
 class RunsCode:
@@ -459,6 +461,8 @@ def test_a_dataset_with_only_test_questions(run, tmp_path, capsys):
     res = ev.evaluate(str(ckpt), data_dir=data, robust_max=9, batch_questions=64)
     assert own.read_text() == '{"the": "report on its own data"}'       # another dataset's report goes beside it
     assert json.loads((tmp_path / 'run' / 'eval-test-only' / 'eval.json').read_text())['n_questions'] == 72
+    ev.evaluate(str(ckpt), split='val', robust_max=9, batch_questions=64)            # and another split's
+    assert own.read_text() == '{"the": "report on its own data"}' and (tmp_path / 'run' / 'eval-val' / 'eval.json').exists()
     assert res['calibration']['temperature'] == 1.0 and res['baselines']['majority']['counted_on'] == 'this split'
     for key in ('classification', 'grounding', 'robustness', 'errors'):
         assert res[key], f"no {key} section"

@@ -270,6 +270,13 @@ def test_malformed_labels_exit_without_traceback(tmp_path):
     assert r.stderr.strip().count('\n') == 0 and 'det_train.json: malformed JSON' in r.stderr
 
 
+def test_a_max_q_len_too_short_for_the_questions_is_a_clear_error(tmp_path):
+    root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
+    make_tree(root, '2018')
+    with pytest.raises(SystemExit, match="--max_q_len=3 cannot hold the longest question"):
+        prepare.run(cfg(bdd_root=root, out=out, max_q_len=3))
+
+
 def test_interrupted_write_leaves_no_dataset(tmp_path, monkeypatch):
     root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
     make_tree(root, '2018')
@@ -302,9 +309,10 @@ def test_rerun_reuses_unless_forced(tmp_path, capsys):
 def test_filters_and_cap(tmp_path):
     root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
     make_tree(root, '2018')
-    prepare.build(cfg(out=out, timeofday='daytime'), root, 'bdd100k', 'bdd100k')   # every fixture frame is night
-    meta = json.load(open(os.path.join(out, 'meta.json')))
-    assert sum(c['images'] for c in meta['counts'].values()) == 0 and meta['skipped']['filtered out'] == 4
+    # every fixture frame is night: a filter that keeps none ends in one line that says so and what it takes
+    with pytest.raises(prepare.LabelError, match="no usable frame .*'filtered out': 4.*--timeofday one of daytime"):
+        prepare.build(cfg(out=out, timeofday='daytime'), root, 'bdd100k', 'bdd100k')
+    assert not os.path.exists(out)
     _, splits = prepare.load_frames(root, cfg(max_images=2), {})
     assert len(splits['train']) + len(splits['val']) == 2 and len(splits['test']) == 1
 

@@ -224,6 +224,10 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
     assert p.returncode == 1 and 'last.pt does not exist' in p.stderr
     p = run_train(['--vit_heads=3'], str(tmp_path / 'o'), toy_data, check=False)
     assert p.returncode == 1 and 'vit_width=32 not divisible by vit_heads=3' in p.stderr
+    for bad, said in (('--batch_size=0', '--batch_size=0 must be 1 or more'), ('--lr=-1.0', 'need lr > 0 (got -1.0)'),
+                      ('--dtype=fp16', "('fp16')"), ('--device=gpu', '--device=gpu is not a device')):
+        p = run_train([bad], str(tmp_path / 'o'), toy_data, check=False)
+        assert p.returncode == 1 and said in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
 def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):

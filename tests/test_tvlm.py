@@ -857,6 +857,18 @@ def test_empty_question_is_a_clear_error(question):
         make_model().answer(_rgb(32, 48), question)
 
 
+def test_questions_the_model_cannot_read_whole_are_clear_errors():
+    """answer() refuses a question with no words, or one longer than the model reads (encode() would cut it short
+    and the model answer another question); one that just fits is answered."""
+    model = make_model()
+    with pytest.raises(ValueError, match="has no words"):
+        model.answer(_rgb(32, 48), '???')
+    fits = ' '.join(['is'] * (model.cfg.max_q_len - 3)) + '?'                     # max_q_len - 2 tokens
+    assert model.answer(_rgb(32, 48), fits)[0] in ANSWERS
+    with pytest.raises(ValueError, match=f"has {model.cfg.max_q_len - 1} words and marks"):
+        model.answer(_rgb(32, 48), 'is ' + fits)
+
+
 @pytest.mark.parametrize('answer', ['classify', 'generate'])
 def test_unknown_words_are_answered_cant_answer(answer):
     """A question with a word the tokenizer does not know is answered "can't answer" by rule, naming the word, in
@@ -986,8 +998,16 @@ def test_get_lr_warmup_cosine_floor():
 
 
 def test_pick_device_resolves_auto_and_keeps_a_named_device(monkeypatch):
-    assert pick_device('cpu') == 'cpu' and pick_device('cuda:1') == 'cuda:1'
+    """'auto' picks the fastest device here; a named one is kept if this machine has it, else (or if it is not a
+    device name) the script exits in one line."""
     for cuda, mps, expected in ((True, True, 'cuda'), (False, True, 'mps'), (False, False, 'cpu')):
         monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
         monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: mps)
-        assert pick_device('auto') == expected
+        assert pick_device('auto') == expected and pick_device('cpu') == 'cpu'
+        if cuda:
+            assert pick_device('cuda:1') == 'cuda:1'
+        else:
+            with pytest.raises(SystemExit, match="--device=cuda:1, but this torch .* sees no cuda device"):
+                pick_device('cuda:1')
+    with pytest.raises(SystemExit, match="--device=gpu is not a device"):
+        pick_device('gpu')

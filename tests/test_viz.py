@@ -236,8 +236,13 @@ def cli(tmp_path_factory):
         a = np.load(d / 'data' / f'val_{name}.npy')
         np.save(d / 'data' / f'test_{name}.npy', a[:1] if name.endswith('offsets') else a[:0])
     write_dataset(d / 'other', tok=Tokenizer.build(QUESTIONS + ['is it raining?']))
-    runs = {'ok': (d, ['grey.png', 'Is the light red?', '--out=h.png']),
+    runs = {'ok': (d, ['grey.png', 'Is the light red?', '--out=new/h.png']),
             'empty_question': (d, ['grey.png', '  ']),
+            'no_words': (d, ['grey.png', '???']),
+            'long_question': (d, ['grey.png', 'Is there a car? ' * 5 + 'How many cars are there?']),
+            'bad_device': (d, ['grey.png', 'Is the light red?', '--device=gpu']),
+            'split_typo': (d, ['--data=data', '--split=tset']),
+            'jpeg_out': (d, ['grey.png', 'Is the light red?', '--out=h.jpg']),
             'broken_image': (d, ['broken.jpg', 'Is the light red?']),
             'missing_ckpt': (d, ['grey.png', 'Is the light red?', '--ckpt=out-none/ckpt.pt']),
             'truncated_ckpt': (d, ['grey.png', 'Is the light red?', '--ckpt=half.pt']),
@@ -255,7 +260,7 @@ def test_cli_default_checkpoint_and_pngs(cli):
     code, stdout, stderr = runs['ok']
     assert code == 0, stderr
     assert 'using out-new/ckpt.pt' in stdout and 'top-3:' in stdout
-    assert Image.open(d / 'h.png').size == (1200, 290)
+    assert Image.open(d / 'new' / 'h.png').size == (1200, 290)                 # its folder made
     code, stdout, stderr = runs['data']
     assert code == 0 and Image.open(d / 'd.png').size == (1200, 480), stderr
 
@@ -267,7 +272,11 @@ def test_no_checkpoint_says_how_to_train_one(tmp_path, monkeypatch):
     assert 'python prepare.py && python train.py config/small.py' in str(e.value) and '\n' not in str(e.value)
 
 
-@pytest.mark.parametrize('case, words', [('empty_question', 'question is empty'), ('broken_image', 'cannot read image'),
+@pytest.mark.parametrize('case, words', [('empty_question', 'question is empty'), ('no_words', "'???' has no words"),
+                                         ('long_question', 'the question has 31 words and marks, this model reads 10'),
+                                         ('bad_device', '--device=gpu is not a device'),
+                                         ('split_typo', "data has no split 'tset'"), ('broken_image', 'cannot read image'),
+                                         ('jpeg_out', '--out=h.jpg: viz.py draws PNG files'),
                                          ('missing_ckpt', 'no checkpoint at out-none/ckpt.pt'),
                                          ('truncated_ckpt', 'half.pt is not a readable torch checkpoint'),
                                          ('other_tokenizer', 'the checkpoint and the dataset other have different vocabulary'),
