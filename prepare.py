@@ -548,6 +548,16 @@ def progress(it, n, what):
     print()
 
 
+def fresh_tmp(final):
+    """An empty f'{final}.tmp-<pid>' folder to write a tree in before replace_dir, once what killed runs left
+    beside final is gone (their .tmp- and .old- folders: never a valid tree, and up to hundreds of MB)."""
+    for stale in glob.glob(f'{final}.tmp-*') + glob.glob(f'{final}.old-*'):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = f'{final}.tmp-{os.getpid()}'
+    os.makedirs(tmp)
+    return tmp
+
+
 def replace_dir(tmp, final):
     """Atomically swap a finished folder into place (os.replace cannot replace a non-empty folder)."""
     old = f'{final}.old-{os.getpid()}'
@@ -689,10 +699,7 @@ def build(cfg, root, name, source):
         if meta.get('args') == args and (meta.get('generator_version'), meta.get('format_version')) == (VERSION, FORMAT_VERSION):
             print(f"{final} is complete and was made with the same arguments: reusing it (--force=True rebuilds)")
             return final
-    for stale in glob.glob(f'{final}.tmp-*'):            # left by a killed run; never a valid dataset
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = f'{final}.tmp-{os.getpid()}'
-    os.makedirs(tmp)
+    tmp = fresh_tmp(final)
     try:
         with make_pool(cfg['workers']) as pool:
             skipped = {}

@@ -708,11 +708,11 @@ class TVLM(nn.Module):
 
     # Abstention, three ways. The trained "can't answer" class covers questions in known words that no rule answers
     # ("What color is the car?"): the model learns them like any answer, and generalises to other such wordings.
-    # Where it generalises less ("What time is it?", held out, went to "Is it night time?"'s yes and no), it still
-    # gives "can't answer" more probability than to any in-scope question, so a threshold catches more: train.py
-    # sets abstain_above to the most that any in-scope val question in a seen phrasing gets, so that none of them
-    # would abstain and no out-of-scope or held-out question decides it. The class cannot cover a word it never saw:
-    # encode() maps it to <unk>, whose embedding learned nothing, so the model would answer a question it cannot
+    # Where it generalises less ("What time is it?", held out, went to "Is it night time?"'s yes and no), it often
+    # still gives "can't answer" more probability than any in-scope question gets, so a threshold catches more:
+    # train.py sets abstain_above to the most that any in-scope val question in a seen phrasing gets, so that none of
+    # them would abstain and no out-of-scope or held-out question decides it. The class cannot cover a word it never
+    # saw: encode() maps it to <unk>, whose embedding learned nothing, so the model would answer a question it cannot
     # read ("Is it snowing?" -> "yes"). Such questions get "can't answer" by rule.
     def unknown_words(self, tokens):
         """bool[B]: the questions int64[B, T] that hold a word the tokenizer does not know (an <unk> id), which
@@ -748,10 +748,10 @@ class TVLM(nn.Module):
         no words, or more than max_q_len - 2 tokens (encode() would cut it and the model answer another question)."""
         words = self.tokenizer.split(question)
         if not any(w[0].isalnum() for w in words):
-            raise ValueError(f"the question is empty: {question!r} has no words; ask something like 'Is the light red?'")
+            raise ValueError(f"the question is empty: {question!r} has no words; ask one like 'Is the light red?'")
         if len(words) > self.cfg.max_q_len - 2:
-            raise ValueError(f"the question has {len(words)} words and marks, this model reads {self.cfg.max_q_len - 2} "
-                             f"---> HINT: ask it in fewer words")
+            raise ValueError(f"the question has {len(words)} words and marks, this model reads "
+                             f"{self.cfg.max_q_len - 2} ---> HINT: ask it in fewer words")
         return self.tokenizer.encode(question, self.cfg.max_q_len)[0]
 
     @torch.no_grad()

@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -34,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFilter
 # the world obeys prepare.py's rule numbers, so it imports them; prepare.py imports this module only inside
 # run(), so the import graph has no cycle
 from prepare import (CLOSE, EXIST_CLASS, FAR, HORIZON, LANE_MARGIN, LIGHT_TINY, LIGHT_VISIBLE, SLOPE, TINY, VERSION,
-                     VISIBLE, progress, read_json, replace_dir)
+                     VISIBLE, fresh_tmp, progress, read_json, replace_dir)
 
 # -----------------------------------------------------------------------------
 # the camera, the palettes, and noise textures made once per process
@@ -930,8 +929,7 @@ def render_tree(root, seed, n_train, n_val, pool):
     if os.path.exists(done) and read_json(done) == spec:
         print(f"reusing the synthetic BDD100K tree in {root}")
         return
-    tmp = f'{root}.tmp-{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fresh_tmp(root)
     for split, n in (('train', n_train), ('val', n_val)):
         os.makedirs(os.path.join(tmp, 'images', '100k', split))
         jobs = [(tmp, split, i, seed) for i in range(n)]

@@ -289,6 +289,17 @@ def test_interrupted_write_leaves_no_dataset(tmp_path, monkeypatch):
     assert not os.path.exists(out) and glob.glob(out + '*') == []
 
 
+def test_folders_left_by_killed_runs_are_removed(tmp_path):
+    """A killed run leaves <out>.tmp-<pid>, a crash between replace_dir's two renames <out>.old-<pid>: the next
+    build removes both."""
+    root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
+    make_tree(root, '2018')
+    for left in (out + '.tmp-99999', out + '.old-99999'):
+        os.makedirs(os.path.join(left, 'images'))
+    prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    assert glob.glob(out + '.*') == [] and os.path.exists(os.path.join(out, 'meta.json'))
+
+
 def test_rerun_reuses_unless_forced(tmp_path, capsys):
     root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
     make_tree(root, '2018')
