@@ -123,7 +123,8 @@ flip_tokens, flip_answers = mirror_tables(tokenizer, answers)
 
 # model: from scratch with this config on this dataset, exactly as the checkpoint being resumed was built, or
 # with a pretrained checkpoint's architecture on this dataset's words and answers (fine-tuning)
-iter_num, best_val_acc, train_time, abstain_above, evals_since_best = 0, 0.0, 0.0, 1.0, 0
+# best_val_acc -1: no evaluation yet, so the first one writes ckpt.pt whatever it scores (a run at 0.0 wrote none)
+iter_num, best_val_acc, train_time, abstain_above, evals_since_best = 0, -1.0, 0.0, 1.0, 0
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'last.pt')
     if not os.path.exists(ckpt_path):
@@ -383,7 +384,8 @@ except KeyboardInterrupt:
     sys.exit(130)
 
 if master:
-    print(f"done: best val acc {best_val_acc:.4f}, {train_time / 60:.1f} min of training; best checkpoint {out_dir}/ckpt.pt")
+    print(f"done: best val acc {best_val_acc:.4f}, {train_time / 60:.1f} min of training; best checkpoint {out_dir}/ckpt.pt"
+          if best_val_acc >= 0 else f"done: no evaluation ran (max_iters={max_iters}), so no checkpoint was written")
 if ddp:
     # a cheap end-of-run proof that DDP kept the replicas identical: compare every rank's weights to rank 0's
     compared = [raw_model, ema_model] if ema_decay else [raw_model]   # the weights being trained, and their average

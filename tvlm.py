@@ -758,8 +758,9 @@ class TVLM(nn.Module):
     def answer(self, image, question):
         """One image (path, PIL image or array, any size or mode) and one question -> (answer, prob, {answer: prob}).
         answer='generate' -> (answer, prob, {'reason': reason}): the words written before ':' and after it, prob the
-        product of the answer words' probabilities. When the answer is "can't answer", extra['abstain'] says why:
-        the question's unknown words (then extra holds only that), or the model's own judgement."""
+        product of the answer words' probabilities (with no answer word, that of the ':' or <eos> written instead).
+        When the answer is "can't answer", extra['abstain'] says why: the question's unknown words (then extra holds
+        only that), or the model's own judgement (its top answer, or p(can't answer) above abstain_above)."""
         assert self.tokenizer is not None and self.answers is not None, "answer() needs a model from from_checkpoint()"
         device = self.dec.embed.weight.device
         ids = torch.from_numpy(self.encode_question(question))[None].to(device)             # (1, max_q_len)
@@ -785,7 +786,7 @@ class TVLM(nn.Module):
             self.answers[int(self.answer_logits(logits, seq)[0].argmax())] == CANT   # the first word, or the threshold
         if abstains:
             return CANT, float(probs[0, self.tokenizer.stoi[self.tokenizer.split(CANT)[0]]]), {'reason': '', **judged}
-        return said, float(p[:cut].prod()), {'reason': self.tokenizer.decode(written[cut + 1:].tolist()),
+        return said, float(p[:max(cut, 1)].prod()), {'reason': self.tokenizer.decode(written[cut + 1:].tolist()),
                                              **(judged if said == CANT else {})}
 
 

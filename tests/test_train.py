@@ -224,6 +224,9 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
     assert p.returncode == 1 and 'last.pt does not exist' in p.stderr
     p = run_train(['--vit_heads=3'], str(tmp_path / 'o'), toy_data, check=False)
     assert p.returncode == 1 and 'vit_width=32 not divisible by vit_heads=3' in p.stderr
+    p = run_train(['--max_iters=0'], str(tmp_path / 'none'), toy_data)
+    assert 'no evaluation ran (max_iters=0), so no checkpoint was written' in p.stdout
+    assert not os.path.exists(tmp_path / 'none' / 'ckpt.pt')
     for bad, said in (('--batch_size=0', '--batch_size=0 must be 1 or more'), ('--lr=-1.0', 'need lr > 0 (got -1.0)'),
                       ('--dtype=fp16', "('fp16')"), ('--device=gpu', '--device=gpu is not a device')):
         p = run_train([bad], str(tmp_path / 'o'), toy_data, check=False)
