@@ -299,6 +299,9 @@ if __name__ == '__main__':
         except (ValueError, KeyError) as e:
             sys.exit(f"cannot plot {path}: {e}")
         sys.exit(0)
+    if data and _positional or random < 0:  # an image and question with --data would be silently ignored
+        sys.exit(f"--data shows a dataset's questions: give it without an image and question, and --random >= 0 "
+                 f"(got {_positional} and --random={random})")
     if not data:
         if len(_positional) != 2:
             sys.exit('usage: python viz.py IMAGE "QUESTION" [--ckpt=PATH] [--out=viz.png] (or --data=DIR, --log=DIR)')
