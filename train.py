@@ -362,6 +362,9 @@ try:
         iter_num, batch_state = iter_num + 1, next_state   # together: Ctrl-C mid-step saves the step's own batch
         steps += 1
         if iter_num % log_interval == 0:
+            if ddp:  # the mean over ranks: the loss logged is all ranks', and all stop on the same number (a NaN on
+                torch.distributed.all_reduce(loss_sum)  # one rank alone stopped it; torchrun then killed the others)
+                loss_sum /= world_size
             mean_loss = (loss_sum / steps).item()  # the loop's one wait for the device, every log_interval steps
             stop_if_not_finite(mean_loss, f"in the {steps} iterations up to {iter_num}")
             dt = (time.time() - t_log) / steps

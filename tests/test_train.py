@@ -217,6 +217,29 @@ def test_ddp_two_processes_on_cpu_stay_identical(toy_data, tmp_path):
     assert torch.load(os.path.join(out, 'last.pt'), weights_only=True)['iter_num'] == 12
 
 
+def test_ddp_a_nan_on_one_rank_stops_every_rank(toy_data, tmp_path):
+    """Rank 1's loss alone turns NaN at the log step: both ranks stop with the message, as the logged loss is the
+    ranks' mean (before, rank 1 stopped alone, and torchrun killed rank 0 wherever it was)."""
+    runner = tmp_path / 'nan_on_rank_1.py'
+    runner.write_text(f"""import os, runpy, sys, torch
+sys.path.insert(0, {ROOT!r})
+import tvlm
+real_loss, calls = tvlm.answer_loss, [0]
+def loss(*args, **kwargs):
+    calls[0] += torch.is_grad_enabled()  # training steps only
+    out = real_loss(*args, **kwargs)
+    return out * float('nan') if os.environ['RANK'] == '1' and calls[0] == 10 else out
+tvlm.answer_loss = loss
+sys.argv[0] = {os.path.join(ROOT, 'train.py')!r}
+runpy.run_path(sys.argv[0], run_name='__main__')
+""")
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(runner),
+           f'--data_dir={toy_data}', f'--out_dir={tmp_path / "out"}', *TINY_MODEL, '--batch_size=12',
+           '--questions_per_image=3', '--max_iters=20', '--eval_interval=20', '--log_interval=5', '--device=cpu']
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert p.returncode != 0 and p.stderr.count('loss is nan in the 5 iterations up to 10') == 2, p.stderr[-2000:]
+
+
 def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
     p = run_train(['--max_iters=1'], str(tmp_path / 'o'), str(tmp_path / 'nowhere'), check=False)
     assert p.returncode == 1 and 'run `python prepare.py` first' in p.stderr.strip().splitlines()[-1]
