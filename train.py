@@ -194,10 +194,11 @@ if init_from == 'resume':
     for opt, state in zip(optimizers, states):
         opt.load_state_dict(state)
     scaler.load_state_dict(checkpoint['scaler'])
-    torch.set_rng_state(checkpoint['rng']['torch'])
     if world_size == 1:
+        torch.set_rng_state(checkpoint['rng']['torch'])
         batch_gen.set_state(checkpoint['rng']['batch'])
-    else:  # only rank 0's stream is saved: give every rank a fresh one, so no rank replays its old batches
+    else:  # only rank 0's streams are saved: fresh ones per rank, so no rank replays old batches or shares another's
+        torch.manual_seed(seed + rank + 1_000_003 * iter_num)      # jitter and dropout
         batch_gen.manual_seed(seed + rank + 1_000_003 * iter_num)
 if compile:
     model = torch.compile(model)
