@@ -204,7 +204,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(toy_data, tmp_pa
 
 def test_ddp_two_processes_on_cpu_stay_identical(toy_data, tmp_path):
     """torchrun with 2 gloo processes (Muon and AdamW and the weights' moving average, as config/small.py): rank 0
-    checks every rank's weights and average against its own at the end."""
+    checks every rank's weights and average against its own at the end, and again after a resume."""
     out = str(tmp_path / 'out')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
            os.path.join(ROOT, 'train.py'), f'--data_dir={toy_data}', f'--out_dir={out}', *TINY_MODEL,
@@ -215,6 +215,11 @@ def test_ddp_two_processes_on_cpu_stay_identical(toy_data, tmp_path):
     assert 'world_size=2' in p.stdout
     assert 'ddp: max parameter difference across 2 ranks = 0\n' in p.stdout   # = 0.26 would not pass
     assert torch.load(os.path.join(out, 'last.pt'), weights_only=True)['iter_num'] == 12
+    cmd[cmd.index('--max_iters=12')] = '--max_iters=14'                           # and resumed, each rank its own seeds
+    p = subprocess.run(cmd + ['--init_from=resume'], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert 'ddp: max parameter difference across 2 ranks = 0\n' in p.stdout, p.stdout + p.stderr
+    assert torch.load(os.path.join(out, 'last.pt'), weights_only=True)['iter_num'] == 14
 
 
 def test_ddp_a_nan_on_one_rank_stops_every_rank(toy_data, tmp_path):
