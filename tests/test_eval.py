@@ -14,7 +14,7 @@ import torch
 import eval as ev
 import prepare
 import viz
-from tvlm import CANT, TVLM, TVLMConfig, Tokenizer
+from tvlm import CANT, TVLM, TVLMConfig, Tokenizer, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -418,6 +418,10 @@ def test_clear_errors(run, tmp_path):
         ev.evaluate(run['ckpt'], data_dir=other)
     with pytest.raises(SystemExit, match="has no split 'tset'"):
         ev.evaluate(run['ckpt'], split='tset')
+    moved = load_checkpoint(run['ckpt'])                                 # a checkpoint from another machine
+    torch.save({**moved, 'data_dir': '/elsewhere/data/synthetic'}, tmp_path / 'moved.pt')
+    with pytest.raises(SystemExit, match="trained on /elsewhere/data/synthetic, which is not here .*--data_dir="):
+        ev.evaluate(str(tmp_path / 'moved.pt'))
 
 
 class RunsCode:
