@@ -225,8 +225,8 @@ def load(ckpt_path, data_dir, device):
         model = TVLM.from_checkpoint(ck, device)
     except (ValueError, FileNotFoundError) as e:  # missing, not a tvlm checkpoint, or one that would run code
         sys.exit(str(e))
-    if not data_dir and not os.path.exists(os.path.join(ck.get('data_dir', 'data/synthetic'), 'meta.json')):
-        sys.exit(f"{ckpt_path} was trained on {ck.get('data_dir')}, which is not here (a checkpoint from another "
+    if not data_dir and 'data_dir' in ck and not os.path.exists(os.path.join(ck['data_dir'], 'meta.json')):
+        sys.exit(f"{ckpt_path} was trained on {ck['data_dir']}, which is not here (a checkpoint from another "
                  f"machine?) ---> HINT: pass the dataset with --data_dir=, e.g. --data_dir=data/synthetic")
     data_dir = data_dir or ck.get('data_dir', 'data/synthetic')
     meta = load_meta(data_dir)
