@@ -149,7 +149,7 @@ class Tokenizer:
 
     @staticmethod
     def split(text):
-        return re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", text.lower())
+        return re.findall(r"[^\W_]+(?:'[^\W_]+)?|\S", text.lower())   # words (any alphabet), or one mark each
 
     def __len__(self):
         return len(self.itos)

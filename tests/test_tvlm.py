@@ -630,6 +630,7 @@ def test_tokenizer_round_trip():
         assert TOK.decode(ids) == q.lower()
     assert TOK.specials == ['<pad>', '<unk>', '<bos>', '<eos>'] and TOK.itos[:4] == TOK.specials
     assert TOK.split("What's the weather, today?") == ["what's", 'the', 'weather', ',', 'today', '?']
+    assert TOK.split("¿Está libre el carril_2?") == ['¿', 'está', 'libre', 'el', 'carril', '_', '2', '?']  # a word whole
 
 
 def test_tokenizer_unknown_words_map_to_unk():
