@@ -79,6 +79,8 @@ config = {k: globals()[k] for k in config_keys}
 for key in ('batch_size', 'questions_per_image', 'grad_accum', 'eval_interval', 'log_interval'):
     if globals()[key] < 1:  # each would fail deep inside with a traceback
         sys.exit(f"--{key}={globals()[key]} must be 1 or more")
+if batch_size % questions_per_image:
+    sys.exit(f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}")
 if lr <= 0 or min_lr < 0 or dtype not in ('auto', 'float32', 'bfloat16', 'float16') or not out_dir:
     sys.exit(f"need lr > 0 (got {lr}), min_lr >= 0 ({min_lr}), dtype auto, float32, bfloat16 or float16 ({dtype!r}) "
              f"and an out_dir ({out_dir!r})")
@@ -117,8 +119,6 @@ if len(train_data['answers']) == 0 or len(val_data['answers']) == 0:
 tokenizer = Tokenizer.from_dict(meta['tokenizer'])
 answers, families = meta['answers'], meta['families']
 batch_gen = torch.Generator().manual_seed(seed + rank)
-if batch_size % questions_per_image:
-    sys.exit(f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}")
 flip_tokens, flip_answers = mirror_tables(tokenizer, answers)
 
 # model: from scratch with this config on this dataset, exactly as the checkpoint being resumed was built, or

@@ -707,13 +707,11 @@ class TVLM(nn.Module):
         return torch.where(self.unknown_words(tokens)[:, None], sure, logits)    # (B, A)
 
     # Abstention, three ways. The trained "can't answer" class covers questions in known words that no rule answers
-    # ("What color is the car?"): the model learns them like any answer, and generalises to other such wordings.
-    # Where it generalises less ("What time is it?", held out, went to "Is it night time?"'s yes and no), it often
-    # still gives "can't answer" more probability than any in-scope question gets, so a threshold catches more:
-    # train.py sets abstain_above to the most that any in-scope val question in a seen phrasing gets, so that none of
-    # them would abstain and no out-of-scope or held-out question decides it. The class cannot cover a word it never
-    # saw: encode() maps it to <unk>, whose embedding learned nothing, so the model would answer a question it cannot
-    # read ("Is it snowing?" -> "yes"). Such questions get "can't answer" by rule.
+    # ("What color is the car?") and generalises to other such wordings. Where it generalises less (held-out "What
+    # time is it?" went to "Is it night time?"'s yes/no), it still often gives "can't answer" more probability than
+    # any in-scope val question in a seen phrasing gets: above that maximum (abstain_above, which train.py fits, so no
+    # out-of-scope or held-out question has a say) it abstains. A word it never saw reaches it as <unk>, whose
+    # embedding learned nothing ("Is it snowing?" -> "yes"): such questions get "can't answer" by rule.
     def unknown_words(self, tokens):
         """bool[B]: the questions int64[B, T] that hold a word the tokenizer does not know (an <unk> id), which
         answer_logits() and answer() answer "can't answer" (models without that class: none)."""

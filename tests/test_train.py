@@ -256,7 +256,8 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
     assert 'no evaluation ran (max_iters=0), so no checkpoint was written' in p.stdout
     assert not os.path.exists(tmp_path / 'none' / 'ckpt.pt')
     for bad, said in (('--batch_size=0', '--batch_size=0 must be 1 or more'), ('--lr=-1.0', 'need lr > 0 (got -1.0)'),
-                      ('--dtype=fp16', "('fp16')"), ('--device=gpu', '--device=gpu is not a device')):
+                      ('--dtype=fp16', "('fp16')"), ('--device=gpu', '--device=gpu is not a device'),
+                      ('--batch_size=13', 'batch_size=13 must be a multiple of questions_per_image=3')):
         p = run_train([bad], str(tmp_path / 'o'), toy_data, check=False)
         assert p.returncode == 1 and said in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
