@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 if tuple(int(v) for v in re.findall(r'\d+', torch.__version__)[:2]) < (2, 5):  # SDPA's enable_gqa arrived in 2.5
     raise ImportError(f"tvlm needs torch >= 2.5, this is torch {torch.__version__} ---> HINT: pip install 'torch>=2.5'")
@@ -183,9 +183,13 @@ class Tokenizer:
 # Images: one function turns any picture into the model's input, used by prepare.py and by answer()
 # alike, so a photo at inference time goes through exactly the pixels path the training data did.
 
+ORIENTATION = 0x0112   # the EXIF tag that says how to turn a photo stored sideways (phones do); 5-8 turn it 90 degrees
+
+
 def load_image(src, img_h, img_w):
     """path | PIL.Image | uint8[H, W] | uint8[H, W, 3 or 4] -> uint8[img_h, img_w, 3]: centre-crop to the
-    target aspect, then resize. For JPEG files, draft mode decodes straight at 1/2, 1/4 or 1/8 scale."""
+    target aspect, then resize; a photo is first turned upright as its EXIF says. For JPEG files, draft mode decodes
+    straight at 1/2, 1/4 or 1/8 scale."""
     if isinstance(src, np.ndarray):
         assert src.dtype == np.uint8 and src.ndim in (2, 3), f"expected a uint8 HxW or HxWxC array, got {src.dtype} {src.shape}"
         img = Image.fromarray(src)
@@ -193,8 +197,10 @@ def load_image(src, img_h, img_w):
         img = src
     else:
         img = Image.open(src)
-        if img.format == 'JPEG':
-            img.draft('RGB', (img_w, img_h))  # picks the largest reduction that stays >= the target size
+        if img.format == 'JPEG':  # draft picks the largest reduction that stays >= the target size, as stored
+            img.draft('RGB', (img_h, img_w) if img.getexif().get(ORIENTATION, 1) >= 5 else (img_w, img_h))
+    if img.getexif().get(ORIENTATION, 1) != 1:  # turned as a viewer shows it
+        img = ImageOps.exif_transpose(img)
     if img.mode != 'RGB':
         img = img.convert('RGBA').convert('RGB') if img.mode == 'P' else img.convert('RGB')
     W, H = img.size

@@ -825,6 +825,18 @@ def test_load_image_centre_crops_to_aspect():
     assert (load_image(wide, 32, 48) == 255).all()
 
 
+def test_load_image_turns_a_photo_as_its_exif_orientation_says(tmp_path):
+    """A phone stores a portrait photo sideways, with EXIF orientation 6 (turn 90 degrees clockwise to view): the
+    model must see it as a viewer shows it, white on top, not white on the left as the pixels are stored."""
+    stored = np.zeros((48, 96, 3), np.uint8)
+    stored[:, :48] = 255                                                          # the stored left half is white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / 'portrait.jpg', exif=exif, quality=95)
+    shown = load_image(tmp_path / 'portrait.jpg', 48, 24).astype(int)            # (48, 24, 3) upright
+    assert shown[:20].mean() > 240 and shown[28:].mean() < 15
+
+
 def test_wrong_image_size_is_a_clear_error():
     """forward() on images of the wrong size raises a ValueError naming the expected size."""
     model = make_model()
