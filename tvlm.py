@@ -877,11 +877,12 @@ def pick_device(device):
     if device == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
     try:
-        kind = torch.device(device).type
+        dev = torch.device(device)
     except RuntimeError:
         sys.exit(f"--device={device} is not a device ---> HINT: auto, cpu, cuda, cuda:1 or mps")
-    if kind == 'cuda' and not torch.cuda.is_available() or kind == 'mps' and not torch.backends.mps.is_available():
-        sys.exit(f"--device={device}, but this torch {torch.__version__} sees no {kind} device ---> HINT: --device=auto")
+    if dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count() or \
+            dev.type == 'mps' and not torch.backends.mps.is_available():
+        sys.exit(f"--device={device}, but this torch {torch.__version__} sees no {device} device ---> HINT: --device=auto")
     return device
 
 

@@ -1013,14 +1013,18 @@ def test_get_lr_warmup_cosine_floor():
 def test_pick_device_resolves_auto_and_keeps_a_named_device(monkeypatch):
     """'auto' picks the fastest device here; a named one is kept if this machine has it, else (or if it is not a
     device name) the script exits in one line."""
-    for cuda, mps, expected in ((True, True, 'cuda'), (False, True, 'mps'), (False, False, 'cpu')):
-        monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    for cuda, mps, expected in ((2, True, 'cuda'), (0, True, 'mps'), (0, False, 'cpu')):
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda > 0)
+        monkeypatch.setattr(torch.cuda, 'device_count', lambda: cuda)
         monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: mps)
         assert pick_device('auto') == expected and pick_device('cpu') == 'cpu'
         if cuda:
             assert pick_device('cuda:1') == 'cuda:1'
-        else:
-            with pytest.raises(SystemExit, match="--device=cuda:1, but this torch .* sees no cuda device"):
-                pick_device('cuda:1')
+        for missing in ('cuda:2',) if cuda else ('cuda', 'cuda:1'):   # two GPUs: cuda:0 and cuda:1
+            with pytest.raises(SystemExit, match=f"--device={missing}, but this torch .* sees no {missing} device"):
+                pick_device(missing)
+        if not mps:
+            with pytest.raises(SystemExit, match="--device=mps, but this torch .* sees no mps device"):
+                pick_device('mps')
     with pytest.raises(SystemExit, match="--device=gpu is not a device"):
         pick_device('gpu')
