@@ -428,11 +428,11 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dec_width)
-        max_len = cfg.max_text_len + (cfg.n_patches if cfg.image_prefix else 0)
+        self.max_len = cfg.max_text_len + (cfg.n_patches if cfg.image_prefix else 0)   # positions, prefix included
         if cfg.pos == 'learned':
-            self.wpe = nn.Parameter(torch.randn(max_len, cfg.dec_width) * 0.02)
+            self.wpe = nn.Parameter(torch.randn(self.max_len, cfg.dec_width) * 0.02)
         else:  # computed once, not per step; not saved, since they follow from the config
-            cos, sin = rope_cache(max_len, cfg.dec_width // cfg.dec_heads, cfg.rope_theta)
+            cos, sin = rope_cache(self.max_len, cfg.dec_width // cfg.dec_heads, cfg.rope_theta)
             self.register_buffer('rope_cos', cos, persistent=False)
             self.register_buffer('rope_sin', sin, persistent=False)
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.dec_depth))
@@ -449,6 +449,9 @@ class Decoder(nn.Module):
         past = cache[0]['self']['k'].shape[2] if cache and cache[0]['self'] else 0   # rows already cached
         assert not past or x.shape[1] == 1, f"after the prompt the cache takes one token a step, not {x.shape[1]}"
         L = past + x.shape[1]
+        if L > self.max_len:
+            raise ValueError(f"{L - self.max_len + self.cfg.max_text_len} text tokens, the model has positions for "
+                             f"{self.cfg.max_text_len} (max_q_len={self.cfg.max_q_len}, <bos> and <eos> included)")
         rope = None
         if self.cfg.pos == 'learned':
             x = x + self.wpe[past:L]

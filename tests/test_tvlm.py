@@ -844,6 +844,15 @@ def test_wrong_image_size_is_a_clear_error():
         model(images(1, h=48, w=32), encode(CORPUS[:1]))
 
 
+@pytest.mark.parametrize('fusion', ['cross', 'prefix'])
+def test_more_text_tokens_than_positions_is_a_clear_error(fusion):
+    """Tokens past the decoder's position tables raise a ValueError that names the limit, not a broadcast error."""
+    model = make_model(fusion=fusion)
+    T = model.cfg.max_text_len + 1
+    with pytest.raises(ValueError, match=rf"{T} text tokens, the model has positions for {T - 1}"):
+        model(images(2), torch.randint(4, 10, (2, T)))
+
+
 @pytest.mark.parametrize('kw, problem', [
     (dict(dec_width=30), r"dec_width=30 not divisible by dec_heads=4"),
     (dict(vit_width=33), r"vit_width=33 not divisible by vit_heads=2"),
