@@ -693,6 +693,12 @@ class TVLM(nn.Module):
         model.abstain_above = float(ckpt.get('abstain_above', 1.0))
         return model.to(device).eval()
 
+    # Abstention, three ways. The trained "can't answer" class covers questions in known words that no rule answers
+    # ("What color is the car?") and generalises to other such wordings. Where it generalises less (held-out "What
+    # time is it?" went to "Is it night time?"'s yes/no), it still often gives "can't answer" more probability than
+    # any in-scope val question in a seen phrasing gets: above that maximum (abstain_above, which train.py fits, so no
+    # out-of-scope or held-out question has a say) it abstains. A word it never saw reaches it as <unk>, whose
+    # embedding learned nothing ("Is it snowing?" -> "yes"): such questions get "can't answer" by rule.
     def answer_logits(self, logits, tokens, rules=True):
         """float[B, A], a score per answer class in either mode, from forward's logits: the classifier's own, or in
         generate mode the LM's logits for each answer's first word right after the question's <eos> (no two answers
@@ -705,22 +711,16 @@ class TVLM(nn.Module):
             logits = logits[torch.arange(len(tokens), device=tokens.device), last][:, first]   # (B, A)
         if not rules or self.answers is None or CANT not in self.answers:
             return logits
-        cant = self.answers.index(CANT)
+        cant, logits = self.answers.index(CANT), logits.float()   # fp32: in bf16 the lift of 1e-3 would round away
         # over the threshold, "can't answer" is lifted just above the top answer: the model's pick, without a
         # certainty it does not have (an in-scope question it abstains on keeps its probabilities for NLL and T)
-        judged = logits.float().softmax(-1)[:, cant] > self.abstain_above                      # (B,)
+        judged = logits.softmax(-1)[:, cant] > self.abstain_above                              # (B,)
         is_cant = torch.arange(logits.shape[1], device=logits.device) == cant                   # (A,)
         logits = torch.where(judged[:, None] & is_cant, logits.max(-1, keepdim=True).values + 1e-3, logits)  # (B, A)
         sure = torch.full_like(logits, -1e4)                                     # finite: NLL and AUC stay numbers
         sure[:, cant] = 0                                                        # (B, A) "can't answer", p ~ 1
         return torch.where(self.unknown_words(tokens)[:, None], sure, logits)    # (B, A)
 
-    # Abstention, three ways. The trained "can't answer" class covers questions in known words that no rule answers
-    # ("What color is the car?") and generalises to other such wordings. Where it generalises less (held-out "What
-    # time is it?" went to "Is it night time?"'s yes/no), it still often gives "can't answer" more probability than
-    # any in-scope val question in a seen phrasing gets: above that maximum (abstain_above, which train.py fits, so no
-    # out-of-scope or held-out question has a say) it abstains. A word it never saw reaches it as <unk>, whose
-    # embedding learned nothing ("Is it snowing?" -> "yes"): such questions get "can't answer" by rule.
     def unknown_words(self, tokens):
         """bool[B]: the questions int64[B, T] that hold a word the tokenizer does not know (an <unk> id), which
         answer_logits() and answer() answer "can't answer" (models without that class: none)."""
