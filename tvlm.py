@@ -243,8 +243,8 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)  # (B, H, T, D)
 
 
-def unfold(x, k):
-    """(N, H, k*T, ...) with k rows per image folded into one sequence -> (N*k, H, T, ...), a row each."""
+def per_question(x, k):
+    """(N, H, k*T, ...) with k questions per image folded into one sequence -> (N*k, H, T, ...), a row each."""
     return x.unflatten(2, (k, -1)).transpose(1, 2).flatten(0, 1)   # (N, H, k, T, ...) -> (N*k, H, T, ...)
 
 
@@ -278,6 +278,7 @@ class Attention(nn.Module):
             if isinstance(ctx_idx, int):  # k rows per context: one query sequence per image, no copies of k and v
                 q = q.view(N, ctx_idx, self.n_head, T, self.head_dim).transpose(1, 2)      # (N, H, k, T, D)
                 q = q.reshape(N, self.n_head, ctx_idx * T, self.head_dim)                 # (N, H, k*T, D)
+                # from here to per_question below, read N for B and k*T for T in the shape comments
             elif ctx_idx is not None:
                 # index_select, not k[ctx_idx]: its backward (index_add) was ~10x faster on CPU than indexing's
                 k, v = k.index_select(0, ctx_idx), v.index_select(0, ctx_idx)             # (B, Hkv, S, D)
@@ -293,19 +294,19 @@ class Attention(nn.Module):
         if probs is None:  # enable_gqa: query head h reads kv head h // (H/Hkv) without copying k and v
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
                                                dropout_p=p_drop, enable_gqa=True)            # (B, H, T, D)
-        else:  # the same computation written out, to hand the weights to eval.py and viz.py
+        else:  # the same computation written out, to hand the weights to the look loss, eval.py and viz.py
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)                 # (B, H, S, D)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)                 # (B, H, S, D)
             if causal:
-                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()          # (T, S)
             att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)                      # (B, H, T, S)
             if mask is not None:
                 att = att.masked_fill(~mask, float('-inf'))
             att = att.softmax(dim=-1)
-            probs.append(unfold(att, ctx_idx) if isinstance(ctx_idx, int) else att)
+            probs.append(per_question(att, ctx_idx) if isinstance(ctx_idx, int) else att)
             y = F.dropout(att, p_drop) @ v                                                 # (B, H, T, D)
         if isinstance(ctx_idx, int):  # back to one row per question: the same as gathering k and v per row
-            y = unfold(y, ctx_idx)                                                         # (B, H, T, D)
+            y = per_question(y, ctx_idx)                                                   # (B, H, T, D)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))     # (B, T, C)
 
 
@@ -382,7 +383,8 @@ class ViT(nn.Module):
 # cross-attention to the image tokens, gated MLP; RMSNorm before each, tied LM head.
 
 class DecoderBlock(nn.Module):
-    """x + self_attn(norm(x)) [+ cross_attn(norm(x), image)] + mlp(norm(x)), each a pre-norm residual."""
+    """Three pre-norm residuals in turn: x += self_attn(norm(x)); text rows += cross_attn(norm(text), image); x +=
+    mlp(norm(x)). Cross-attention is there only when the fusion has it."""
     def __init__(self, cfg):
         super().__init__()
         C = cfg.dec_width
@@ -615,7 +617,8 @@ class TVLM(nn.Module):
 
     def loss(self, logits, targets, vis=None, patch_targets=None, looked=None):
         """The training loss, the only one: answer_loss with the config's smoothing, weights and focal term (in
-        generate mode: token cross-entropy, smoothed, averaged over the targets that are not -100), plus
+        generate mode: token cross-entropy, smoothed, a mean over the targets that are not -100 in which each
+        answer's first word counts first_word_weight times), plus
         patch_weight x the patch-label loss when the model has a patch head and patch_targets are given, plus
         look_weight x the look loss when looked = (cross-attention weights per layer, summary rows, look targets)."""
         cfg = self.cfg
@@ -642,7 +645,7 @@ class TVLM(nn.Module):
             maps, summary, where = looked
             where = where.flatten(1).float()                                    # (B, P), rows sum to 1 or 0
             asked = where.sum(1) > 0                                            # (B,) questions with referents
-            rows = torch.arange(len(summary), device=summary.device)
+            rows = torch.arange(len(summary), device=summary.device)           # (B,)
             for att in maps:  # the summary token's weights, heads averaged (a head may look elsewhere)
                 att = att[rows, :, summary].float().mean(1)                     # (B, H, P) -> (B, P)
                 ce = -(where * att.clamp_min(1e-9).log()).sum(1)                # (B,)
@@ -656,8 +659,8 @@ class TVLM(nn.Module):
         max_new_tokens: it stops once every row has written <eos>, and pads a finished row after its <eos>.
         use_cache keeps each layer's keys and values (Attention), so a step runs one token through the decoder;
         use_cache=False reruns the whole sequence each step, the reference the cache is tested against.
-        answer='generate' trains the LM head (train with --answer=generate); a classify-mode checkpoint's is
-        untrained, so from it this emits noise."""
+        answer='generate' trains the LM head (train with --answer=generate); a classify-mode checkpoint trained its
+        embedding only as an input, not as the head that writes, so from it this emits noise."""
         B, T = prompts.shape
         assert (prompts != Tokenizer.pad_id).all(), "generate() takes unpadded prompts of one length"
         assert T + max_new_tokens <= self.cfg.max_text_len, f"prompt + new tokens exceed {self.cfg.max_text_len} positions"
@@ -800,7 +803,7 @@ class TVLM(nn.Module):
 def image_attention(out):
     """Where the text looked, from the `out` dict of a forward pass: [(name, float[B, T, P])], one entry per decoder
     layer and kind ('cross-attn i', and 'self-attn i' under prefix fusion), heads averaged, each row summing to 1.
-    Prefix rows are the image columns of self-attention renormalised, since the rest of such a row reads text.
+    Self-attention maps keep the text rows' image columns, renormalised, since the rest of such a row reads text.
     eval.py's grounding and viz.py's heatmaps both read attention through here."""
     P = out['prefix']
     maps = [(f'cross-attn {i}', a) for i, a in enumerate(out['cross_attn'])]               # (B, H, T, P) each
@@ -809,12 +812,15 @@ def image_attention(out):
     return [(name, m / m.sum(-1, keepdim=True).clamp_min(1e-12)) for name, m in maps]
 
 # -----------------------------------------------------------------------------
-# Script helpers: optimizer, device, learning-rate schedule, FLOPs (train.py, eval.py and bench.py use them)
+# Script helpers: optimizer, device, learning-rate schedule, FLOPs (train.py and bench.py use them; eval.py and viz.py
+# pick_device)
 
 def configure_optimizers(model, weight_decay, lr, betas, device_type, lr_scale=None, muon=False):
     """[AdamW] or, with muon=True, [AdamW, Muon]: Muon takes the transformer blocks' matrices, AdamW the rest
-    (embeddings, stem, heads, norms, biases). Weight decay on matrices only; one group per component and kind,
-    each carrying 'lr_scale' (from lr_scale={'vit':..,'proj':..,'dec':..,'head':..}) that train.py applies."""
+    (embeddings, stem, heads, norms, biases). Weight decay on tensors of two or more dims (matrices, convs, the
+    embeddings and position tables); one group per component (the first part of a parameter's name) and kind,
+    each carrying 'lr_scale' (from lr_scale={'vit':..,'proj':..,'dec':..,'head':..}; 1 for any other component,
+    such as patch_head) that train.py applies."""
     lr_scale = lr_scale or {}
     groups = {}
     for name, p in model.named_parameters():
@@ -841,10 +847,10 @@ def orthogonalize(G, steps=5):
     tall = X.shape[1] > X.shape[2]
     if tall:
         X = X.mT                                                    # (K, n, m): the smaller Gram matrix
-    for _ in range(steps):
-        A = X @ X.mT                                                # (K, m, m)
-        X = a * X + (b * A + c * A @ A) @ X                         # (K, m, n)
-    return X.mT if tall else X
+    for _ in range(steps):                                          # r = min(m, n)
+        A = X @ X.mT                                                # (K, r, r)
+        X = a * X + (b * A + c * A @ A) @ X                         # (K, r, max(m, n))
+    return X.mT if tall else X                                      # (K, m, n)
 
 
 class Muon(torch.optim.Optimizer):
