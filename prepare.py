@@ -88,7 +88,7 @@ synth_val = 500           # synthetic frames rendered into BDD's val (our test)
 list_questions = False    # True: print every phrasing, grouped by template, the held-out ones marked, and exit
 train_per_family = 3      # questions per family on a train image (val and test: 1); more per image, more per ViT pass
 
-VERSION = 'prepare-8'          # bump when the rules change: the world is re-rendered and every dataset rebuilt
+VERSION = 'prepare-9'          # bump when the rules change: the world is re-rendered and every dataset rebuilt
 FORMAT_VERSION = 5            # bump when the files' layout changes; readers refuse other versions
 VAL_PERCENT = 5
 ANSWERS = ['yes', 'no', '0', '1', '2', '3', '4', '5', 'more than 5', 'red', 'yellow', 'green', CANT]  # first words differ:
@@ -311,7 +311,7 @@ def candidates(boxes, cls, colour, attrs, H, W):
         ans[q] = go_rule(light, blocked[s], lrows)
     straight = ans['Is it safe to go straight?']
     stop = negate.get(straight[0]) if light != 'yellow' or blocked['ego'][0] == 'yes' else None
-    ans['Should I stop?'] = (stop, straight[1])
+    ans['Should I stop?'] = (stop, blocked['ego'][1] if light == 'yellow' else straight[1])   # yellow alone decides not
     ans['Is it night?'] = ({'night': 'yes', 'daytime': 'no'}.get(attrs.get('timeofday')), [])
     ans['Is it raining?'] = (RAINING.get(attrs.get('weather')), [])
     return [(t, ans[q][0], np.asarray(ans[q][1], dtype=np.int64)) for t, (_, q) in enumerate(TEMPLATES)
@@ -482,7 +482,9 @@ def parse_frame(frame, path, skipped):
             why = f"unknown category '{lab.get('category')}'"
             skipped[why] = skipped.get(why, 0) + 1
             continue
-        colour = COLOUR_MAP.get(str((lab.get('attributes') or {}).get('trafficLightColor', 'none')).lower(), 'none')
+        colour = (lab.get('attributes') or {}).get('trafficLightColor', 'none') if cat == 'traffic light' else 'none'
+        colour = colour[-1] if isinstance(colour, list) and colour else colour   # the toolkit's tests write [1, "G"]
+        colour = COLOUR_MAP.get(str(colour).lower(), 'none')
         boxes.append((x1, y1, x2, y2, BOX_CLASSES.index(cat), COLOURS.index(colour)))
     return name, {k: v for k, v in attrs.items() if isinstance(v, str)}, boxes
 

@@ -206,6 +206,27 @@ def test_referents_are_the_deciding_boxes():
     assert refs['Is it night?'] == [] if 'Is it night?' in refs else True
 
 
+def test_a_yellow_light_and_a_blocked_road_stop_for_the_road():
+    """Yellow alone does not decide "Should I stop?" (it is skipped on a clear road), so with the road ahead blocked
+    the car decides it: the referent, the look target and the reason are the car's, not the light's."""
+    objs = [obj('traffic light', 128, 40, 12, 5, 'yellow'), obj('car', W / 2, CLOSE_Y, 40)]
+    b, cls, colour = np.asarray([o[:4] for o in objs], np.float32), np.asarray([o[4] for o in objs]), np.asarray([o[5] for o in objs])
+    found = {TEMPLATES[t][1]: (a, list(r)) for t, a, r in prepare.candidates(b, cls, colour, {}, H, W)}
+    assert found['Should I stop?'] == ('yes', [1]) and found['Is it safe to go straight?'] == ('no', [0])
+    assert prepare.reason('Should I stop?', 'yes', np.asarray([1]), b, cls, colour, {}, H, W, 0) == \
+        prepare.reason('Is the road ahead clear?', 'no', np.asarray([1]), b, cls, colour, {}, H, W, 0)
+
+
+def test_light_colours_in_every_written_form_and_only_on_lights():
+    """The 2018 layout's 'red', det_20's 'R', the toolkit's test files' [1, "G"]; a car's colour is not a light's."""
+    box = {'x1': 0, 'y1': 0, 'x2': 10, 'y2': 30}
+    labels = [{'category': 'traffic light', 'box2d': box, 'attributes': {'trafficLightColor': c}}
+              for c in ('red', 'R', [1, 'G'], [0, 'NA'], 'none')]
+    labels.append({'category': 'car', 'box2d': box, 'attributes': {'trafficLightColor': 'G'}})
+    _, _, boxes = prepare.parse_frame({'name': 'a.jpg', 'labels': labels}, 'labels.json', {})
+    assert [prepare.COLOURS[b[5]] for b in boxes] == ['red', 'red', 'green', 'none', 'none', 'none']
+
+
 def test_balancing_keeps_answers_even_within_a_template():
     rng, counts = np.random.default_rng(0), np.zeros((len(TEMPLATES), len(ANSWERS)), dtype=np.int64)
     t = [q for _, q in TEMPLATES].index('Is there a car?')
