@@ -614,7 +614,10 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
         box_offsets.append(box_offsets[-1] + len(boxes))
         q_offsets.append(len(qs))
     template, answer, image, refs, text, phrasing = zip(*qs) if qs else [()] * 6
-    assert all(len(Tokenizer.split(x)) < R for x in text), f"an answer and its reason do not fit max_answer_len={R}"
+    longest = max((len(Tokenizer.split(x)) + 1 for x in text), default=0)    # with the closing <eos>
+    if longest > R:
+        raise LabelError(f"an answer and its reason take {longest} tokens, --max_answer_len={R} ---> HINT: "
+                         f"--max_answer_len={longest} or more")
     enc = np.stack([tok.encode(p, cfg['max_q_len'])[0] for _, p, _, _ in PHRASES]).astype(np.uint16)  # (phrasings, T)
     template, phrasing = np.asarray(template, dtype=np.int16), np.asarray(phrasing, dtype=np.int16)
     arrays = {'boxes': np.concatenate([k[2] for k in kept] + [np.zeros((0, 4), np.float32)]),     # (M, 4)
@@ -694,8 +697,12 @@ def summarize(arrays, H):
 
 def build(cfg, root, name, source):
     """Ingest the BDD tree at root into data/<name>/ (or cfg['out']); -> the folder."""
-    final = cfg['out'] or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name)
-    args = {k: v for k, v in cfg.items() if k not in ('out', 'force', 'workers', 'list_questions')}  # the content's
+    final = os.path.normpath(cfg['out'] or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name))
+    replaceable = os.path.isfile(os.path.join(final, 'meta.json')) or os.path.isdir(final) and not os.listdir(final)
+    if os.path.exists(final) and not replaceable:  # replace_dir would delete what is there
+        sys.exit(f"--out={final} exists and is not a prepared dataset (no meta.json), so it is left as it is ---> HINT: "
+                 f"name a new folder")
+    args = {k: v for k, v in cfg.items() if k not in ('out', 'force', 'workers', 'list_questions')}  # what decides the content
     if os.path.exists(os.path.join(final, 'meta.json')) and not cfg['force']:
         meta = read_json(os.path.join(final, 'meta.json'))
         if meta.get('args') == args and (meta.get('generator_version'), meta.get('format_version')) == (VERSION, FORMAT_VERSION):
@@ -785,9 +792,16 @@ def bdd_comparison(box, mix):
 def run(cfg):
     t0 = time.time()
     longest = max(len(Tokenizer.split(p)) for _, p, _, _ in PHRASES) + 2      # with <bos> and <eos>
-    if cfg['max_q_len'] < longest:
-        sys.exit(f"--max_q_len={cfg['max_q_len']} cannot hold the longest question ({longest} tokens) ---> HINT: "
-                 f"use --max_q_len={longest} or more")
+    for ok, msg in [(cfg['max_q_len'] >= longest, f"--max_q_len={cfg['max_q_len']} cannot hold the longest question "
+                                                  f"({longest} tokens) ---> HINT: use --max_q_len={longest} or more"),
+                    (min(cfg['img_h'], cfg['img_w']) > 0 and cfg['img_h'] % 2 == cfg['img_w'] % 2 == 0,
+                     f"--img_h={cfg['img_h']} --img_w={cfg['img_w']}: sizes must be positive and even (the augmentation "
+                     f"works on 2x2 blocks) ---> HINT: multiples of the model's patch, such as 144 and 256"),
+                    (cfg['seed'] >= 0, f"--seed={cfg['seed']} must be >= 0"),
+                    (min(cfg['train_per_family'], cfg['workers'], cfg['synth_train'], cfg['synth_val']) >= 1,
+                     "--train_per_family, --workers, --synth_train and --synth_val must be >= 1")]:
+        if not ok:
+            sys.exit(msg)
     if cfg['bdd_root']:
         if not os.path.isdir(cfg['bdd_root']):
             sys.exit(f"--bdd_root={cfg['bdd_root']} is not a folder; point it at the BDD100K root (images/, labels/)")

@@ -3,6 +3,7 @@ determinism, and the readers. Fixtures are written into tmp_path; the synthetic 
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -291,11 +292,45 @@ def test_malformed_labels_exit_without_traceback(tmp_path):
     assert r.stderr.strip().count('\n') == 0 and 'det_train.json: malformed JSON' in r.stderr
 
 
-def test_a_max_q_len_too_short_for_the_questions_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize('bad, message', [
+    (dict(max_q_len=3), "--max_q_len=3 cannot hold the longest question"),
+    (dict(img_h=35), "--img_h=35 --img_w=64: sizes must be positive and even"),
+    (dict(img_w=0), "--img_h=36 --img_w=0: sizes must be positive and even"),
+    (dict(seed=-1), "--seed=-1 must be >= 0"),
+    (dict(train_per_family=0), "--train_per_family, --workers, --synth_train and --synth_val must be >= 1"),
+])
+def test_bad_settings_are_one_line_before_any_work(tmp_path, bad, message):
     root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
     make_tree(root, '2018')
-    with pytest.raises(SystemExit, match="--max_q_len=3 cannot hold the longest question"):
-        prepare.run(cfg(bdd_root=root, out=out, max_q_len=3))
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        prepare.run(cfg(bdd_root=root, out=out, **bad))
+    assert not os.path.exists(out)
+
+
+def test_a_max_answer_len_too_short_for_the_reasons_is_a_clear_error(tmp_path):
+    root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
+    make_tree(root, '2018')
+    with pytest.raises(prepare.LabelError, match=r"take \d+ tokens, --max_answer_len=4 ---> HINT"):
+        prepare.build(cfg(out=out, max_answer_len=4), root, 'bdd100k', 'bdd100k')
+    assert not os.path.exists(out)
+
+
+def test_out_that_is_not_a_dataset_is_never_replaced(tmp_path):
+    """--out naming a folder of other things (the BDD tree itself, a folder of one's own) stops before any work and
+    deletes nothing; an empty folder, or one written with a trailing slash, is fine."""
+    root = str(tmp_path / 'bdd')
+    make_tree(root, '2018')
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'keep.txt').write_text('mine')
+    for out in (root, str(mine)):
+        with pytest.raises(SystemExit, match="exists and is not a prepared dataset"):
+            prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    assert (mine / 'keep.txt').read_text() == 'mine' and os.path.isdir(os.path.join(root, 'images', '100k', 'train'))
+    (tmp_path / 'empty').mkdir()
+    for out in (str(tmp_path / 'empty'), str(tmp_path / 'slash') + '/'):
+        final = prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+        assert final == os.path.normpath(out) and os.path.isfile(os.path.join(final, 'meta.json'))
 
 
 def test_interrupted_write_leaves_no_dataset(tmp_path, monkeypatch):
