@@ -45,8 +45,8 @@ Question rules (one set for every source; H and W are the stored image height an
   Each image gets at most one question per family (a train image up to train_per_family, from different
   templates), from the template of that family asked least so far; within a template no answer may run ahead of
   its share (yes/no: half), so a question-only model stays near chance. Each question is asked in one of its
-  template's PHRASINGS (python prepare.py --list_questions=True); a fifth of them are held out of training and
-  asked, beside a seen one, on val and test.
+  template's PHRASINGS (python prepare.py --list_questions=True); the fifth of each template's 6-8 is held out of
+  training and asked, beside a seen one, on val and test.
 """
 import glob
 import io
@@ -72,7 +72,8 @@ from tvlm import CANT, ORIENTATION, TVLMConfig, Tokenizer, answer_targets, load_
 # defaults, overridable as --key=value (configurator.py)
 
 bdd_root = ''             # '' renders and prepares the embedded synthetic world
-out = ''                  # '' -> data/synthetic or data/bdd100k next to this file
+out = ''                  # '' -> data/synthetic or data/bdd100k next to this file (the rendered world's own BDD
+                          # tree is always data/synthetic_bdd)
 max_images = 0            # >0: at most this many images from each of BDD's train and val
 weather = ''              # keep only frames with this weather attribute, e.g. 'clear' ('' keeps all)
 timeofday = ''            # keep only frames with this time of day, e.g. 'daytime'
@@ -920,7 +921,8 @@ def spans(starts, ends):
 
 def patch_masks(boxes, patch, H, W):
     """Which patches of an H x W image each box float[M, 4] (stored pixels) overlaps, tiny boxes too: bool (M, P),
-    P = H/p * W/p in row-major order (the ViT's token order). The one place a box becomes patches."""
+    P = H/p * W/p in row-major order (the ViT's token order). The one place a box becomes patch labels and look
+    targets (eval.py's grounding measures the share of each patch a box covers instead)."""
     cells = boxes / patch                                                      # (M, 4) in patch units
     cols, rows = np.arange(W // patch), np.arange(H // patch)
     in_x = (cols >= np.floor(cells[:, :1])) & (cols < np.ceil(cells[:, 2:3]))  # (M, W/p)
@@ -987,7 +989,8 @@ def photometric(images, generator):
     uint8 (N, H, W, 3), H and W even, on any device -> the same; the float work stays on that device."""
     N, H, W, _ = images.shape
     dev = images.device
-    r = torch.rand(N, 8, 1, 1, generator=generator).to(dev)                    # (N, 8, 1, 1) uniform draws
+    r = torch.rand(N, 8, 1, 1, generator=generator).to(dev)                    # (N, 8, 1, 1) uniform draws; the 8th
+    # is spare, kept so that the draws after it (and so every seeded run) stay as they were
     x = images.permute(0, 3, 1, 2).contiguous().float()                        # (N, 3, H, W); contiguous: ~5x faster ops
     contrast, exposure, balance = 0.6 + 0.8 * r[:, :1], 0.6 + 0.8 * r[:, 1:2], 0.85 + 0.3 * r[:, 2:5]
     mean = x.mean(dim=(1, 2, 3), keepdim=True)                                  # (N, 1, 1, 1)
