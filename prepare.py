@@ -483,7 +483,10 @@ def parse_frame(frame, path, skipped):
             why = f"unknown category '{lab.get('category')}'"
             skipped[why] = skipped.get(why, 0) + 1
             continue
-        colour = (lab.get('attributes') or {}).get('trafficLightColor', 'none') if cat == 'traffic light' else 'none'
+        lab_attrs = lab.get('attributes') or {}
+        if not isinstance(lab_attrs, dict):
+            raise LabelError(f"{path}: frame {name}: a label's 'attributes' must be a dict, got {str(lab_attrs)[:40]}")
+        colour = lab_attrs.get('trafficLightColor', 'none') if cat == 'traffic light' else 'none'
         colour = colour[-1] if isinstance(colour, list) and colour else colour   # the toolkit's tests write [1, "G"]
         colour = COLOUR_MAP.get(str(colour).lower(), 'none')
         boxes.append((x1, y1, x2, y2, BOX_CLASSES.index(cat), COLOURS.index(colour)))

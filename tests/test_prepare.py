@@ -272,7 +272,10 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path):
 @pytest.mark.parametrize('text, what', [('[{"name": "x.jpg", "labels": [', 'malformed JSON at line 1'),
                                         ('{"name": 3}', 'expected a list of frames'),
                                         ('[{"name": "x.jpg", "labels": [{"category": "car", "box2d": {"x1": 1}}]}]',
-                                         'box2d needs numbers')])
+                                         'box2d needs numbers'),
+                                        ('[{"name": "x.jpg", "labels": [{"category": "traffic light", "attributes": '
+                                         '["occluded"], "box2d": {"x1": 1, "y1": 1, "x2": 5, "y2": 9}}]}]',
+                                         "a label's 'attributes' must be a dict")])
 def test_malformed_labels_give_one_clear_line(tmp_path, text, what):
     lab = tmp_path / 'bdd' / 'labels'
     lab.mkdir(parents=True)
