@@ -559,6 +559,7 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     """Every section for one checkpoint on one split -> the eval.json dict; writes eval.json and the PNGs to out,
     and with save_temperature the report's temperature into the checkpoint."""
     model, ck, meta, data_dir = load(ckpt, data_dir, device)
+    blind = load(blind_ckpt, data_dir, device)[0] if blind_ckpt else None   # a wrong path fails here, before any work
     mtime = os.path.getmtime(ckpt)
     arrays, val, train = (open_split(data_dir, s) for s in (split, 'val', 'train'))
     if len(arrays['answers']) == 0:  # a BDD tree with only some splits' images prepares the others empty
@@ -585,13 +586,15 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     res['calibration'] = calibration_section(logits, y, val_logits, val['answers'].astype(np.int64), out)
     if save_temperature and os.path.getmtime(ckpt) != mtime:  # train.py saved new weights: they need their own T
         print(f"{ckpt} changed during the evaluation: its temperature is left alone")
+    elif save_temperature and len(val['answers']) < MIN_TEMPERATURE_QUESTIONS:
+        print(f"no temperature was fitted ({res['calibration']['temperature_from']}): {ckpt}'s is left alone")
     elif save_temperature:  # TVLM.from_checkpoint reads it: answer() and viz.py then divide the logits by it
         ck['temperature'] = res['calibration']['temperature']
         write_atomic(ckpt, lambda tmp: torch.save(ck, tmp))
         res['calibration']['saved'] = True
     res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg, meta['families'])
     res['detection'] = detection_section(patches, arrays, model.cfg.patch)
-    blind_logits = predict(load(blind_ckpt, data_dir, device)[0], arrays, batch_questions)[0] if blind_ckpt else None
+    blind_logits = predict(blind, arrays, batch_questions)[0] if blind else None
     res['phrasing'] = phrasing_section(probs.argmax(1), y, fam, arrays, meta, model.abstain_above)
     res['baselines'] = baseline_section(y, fam, probs.argmax(1), arrays, train, meta, blind_logits)
     res['robustness'] = robustness_section(model, arrays, logits, robust_max, batch_questions, seed, out)
@@ -623,7 +626,9 @@ def print_report(r):
     print(f"\nper answer:\n  {'answer':<{w}} {'n':>6} {'prec':>6} {'recall':>6} {'f1':>6}")
     pa = c['per_answer']
     for i, a in enumerate(answers):
-        print(f"  {a:<{w}} {pa['support'][i]:>6} {fmt(pa['precision'][i]):>6} {fmt(pa['recall'][i]):>6} {fmt(pa['f1'][i]):>6}")
+        unused = pa['support'][i] == 0 and not any(row[i] for row in c['confusion'])   # never asked nor said: no figure
+        prf = [fmt(None if unused else pa[k][i]) for k in ('precision', 'recall', 'f1')]
+        print(f"  {a:<{w}} {pa['support'][i]:>6} " + ' '.join(f"{v:>6}" for v in prf))
     short = [a[:5] for a in answers]
     print(f"\nconfusion (rows truth, columns prediction):\n  {'':<{w}} " + ' '.join(f"{a:>5}" for a in short))
     for a, row in zip(answers, c['confusion']):
@@ -676,7 +681,8 @@ def print_sections(r):
           f"(gap {fmt(m['gap'], '+.3f')})"
           + (f", blind model {fmt(b['blind']['accuracy'])} (gap {fmt(b['blind']['gap'], '+.3f')})" if 'blind' in b else ''))
     per = r['classification']['per_template']
-    least = sorted(per, key=lambda t: per[t]['accuracy'] - m['per_template'][t]['accuracy'])[:5]
+    least = sorted((t for t in per if m['per_template'][t]['accuracy'] < 1),   # out of scope: nothing to gain
+                   key=lambda t: per[t]['accuracy'] - m['per_template'][t]['accuracy'])[:5]
     print("  the templates least above it: " + '; '.join(
         f"{t!r} {fmt(per[t]['accuracy'])} vs {fmt(m['per_template'][t]['accuracy'])} (n={per[t]['n']})" for t in least))
     print(f"robustness, accuracy on the first {rob['n']} questions (clean {fmt(rob['clean'])}):")
@@ -686,9 +692,10 @@ def print_sections(r):
     print(f"  flip consistency {fmt(fl['consistency'])} (left/right questions {fmt(fl['consistency_left_right'])}, "
           f"n={fl['n_left_right']}), accuracy on mirrored images {fmt(fl['accuracy'])}")
     yn = r['classification'].get('yes_no')
-    print(f"errors: {e['n_errors']:,}; {fmt(e['high_conf_share'])} of them at confidence >= {HIGH_CONF}, "
-          f"{fmt(e['low_conf_share'])} below {LOW_CONF}" + (f"; yes/no: {yn['fp']} false positives, {yn['fn']} false "
-          f"negatives" if yn else '') + "; most confident:")
+    print(f"errors: {e['n_errors']:,}; {fmt(e['high_conf_share'])} of them at confidence >= {HIGH_CONF} (before "
+          f"temperature scaling), "
+          f"{fmt(e['low_conf_share'])} below {LOW_CONF}" + (f"; yes/no questions by the yes-vs-no margin: {yn['fp']} false "
+          f"positives, {yn['fn']} false negatives" if yn else '') + "; most confident:")
     for c in e['most_confident']:
         print(f"  {c['confidence']:.3f}  {c['image']}: {c['question']!r} truth {c['truth']}, said {c['prediction']}")
     print(f"wrote eval.json, {', '.join(r['plots'])}")

@@ -418,6 +418,9 @@ def test_clear_errors(run, tmp_path):
         ev.evaluate(run['ckpt'], data_dir=other)
     with pytest.raises(SystemExit, match="has no split 'tset'"):
         ev.evaluate(run['ckpt'], split='tset')
+    with pytest.raises(SystemExit, match='no checkpoint at'):          # before any work is done or written
+        ev.evaluate(run['ckpt'], blind_ckpt=str(tmp_path / 'typo.pt'), out=str(tmp_path / 'blind'))
+    assert not os.path.exists(tmp_path / 'blind')
     moved = load_checkpoint(run['ckpt'])                                 # a checkpoint from another machine
     torch.save({**moved, 'data_dir': '/elsewhere/data/synthetic'}, tmp_path / 'moved.pt')
     with pytest.raises(SystemExit, match="trained on /elsewhere/data/synthetic, which is not here .*--data_dir="):
@@ -476,10 +479,13 @@ def test_a_dataset_with_only_test_questions(run, tmp_path, capsys):
     assert 'val has 0 questions: too few to fit a temperature, T = 1' in report
     assert 'majority answer per template (counted on this split)' in report
     per, major = res['classification']['per_template'], res['baselines']['majority']['per_template']
-    first = min(per, key=lambda t: per[t]['accuracy'] - major[t]['accuracy'])
+    first = min((t for t in per if major[t]['accuracy'] < 1), key=lambda t: per[t]['accuracy'] - major[t]['accuracy'])
     assert f"the templates least above it: {first!r} {per[first]['accuracy']:.3f} vs " in report
     with pytest.raises(SystemExit, match=r'^the val split of .*test-only has no questions ---> HINT'):
         ev.evaluate(run['ckpt'], data_dir=data, split='val', out=str(tmp_path))
+    before = digest(str(ckpt))                         # no temperature fitted: none is saved, the old one stays
+    res = ev.evaluate(str(ckpt), data_dir=data, robust_max=9, batch_questions=64, save_temperature=True)
+    assert digest(str(ckpt)) == before and res['calibration']['saved'] is False
 
 
 def test_script_end_to_end(run, tmp_path):
