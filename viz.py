@@ -59,7 +59,8 @@ def attention_rollout(vit_attn):
 
 @torch.no_grad()
 def attend(model, img, ids, rollout=False):
-    """uint8[Hi, Wi, 3] image at the model's size and int64[T] question ids -> dict with probs float[A], the
+    """uint8[Hi, Wi, 3] image at the model's size and int64[T] question ids -> dict with probs float[A] (the model's
+    own, at its temperature, before the abstention rules), pick (the answer class eval.py scores, rules applied), the
     summary position, the text tokens, and layers: [(name, float[T, gh, gw])] from tvlm.image_attention, heads
     averaged, each row summing to 1 over the image."""
     cfg = model.cfg
@@ -74,8 +75,9 @@ def attend(model, img, ids, rollout=False):
         R = attention_rollout([a[0] for a in out['vit_attn']])
         layers = [(name, a @ R) for name, a in layers]                                 # (T, P) each
     n = int((np.asarray(ids) != 0).sum())                                              # the real tokens
-    logits = model.answer_logits(logits, torch.tensor(ids)[None].to(device))          # (1, A), in either mode
-    return {'probs': (logits[0].float() / model.temperature).softmax(-1).cpu(),        # as model.answer() does
+    ids_t = torch.tensor(ids)[None].to(device)                                         # (1, T)
+    own = model.answer_logits(logits, ids_t, rules=False)[0].float()                   # (A,), in either mode
+    return {'probs': (own / model.temperature).softmax(-1).cpu(), 'pick': int(model.answer_logits(logits, ids_t).argmax()),
             'summary': int(out['summary_idx'][0]), 'words': [model.tokenizer.itos[i] for i in ids[:n]],
             'layers': [(name, a.view(T, gh, gw).cpu().numpy()) for name, a in layers]}   # (T, Hi/p, Wi/p) each
 
@@ -160,19 +162,17 @@ def explain(model, image, question, per_word=False, rollout=False):
     else:
         s = r['summary']
         panels = [(f'{name}{how}', m[s]) for name, m in r['layers']] + [(f'layer average{how}', avg[s])]
-    top = top_answers(model, r['probs'])
+    answer, p, extra = model.answer(image, question)   # what answer() says, with its probability, is the headline
+    top = [(answer, p)] + [(a, q) for a, q in top_answers(model, r['probs']) if a != answer][:2]
     fig, axes = grid(len(panels) + (not per_word), cfg.img_h / cfg.img_w)
     if not per_word:
         axes[0].imshow(show)
         axes[0].set_title('model input (centre crop)', fontsize=9)
     for ax, (title, att) in zip(axes[(not per_word):], panels):
         overlay(ax, show, att, title)
-    alts = ', '.join(f'{a} {p:.0%}' for a, p in top[1:])
-    said = ''
-    if cfg.answer == 'generate':  # the answer in words, as the decoder writes it, with its reason
-        answer, p, extra = model.answer(image, question)
-        said = f"\nsaid: {answer} ({p:.0%}): {extra.get('reason', extra.get('abstain'))}"
-    fig.suptitle(f'Q: {question}\nA: {top[0][0]} ({top[0][1]:.0%}; then {alts}){said}', fontsize=11)
+    alts = ', '.join(f'{a} {q:.0%}' for a, q in top[1:])
+    why = extra.get('reason') or extra.get('abstain')   # a generative model's reason, or why it abstained
+    fig.suptitle(f'Q: {question}\nA: {answer} ({p:.0%}; then {alts})' + (f'\n{why}' if why else ''), fontsize=11)
     return fig, top
 
 
@@ -193,7 +193,7 @@ def show_questions(model, meta, arrays, rows, split=''):
         question = model.tokenizer.decode(ids.tolist())
         ax_box.set_title(f"{question}\n[{meta['families'][arrays['family'][j]]}, {split} #{j}]", fontsize=8)
         truth = meta['answers'][arrays['answers'][j]]
-        (pred, p), = top_answers(model, r['probs'], k=1)
+        pred, p = model.answers[r['pick']], float(r['probs'][r['pick']])
         att = np.mean([m[r['summary']] for _, m in r['layers']], axis=0)            # (gh, gw)
         overlay(ax_heat, img, att, f"truth {truth}, predicted {pred} ({p:.0%})")
         ax_heat.title.set_color('green' if pred == truth else 'red')
@@ -269,8 +269,8 @@ def check_image(path):
         with Image.open(path) as im:
             im.load()
     except (OSError, Image.DecompressionBombError) as e:
-        reason = e.strerror or str(e).splitlines()[0]
-        sys.exit(f"cannot read image {path}: {reason} ---> HINT: pass a JPEG or PNG file")
+        reason = getattr(e, 'strerror', None) or str(e).splitlines()[0]   # DecompressionBombError has no strerror
+        sys.exit(f"cannot read image {path}: {reason} ---> HINT: pass a JPEG or PNG photo (downscaled, if huge)")
 
 
 if __name__ == '__main__':

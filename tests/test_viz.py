@@ -1,4 +1,5 @@
 """viz.py on tiny fixtures: heatmap geometry, rollout, every mode's PNG, odd image inputs, one-line CLI errors."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import prepare  # noqa: E402
 import viz  # noqa: E402
-from tvlm import TVLM, TVLMConfig, Tokenizer  # noqa: E402
+from tvlm import CANT, TVLM, TVLMConfig, Tokenizer  # noqa: E402
 
 QUESTIONS = ['is the light red?', 'is there a car on the left?', 'how many cars are close?']
 TOK = Tokenizer.build(QUESTIONS)
@@ -180,6 +181,30 @@ def test_per_word_panels_of_a_generative_model_follow_what_it_writes():
     drawn = np.asarray([ax for ax in fig.axes if ax.images][-1].images[-1].get_array())       # the last word's heat
     expected = viz.heatmap_to_pixels(avg[7 + len(written) - 2], *drawn.shape)       # the step before that word
     np.testing.assert_allclose(drawn, expected / expected.max(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_headline_is_what_answer_says_even_when_the_threshold_abstains():
+    """Above abstain_above the pick is "can't answer" at the model's own small probability, as answer() gives it
+    (the lift that makes it the pick is no probability); the alternatives follow in the model's own order."""
+    answers = ANSWERS + [CANT]
+    cfg = dataclasses.replace(tiny_model().cfg, n_answers=len(answers))
+    torch.manual_seed(0)
+    model = TVLM(cfg, TOK, answers).eval()
+    nn.init.normal_(model.head.weight, std=1.0)
+    model.abstain_above = 0.0                                            # every question is over the threshold
+    img = np.zeros((H, W, 3), np.uint8)
+    answer, p, extra = model.answer(img, 'Is the light red?')
+    _, top = viz.explain(model, img, 'Is the light red?')
+    assert answer == CANT and 'abstain' in extra and top[0] == (answer, pytest.approx(p)) and p < 0.5
+    assert top[1][1] >= top[2][1] and CANT not in (top[1][0], top[2][0])
+
+
+def test_an_image_too_large_to_decode_is_one_line(tmp_path, monkeypatch):
+    path = tmp_path / 'big.png'
+    Image.new('RGB', (64, 64)).save(path)
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100)               # 64 x 64 is past twice the limit: refused
+    with pytest.raises(SystemExit, match=r"cannot read image .*big.png: Image size \(4096 pixels\) exceeds limit"):
+        viz.check_image(str(path))
 
 
 @pytest.mark.parametrize('mode, ext', [('RGB', 'jpg'), ('RGB', 'png'), ('RGBA', 'png'), ('L', 'png'), ('P', 'png')])
