@@ -201,6 +201,8 @@ def load_image(src, img_h, img_w):
             img.draft('RGB', (img_h, img_w) if img.getexif().get(ORIENTATION, 1) >= 5 else (img_w, img_h))
     if img.getexif().get(ORIENTATION, 1) != 1:  # turned as a viewer shows it
         img = ImageOps.exif_transpose(img)
+    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L'):  # 16-bit greyscale: to 8 bits (convert() would clip it to white)
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.int64) >> 8, 0, 255).astype(np.uint8))
     if img.mode != 'RGB':
         img = img.convert('RGBA').convert('RGB') if img.mode == 'P' else img.convert('RGB')
     W, H = img.size
@@ -716,7 +718,7 @@ class TVLM(nn.Module):
             return logits
         cant, logits = self.answers.index(CANT), logits.float()   # fp32: in bf16 the lift of 1e-3 would round away
         # over the threshold, "can't answer" is lifted just above the top answer: the model's pick, without a
-        # certainty it does not have (an in-scope question it abstains on keeps its probabilities for NLL and T)
+        # certainty it does not have (the other answers keep their logits: NLL and T see a near tie, not a rout)
         judged = logits.softmax(-1)[:, cant] > self.abstain_above                              # (B,)
         is_cant = torch.arange(logits.shape[1], device=logits.device) == cant                   # (A,)
         logits = torch.where(judged[:, None] & is_cant, logits.max(-1, keepdim=True).values + 1e-3, logits)  # (B, A)

@@ -837,6 +837,16 @@ def test_load_image_turns_a_photo_as_its_exif_orientation_says(tmp_path):
     assert shown[:20].mean() > 240 and shown[28:].mean() < 15
 
 
+def test_load_image_reads_16_bit_greyscale_as_its_8_bit_picture(tmp_path):
+    """A 16-bit PNG (medical and industrial cameras write them) keeps its picture: convert('RGB') alone clipped every
+    pixel above 255 of 65535 to white."""
+    ramp = np.linspace(0, 65535, 48 * 32).reshape(32, 48).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / 'ramp16.png')
+    got = load_image(tmp_path / 'ramp16.png', 32, 48).astype(int)
+    np.testing.assert_allclose(got[..., 0], ramp >> 8, atol=1)
+    assert (got[..., 0] == got[..., 2]).all()
+
+
 def test_wrong_image_size_is_a_clear_error():
     """forward() on images of the wrong size raises a ValueError naming the expected size."""
     model = make_model()
