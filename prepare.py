@@ -438,12 +438,14 @@ def find_labels(root):
     layouts = [('det_20', lambda s: [os.path.join(lab, 'det_20', f'det_{s}.json')]),
                ('2018', lambda s: [os.path.join(lab, f'bdd100k_labels_images_{s}.json')]),
                ('legacy', lambda s: sorted(glob.glob(os.path.join(lab, '100k', s, '*.json'))))]
-    for fmt, paths in layouts:
-        found = {s: [p for p in paths(s) if os.path.isfile(p)] for s in ('train', 'val')}
-        if any(found.values()):
-            return fmt, {s: [(p, fr) for p in ps for fr in frames_of(read_json(p), p)] for s, ps in found.items()}
-    raise LabelError(f"{root}: no BDD100K labels found; expected labels/det_20/det_{{train,val}}.json, "
-                     f"labels/bdd100k_labels_images_{{train,val}}.json or labels/100k/{{train,val}}/<name>.json")
+    found = {fmt: {s: [p for p in paths(s) if os.path.isfile(p)] for s in ('train', 'val')} for fmt, paths in layouts}
+    present = [fmt for fmt in found if any(found[fmt].values())]
+    if not present:
+        raise LabelError(f"{root}: no BDD100K labels found; expected labels/det_20/det_{{train,val}}.json, "
+                         f"labels/bdd100k_labels_images_{{train,val}}.json or labels/100k/{{train,val}}/<name>.json")
+    # BDD ships each format as its own download, so a tree may hold several: the first with both splits, else the first
+    fmt = next((f for f in present if all(found[f].values())), present[0])
+    return fmt, {s: [(p, fr) for p in ps for fr in frames_of(read_json(p), p)] for s, ps in found[fmt].items()}
 
 
 def frames_of(data, path):

@@ -117,6 +117,16 @@ def test_every_label_format_round_trips(tmp_path, fmt):
     refs = load(out, 'train', 'referents')
     assert len(refs) == ro[-1] and (refs < len(load(out, 'train', 'boxes'))).all()
 
+def test_a_tree_with_two_label_formats_reads_the_complete_one(tmp_path):
+    """The 2018 labels for both splits beside a lone det_20 val file: the complete format is read, not the first."""
+    root = str(tmp_path / 'bdd')
+    make_tree(root, '2018')
+    os.makedirs(os.path.join(root, 'labels', 'det_20'))
+    json.dump([], open(os.path.join(root, 'labels', 'det_20', 'det_val.json'), 'w'))
+    fmt, frames = prepare.find_labels(root)
+    assert fmt == '2018' and len(frames['train']) == 3 and len(frames['val']) == 1
+
+
 # -----------------------------------------------------------------------------
 # the question rules, on hand-built scenes at 144x256 (horizon y=64.8, close y>=84.96, far y<79.2)
 
