@@ -312,7 +312,7 @@ def candidates(boxes, cls, colour, attrs, H, W):
         ans[q] = go_rule(light, blocked[s], lrows)
     straight = ans['Is it safe to go straight?']
     stop = negate.get(straight[0]) if light != 'yellow' or blocked['ego'][0] == 'yes' else None
-    ans['Should I stop?'] = (stop, blocked['ego'][1] if light == 'yellow' else straight[1])   # yellow alone decides not
+    ans['Should I stop?'] = (stop, blocked['ego'][1] if light == 'yellow' else straight[1])   # yellow: the road decides
     ans['Is it night?'] = ({'night': 'yes', 'daytime': 'no'}.get(attrs.get('timeofday')), [])
     ans['Is it raining?'] = (RAINING.get(attrs.get('weather')), [])
     return [(t, ans[q][0], np.asarray(ans[q][1], dtype=np.int64)) for t, (_, q) in enumerate(TEMPLATES)

@@ -68,16 +68,17 @@ def attend(model, img, ids, rollout=False):
         raise ValueError("this checkpoint is a blind (question-only) model: it never looks at the image")
     device = next(model.parameters()).device
     out = {}
-    logits, _ = model(torch.tensor(img)[None].to(device), torch.tensor(ids)[None].to(device), out=out)  # copies: memmaps are read-only
+    ids_t = torch.tensor(ids)[None].to(device)                                         # (1, T); memmaps: copies
+    logits, _ = model(torch.tensor(img)[None].to(device), ids_t, out=out)
     T, (gh, gw) = len(ids), out['grid']
     layers = [(name, m[0]) for name, m in image_attention(out)]                        # (T, P) each
     if rollout:  # (T, P) @ (P, P): attention on the ViT's outputs, re-expressed on its input patches
         R = attention_rollout([a[0] for a in out['vit_attn']])
         layers = [(name, a @ R) for name, a in layers]                                 # (T, P) each
     n = int((np.asarray(ids) != 0).sum())                                              # the real tokens
-    ids_t = torch.tensor(ids)[None].to(device)                                         # (1, T)
     own = model.answer_logits(logits, ids_t, rules=False)[0].float()                   # (A,), in either mode
-    return {'probs': (own / model.temperature).softmax(-1).cpu(), 'pick': int(model.answer_logits(logits, ids_t).argmax()),
+    pick = int(model.answer_logits(logits, ids_t).argmax())                            # with the rules, as eval.py
+    return {'probs': (own / model.temperature).softmax(-1).cpu(), 'pick': pick,
             'summary': int(out['summary_idx'][0]), 'words': [model.tokenizer.itos[i] for i in ids[:n]],
             'layers': [(name, a.view(T, gh, gw).cpu().numpy()) for name, a in layers]}   # (T, Hi/p, Wi/p) each
 
