@@ -291,6 +291,8 @@ if __name__ == '__main__':
     if not out.lower().endswith('.png'):
         sys.exit(f"--out={out}: viz.py draws PNG files ---> HINT: --out=name.png")
 
+    if log and (data or _positional):  # each of the three modes takes its own flags; any other would be ignored
+        sys.exit("--log plots a training log: give it without an image and question or --data")
     if log:
         path = os.path.join(log, 'log.jsonl') if os.path.isdir(log) else log
         if not os.path.isfile(path):
@@ -303,6 +305,10 @@ if __name__ == '__main__':
     if data and _positional or random < 0:  # an image and question with --data would be silently ignored
         sys.exit(f"--data shows a dataset's questions: give it without an image and question, and --random >= 0 "
                  f"(got {_positional} and --random={random})")
+    if data and (per_word or rollout):
+        sys.exit("--per_word and --rollout draw one image's maps: give them with an image and a question, not --data")
+    if not data and (random or idx or split != 'val'):
+        sys.exit("--random, --idx and --split pick a dataset's questions: give them with --data=DIR")
     if not data:
         if len(_positional) != 2:
             sys.exit('usage: python viz.py IMAGE "QUESTION" [--ckpt=PATH] [--out=viz.png] (or --data=DIR, --log=DIR)')

@@ -274,7 +274,10 @@ def cli(tmp_path_factory):
             'truncated_ckpt': (d, ['grey.png', 'Is the light red?', '--ckpt=half.pt']),
             'data': (d, ['--data=data', '--random=3', '--out=d.png']),
             'other_tokenizer': (d, ['--data=other', '--idx=1']),
-            'empty_split': (d, ['--data=data', '--split=test', '--random=3'])}
+            'empty_split': (d, ['--data=data', '--split=test', '--random=3']),
+            'log_and_image': (d, ['--log=out-new', 'grey.png', 'Is the light red?']),
+            'rollout_and_data': (d, ['--data=data', '--rollout=True']),
+            'idx_and_image': (d, ['grey.png', 'Is the light red?', '--idx=7'])}
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}  # a process per case on a small CI machine: no thread oversubscription
     procs = {k: subprocess.Popen([sys.executable, os.path.join(ROOT, 'viz.py'), *args], cwd=cwd, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for k, (cwd, args) in runs.items()}
@@ -307,7 +310,10 @@ def test_no_checkpoint_says_how_to_train_one(tmp_path, monkeypatch):
                                          ('missing_ckpt', 'no checkpoint at out-none/ckpt.pt'),
                                          ('truncated_ckpt', 'half.pt is not a readable torch checkpoint'),
                                          ('other_tokenizer', 'the checkpoint and the dataset other have different vocabulary'),
-                                         ('empty_split', 'the test split of data has no questions')])
+                                         ('empty_split', 'the test split of data has no questions'),
+                                         ('log_and_image', '--log plots a training log'),
+                                         ('rollout_and_data', "--per_word and --rollout draw one image's maps"),
+                                         ('idx_and_image', "--random, --idx and --split pick a dataset's questions")])
 def test_cli_errors_are_one_line(cli, case, words):
     code, stdout, stderr = cli[1][case]
     assert code == 1, f"exit code {code}: {stderr}"
