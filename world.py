@@ -1,23 +1,25 @@
 """
 The embedded synthetic world: dash-cam frames of streets through a pinhole camera, drawn with PIL and finished with
 numpy to look like BDD100K's phone and dash-cam photos rather than cartoons. City streets, residential streets and
-highways: textured asphalt with worn markings, facades with windows, houses, trees, lamps and wires under a sky with
-clouds; moving and parked sedans, hatchbacks, SUVs, vans, trucks and buses (mostly from behind, some oncoming or
-crossing); pedestrians in varied clothes and strides, now and then a crowd; cyclists, motorcyclists, traffic lights
-and signs; day, dawn/dusk or night (head and tail lights, lit windows, lamps and their pools of light); clear,
-partly cloudy, overcast, rain, snow or fog; the ego car's hood and dashboard in some frames; then the camera's
-exposure, white balance, vignetting, bloom, blur, sensor noise and JPEG quality. The object mix, sizes and positions
-and the weather, scene and time mix follow BDD100K_FORMAT.md section 7 (prepare.py prints both side by side). It
-writes a real BDD100K tree, the 2018 layout:
+highways: textured asphalt with worn markings, facades with windows, houses, trees, lamps and wires under a sky
+with clouds; moving and parked sedans, hatchbacks, SUVs, vans, trucks and buses (mostly from behind, some oncoming
+or crossing); pedestrians in varied clothes and strides, now and then a crowd; cyclists, motorcyclists, traffic
+lights and signs; day, dawn/dusk or night (head and tail lights, lit windows, lamps and their pools of light);
+clear, partly cloudy, overcast, rain, snow or fog; the ego car's hood and dashboard in some frames; then the
+camera's exposure, white balance, vignetting, bloom, blur, sensor noise and JPEG quality. The object mix, sizes and
+positions and the weather, scene and time mix are drawn towards BDD100K_FORMAT.md section 7's (prepare.py prints
+both side by side: fewer cars a frame, and people drawn larger, than BDD's). It writes a real BDD100K tree, the
+2018 layout:
 
     images/100k/{train,val}/<name>.jpg          640x360 JPEGs
     labels/bdd100k_labels_images_{train,val}.json    box2d labels with BDD's 2018 category names and attributes
 
 which prepare.py then ingests unchanged, by the same code as the real dataset, so `python prepare.py` tests the
-real path. Every labelled box covers what is drawn of its object, objects more than two-thirds hidden are neither
-drawn nor labelled, and objects stay clear of the question rules' unsure bands (the numbers in prepare.py; see
-judge), so the questions stay decidable. Deterministic for a seed: the same seed gives the same JPEG bytes and
-labels whatever the number of workers.
+real path. Every labelled box covers what is drawn of its object (a box cut by the frame's edge is the whole
+object's box clipped, so it can reach past what is drawn), objects more than two-thirds hidden by cars and people
+are neither drawn nor labelled (riders, signs and lights hide nothing in that test), and objects stay clear of the
+question rules' unsure bands (the numbers in prepare.py; see judge), so the questions stay decidable. Deterministic
+for a seed: the same seed gives the same JPEG bytes and labels whatever the number of workers.
 
     render_tree('data/synthetic_bdd', seed=1337, n_train=6300, n_val=500, pool=pool)   # what prepare.py does
 """
@@ -414,7 +416,7 @@ def cull(objs, cam):
             kept.append(o)
             o['occluded'] = bool(hidden > 0.05)
             if o['kind'] not in ('traffic light', 'traffic sign', 'rider', 'bicycle'):
-                for poly in silhouette(o, cam):          # too thin to hide much; a rider never hides its bike
+                for poly in silhouette(o, cam):          # too thin to hide much; a rider rides over its bike
                     d.polygon([(x / 2, y / 2) for x, y in poly], fill=255)
     return kept[::-1]
 
