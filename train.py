@@ -16,9 +16,10 @@ import copy
 import gc
 import json
 import os
+import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -69,7 +70,8 @@ muon = False                  # Muon for the transformer blocks' matrices, AdamW
 ema_decay = 0.0               # > 0: evaluate and save a moving average of the weights, keeping this share a step
 # system
 device = 'auto'               # 'auto' picks cuda, then mps, then cpu
-dtype = 'auto'                # 'float32', 'bfloat16' or 'float16' (GradScaler); auto = bf16 on CUDA if supported
+dtype = 'auto'                # 'float32', 'bfloat16' (autocast, on a CPU too), 'float16' (GradScaler, CUDA only);
+                              # auto = bf16 on CUDA if supported, else float32
 compile = False               # torch.compile the model
 backend = 'auto'              # DDP backend: nccl on CUDA, gloo on CPU
 peak_flops = 0.0              # the device's peak FLOP/s for MFU (e.g. 312e12 for A100 bf16); 0 = don't report
@@ -81,9 +83,15 @@ for key in ('batch_size', 'questions_per_image', 'grad_accum', 'eval_interval', 
         sys.exit(f"--{key}={globals()[key]} must be 1 or more")
 if batch_size % questions_per_image:
     sys.exit(f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}")
-if lr <= 0 or min_lr < 0 or dtype not in ('auto', 'float32', 'bfloat16', 'float16') or not out_dir:
-    sys.exit(f"need lr > 0 (got {lr}), min_lr >= 0 ({min_lr}), dtype auto, float32, bfloat16 or float16 ({dtype!r}) "
-             f"and an out_dir ({out_dir!r})")
+if lr <= 0 or not 0 <= min_lr <= lr or dtype not in ('auto', 'float32', 'bfloat16', 'float16') or not out_dir:
+    sys.exit(f"need lr > 0 (got {lr}), 0 <= min_lr <= lr ({min_lr}), dtype auto, float32, bfloat16 or float16 "
+             f"({dtype!r}) and an out_dir ({out_dir!r})")
+if not 0 <= ema_decay < 1 or warmup_iters > lr_decay_iters or eval_max_questions < 1:
+    sys.exit(f"need 0 <= ema_decay < 1 (got {ema_decay}), warmup_iters <= lr_decay_iters ({warmup_iters} > "
+             f"{lr_decay_iters}?) and eval_max_questions >= 1 ({eval_max_questions})")
+if init_from not in ('scratch', 'resume') and os.path.abspath(os.path.dirname(init_from)) == os.path.abspath(out_dir):
+    sys.exit(f"--init_from={init_from} is in --out_dir={out_dir}, which this run would overwrite ---> HINT: fine-tune "
+             f"into another --out_dir")
 # -----------------------------------------------------------------------------
 
 sys.stdout.reconfigure(line_buffering=True)  # show progress live even when piped into tee or a file
@@ -103,12 +111,14 @@ master = rank == 0
 device_type = 'cuda' if device.startswith('cuda') else device
 if dtype == 'auto':
     dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+if dtype == 'float16' and device_type != 'cuda':
+    sys.exit(f"--dtype=float16 needs a CUDA GPU (its GradScaler); on {device_type} use bfloat16 or float32")
 torch.manual_seed(seed + rank)
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if device_type != 'cuda' or dtype == 'float32' else torch.autocast('cuda', dtype=ptdtype)
+ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype)   # bf16 on a CPU too
 
 # data: memmaps from prepare.py; each rank samples its own batches from its own generator
 meta = load_meta(data_dir)
@@ -124,7 +134,7 @@ flip_tokens, flip_answers = mirror_tables(tokenizer, answers)
 # model: from scratch with this config on this dataset, exactly as the checkpoint being resumed was built, or
 # with a pretrained checkpoint's architecture on this dataset's words and answers (fine-tuning)
 # best_val_acc -1: no evaluation yet, so the first one writes ckpt.pt whatever it scores (a run at 0.0 wrote none)
-iter_num, best_val_acc, train_time, abstain_above, evals_since_best = 0, -1.0, 0.0, 1.0, 0
+iter_num, best_val_acc, train_time, abstain_above, evals_since_best, evaluated_iter = 0, -1.0, 0.0, 1.0, 0, 0
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'last.pt')
     if not os.path.exists(ckpt_path):
@@ -142,6 +152,7 @@ try:
         cfg = TVLMConfig(**checkpoint['model_args'])
         iter_num, best_val_acc, train_time = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['train_time']
         abstain_above, evals_since_best = checkpoint.get('abstain_above', 1.0), checkpoint.get('evals_since_best', 0)
+        evaluated_iter = checkpoint.get('evaluated_iter', iter_num)
     else:
         # fine-tuning keeps the pretrained shapes; how to train and answer (dropout, the loss knobs, classify or
         # generate) is this run's config, so a classifier can learn to answer in words
@@ -149,10 +160,14 @@ try:
                                               if k not in ('dropout', 'label_smoothing', 'focal_gamma', 'patch_weight',
                                                            'look_weight', 'first_word_weight', 'answer', 'max_answer_len')}
         cfg = model_config({**config, **arch}, data_shape(meta), np.bincount(train_data['answers'], minlength=len(answers)))
-except ValueError as e:
-    sys.exit(str(e))
+except (TypeError, ValueError) as e:  # TypeError: model_args of another tvlm.py, with fields this one lacks
+    sys.exit(f"{ckpt_path}: {e}" if ckpt_path else str(e))
 model = TVLM(cfg, tokenizer, answers, mean=meta['mean'], std=meta['std'])
 if init_from == 'resume':
+    if (checkpoint['tokenizer'], checkpoint['answers'], cfg.img_h, cfg.img_w) != \
+            (tokenizer.to_dict(), answers, meta['img_h'], meta['img_w']):
+        sys.exit(f"{ckpt_path} was trained on other words, answers or image size than {data_dir}'s ---> HINT: resume "
+                 f"with --data_dir={checkpoint['data_dir']}")
     model.load_state_dict(checkpoint.get('train_model', checkpoint['model']))   # with ema_decay, 'model' is the average
 elif checkpoint is not None:
     old = checkpoint['model_args']
@@ -215,6 +230,19 @@ ema_pairs = [(a, w) for a, w in zip(ema_model.state_dict().values(), raw_model.s
 checkpoint = None  # free the memory
 
 
+@contextmanager
+def whole():
+    """Run a block that must not be cut in half: a Ctrl-C (SIGINT) inside it is raised when it ends."""
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def stop_if_not_finite(loss, where):
     if not np.isfinite(loss):
         sys.exit(f"loss is {loss} {where}: stopping; the last good checkpoints in {out_dir} are untouched "
@@ -267,7 +295,7 @@ def save_checkpoint(name):
     ckpt = {'model': ema_model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
             'scaler': scaler.state_dict(), 'model_args': asdict(cfg), 'iter_num': iter_num,
             'best_val_acc': best_val_acc, 'evals_since_best': evals_since_best, 'train_time': train_time,
-            'abstain_above': abstain_above,
+            'abstain_above': abstain_above, 'evaluated_iter': evaluated_iter,
             'config': config, 'rng': {'torch': torch.get_rng_state(), 'batch': batch_state},
             'tokenizer': tokenizer.to_dict(), 'answers': answers, 'families': families,
             'data_dir': os.path.abspath(data_dir), 'n_params': raw_model.num_params()}
@@ -290,22 +318,26 @@ if master:
     if init_from != 'resume' and os.path.exists(os.path.join(out_dir, 'log.jsonl')):
         os.remove(os.path.join(out_dir, 'log.jsonl'))  # a new run starts a new log; resume appends to its own
     if wandb_log:
-        import wandb  # optional extra, imported only when asked for
+        try:
+            import wandb  # optional extra, imported only when asked for
+        except ImportError:
+            sys.exit("--wandb_log=True needs wandb ---> HINT: pip install wandb")
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 flops_per_step = 3 * flops_per_sample(cfg, questions_per_image) * batch_size * grad_accum * world_size
 batch_state = batch_gen.get_state()  # the state that draws iteration iter_num's batch: a resume draws it again
 batch = get_batch()
 # running sums since the last log line, kept on the device so a step never waits for it (nanoGPT syncs at log time)
 loss_sum, hits, seen, steps, t_log = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0, time.time()
-start_iter, t0 = iter_num, time.time()
+t0, step_rng = time.time(), None
 try:
     while True:
         lr_now = get_lr(iter_num, warmup_iters, lr_decay_iters, lr, min_lr)  # logged: each group's is this x lr_scale
         for group in (g for opt in optimizers for g in opt.param_groups):
             group['lr'] = lr_now * group['lr_scale']
 
-        # evaluate, checkpoint, stop early (not on a resumed run's first weights: they were evaluated before saving)
-        if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > start_iter:
+        # evaluate, checkpoint, stop early (once per iteration: not again on a resumed run's first weights, unless
+        # Ctrl-C cut their evaluation short; not at a scratch run's iteration 0)
+        if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num != evaluated_iter:
             metrics = evaluate()  # on every rank, so all take the same early-stopping decision
             if ddp:  # ...from rank 0's numbers, in case GPU nondeterminism makes the ranks' differ
                 shared = [metrics]
@@ -314,7 +346,7 @@ try:
             stop_if_not_finite(metrics['val_loss'], f"on val at iteration {iter_num}")
             is_best, abstain_above = metrics['val_acc'] > best_val_acc, metrics['abstain_above']
             best_val_acc = max(best_val_acc, metrics['val_acc'])
-            evals_since_best = 0 if is_best else evals_since_best + 1
+            evals_since_best, evaluated_iter = 0 if is_best else evals_since_best + 1, iter_num
             if master:
                 fam = ', '.join(f"{k[8:]} {v:.3f}" for k, v in metrics.items() if k.startswith('val_acc_'))
                 print(f"eval {iter_num}: val loss {metrics['val_loss']:.4f}, val acc {metrics['val_acc']:.4f}"
@@ -332,6 +364,7 @@ try:
             break
 
         # forward, backward, update; the next batch is drawn while the device works on this one
+        step_rng = torch.get_rng_state()  # what this step's jitter and dropout draw from: Ctrl-C before the update
         for micro_step in range(grad_accum):
             images, q, targets, idx, patches, looks = batch
             # gradients are averaged across ranks only on the last micro-step, not on every one
@@ -349,18 +382,19 @@ try:
             for opt in optimizers:
                 scaler.unscale_(opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)  # a device tensor
-        for opt in optimizers:
-            scaler.step(opt)
-            opt.zero_grad(set_to_none=True)
-        scaler.update()
-        for avg, w in ema_pairs:  # the average takes a step towards the new weights
-            avg.lerp_(w, 1 - ema_decay)
+        with whole():  # a Ctrl-C here waits for iter_num: last.pt never holds an update it does not count
+            for opt in optimizers:
+                scaler.step(opt)
+                opt.zero_grad(set_to_none=True)
+            scaler.update()
+            for avg, w in ema_pairs:  # the average takes a step towards the new weights
+                avg.lerp_(w, 1 - ema_decay)
+            iter_num, batch_state, step_rng = iter_num + 1, next_state, None   # the next step's batch; no rewind
 
         # timing and logging
         t1 = time.time()
         train_time += t1 - t0
         t0 = t1
-        iter_num, batch_state = iter_num + 1, next_state   # together: Ctrl-C mid-step saves the step's own batch
         steps += 1
         if iter_num % log_interval == 0:
             if ddp:  # the mean over ranks: the loss logged is all ranks', and all stop on the same number (a NaN on
@@ -382,6 +416,8 @@ try:
             hits.zero_()
             seen, steps, t_log = 0, 0, time.time()
 except KeyboardInterrupt:
+    if step_rng is not None:  # cut short before its update: resuming redoes the step with its batch and its draws
+        torch.set_rng_state(step_rng)
     if master:
         save_checkpoint('last.pt')
         print(f"\ninterrupted at iteration {iter_num}: saved {out_dir}/last.pt; continue with --init_from=resume")

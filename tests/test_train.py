@@ -1,8 +1,10 @@
 """train.py: its configs, its learning, checkpoints, DDP and fine-tuning as a subprocess with a tiny model; hflip."""
 import glob
+import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -147,7 +149,8 @@ runpy.run_path('train.py', run_name='__main__')
 def test_crash_during_save_keeps_previous_checkpoint(toy_data, tmp_path):
     """A save that dies midway leaves the previous ckpt.pt and last.pt whole and loadable."""
     out = str(tmp_path / 'out')
-    p = run_train(['--max_iters=20', '--eval_interval=5', '--lr=1e-5'], out, toy_data, check=False, runner=CRASH_ON_THIRD_SAVE)
+    p = run_train(['--max_iters=20', '--eval_interval=5', '--lr=1e-5', '--min_lr=1e-6'], out, toy_data, check=False,
+                  runner=CRASH_ON_THIRD_SAVE)
     assert p.returncode != 0 and 'simulated crash during save' in p.stderr
     last = torch.load(os.path.join(out, 'last.pt'), weights_only=True)
     assert last['iter_num'] == 5
@@ -168,16 +171,49 @@ runpy.run_path('train.py', run_name='__main__')
 """
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_the_step_it_cut_short(toy_data, tmp_path):
-    """Ctrl-C mid-step saves last.pt as of the step's start, its batch included: resumed, the run ends bit for bit
-    where an uninterrupted one does."""
-    common = ['--max_iters=12', '--eval_interval=5', '--muon=True']
+SIGINT_IN_UPDATE_8 = """
+import os, runpy, signal, sys, torch
+real_update, calls = torch.amp.GradScaler.update, [0]
+def update(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 8:  # a real Ctrl-C after the 8th step's optimizer step, before the step is counted
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_update(self, *args, **kwargs)
+torch.amp.GradScaler.update = update
+sys.argv = ['train.py'] + sys.argv[1:]
+runpy.run_path('train.py', run_name='__main__')
+"""
+
+CTRL_C_IN_EVAL_2 = """
+import runpy, sys
+import prepare
+real_batches, calls = prepare.split_batches, [0]
+def split_batches(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 2:  # Ctrl-C in the second evaluation, at iteration 10
+        raise KeyboardInterrupt
+    return real_batches(*args, **kwargs)
+prepare.split_batches = split_batches
+sys.argv = ['train.py'] + sys.argv[1:]
+runpy.run_path('train.py', run_name='__main__')
+"""
+
+
+@pytest.mark.parametrize('runner, stopped_at', [(CTRL_C_IN_STEP_8, 7), (SIGINT_IN_UPDATE_8, 8), (CTRL_C_IN_EVAL_2, 10)],
+                         ids=['before the update', 'inside the update', 'in an evaluation'])
+def test_ctrl_c_saves_a_checkpoint_that_resumes_the_step_it_cut_short(toy_data, tmp_path, runner, stopped_at):
+    """Ctrl-C before a step's update saves last.pt as of the step's start (its batch and its random draws, with
+    dropout on); inside the update, once the update is counted; in an evaluation, one that evaluates again on
+    resume. Resumed, the run ends bit for bit where an uninterrupted one does, with the same evaluations logged."""
+    common = ['--max_iters=12', '--eval_interval=5', '--muon=True', '--dropout=0.1']
     run_train(common, str(tmp_path / 'a'), toy_data)
-    p = run_train(common, str(tmp_path / 'b'), toy_data, check=False, runner=CTRL_C_IN_STEP_8)
-    assert p.returncode == 130 and 'interrupted at iteration 7' in p.stdout
+    p = run_train(common, str(tmp_path / 'b'), toy_data, check=False, runner=runner)
+    assert p.returncode == 130 and f'interrupted at iteration {stopped_at}' in p.stdout
     run_train(common + ['--init_from=resume'], str(tmp_path / 'b'), toy_data)
     a, b = (torch.load(tmp_path / d / 'last.pt', weights_only=True)['model'] for d in 'ab')
     assert all(torch.equal(a[k], b[k]) for k in a)
+    evals = [[json.loads(line)['iter'] for line in open(tmp_path / d / 'log.jsonl') if '"eval"' in line] for d in 'ab']
+    assert evals[0] == evals[1] == [5, 10, 12]
 
 
 NAN_AFTER_12_STEPS = """
@@ -245,6 +281,15 @@ runpy.run_path(sys.argv[0], run_name='__main__')
     assert p.returncode != 0 and p.stderr.count('loss is nan in the 5 iterations up to 10') == 2, p.stderr[-2000:]
 
 
+def test_bfloat16_autocast_trains_on_the_cpu(toy_data, tmp_path):
+    """--dtype=bfloat16 runs the forward under autocast on a CPU too (it was float32 there, whatever it said)."""
+    for dtype in ('float32', 'bfloat16'):
+        p = run_train(['--max_iters=4', '--eval_interval=2', f'--dtype={dtype}'], str(tmp_path / dtype), toy_data)
+        assert f'dtype={dtype}' in p.stdout
+    a, b = (torch.load(tmp_path / d / 'last.pt', weights_only=True)['model'] for d in ('float32', 'bfloat16'))
+    assert all(torch.isfinite(b[k]).all() for k in b) and not all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
     p = run_train(['--max_iters=1'], str(tmp_path / 'o'), str(tmp_path / 'nowhere'), check=False)
     assert p.returncode == 1 and 'run `python prepare.py` first' in p.stderr.strip().splitlines()[-1]
@@ -257,9 +302,22 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
     assert not os.path.exists(tmp_path / 'none' / 'ckpt.pt')
     for bad, said in (('--batch_size=0', '--batch_size=0 must be 1 or more'), ('--lr=-1.0', 'need lr > 0 (got -1.0)'),
                       ('--dtype=fp16', "('fp16')"), ('--device=gpu', '--device=gpu is not a device'),
-                      ('--batch_size=13', 'batch_size=13 must be a multiple of questions_per_image=3')):
+                      ('--batch_size=13', 'batch_size=13 must be a multiple of questions_per_image=3'),
+                      ('--lr=1e-5', '0 <= min_lr <= lr (0.0001)'), ('--ema_decay=1.0', 'need 0 <= ema_decay < 1 (got 1.0)'),
+                      ('--warmup_iters=3000', 'warmup_iters <= lr_decay_iters (3000 > 2000?)'),
+                      ('--eval_max_questions=0', 'eval_max_questions >= 1 (0)'),
+                      ('--dtype=float16', '--dtype=float16 needs a CUDA GPU'),
+                      (f'--init_from={tmp_path / "o" / "ckpt.pt"}', 'which this run would overwrite'),
+                      *[('--wandb_log=True', '--wandb_log=True needs wandb')] * (importlib.util.find_spec('wandb') is None)):
         p = run_train([bad], str(tmp_path / 'o'), toy_data, check=False)
         assert p.returncode == 1 and said in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    swapped = tmp_path / 'swapped'                                   # the same data, its answers named the other way
+    shutil.copytree(toy_data, swapped)
+    meta = json.load(open(swapped / 'meta.json'))
+    json.dump({**meta, 'answers': meta['answers'][::-1]}, open(swapped / 'meta.json', 'w'))
+    run_train(['--max_iters=2', '--eval_interval=2'], str(tmp_path / 'r'), toy_data)
+    p = run_train(['--init_from=resume', '--max_iters=4'], str(tmp_path / 'r'), str(swapped), check=False)
+    assert p.returncode == 1 and 'trained on other words, answers or image size than' in p.stderr, p.stderr
 
 
 def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):
