@@ -42,10 +42,12 @@ for _arg in sys.argv[1:]:
         sys.exit(0)
     if _arg.startswith('--'):                               # --key=value, a Python literal if it is one
         _key, _eq, _raw = _arg[2:].partition('=')
-        if not _eq and globals().get(_key) is False:
+        if not _eq and (_key not in _keys or globals()[_key] is False):
             _val = True                                     # a bare --flag switches a False default on
         elif not _eq:
             sys.exit(f"command line: '{_arg}' needs a value, like --{_key}=...")
+        elif isinstance(globals()[_key] if _key in _keys else None, str):
+            _val = _raw                                     # a string key takes the text as it is: --out_dir=2024
         else:
             try:
                 _val = literal_eval(_raw)
@@ -58,7 +60,10 @@ for _arg in sys.argv[1:]:
         except OSError as _e:
             sys.exit(f"cannot read config file {_arg}: {_e.strerror}; the presets are in config/")
         _ns = {}
-        exec(_src, {}, _ns)
+        try:
+            exec(_src, {}, _ns)
+        except Exception as _e:                             # a typo in the file: say which file and what
+            sys.exit(f"config file {_arg} does not run: {type(_e).__name__}: {_e}")
         print(f"config {_arg}: {', '.join(f'{k}={v!r}' for k, v in _ns.items())}")
         for _key, _val in _ns.items():
             _override(_key, _val, _arg)

@@ -19,10 +19,12 @@ def test_configurator_applies_files_then_flags_with_types(monkeypatch, tmp_path)
     """A config file runs first, then --key=value; ints widen to float defaults; bare words stay strings."""
     cfg_file = tmp_path / 'c.py'
     cfg_file.write_text("lr = 0.5\nout_dir = 'from-file'\nmax_iters = 7\n")
-    ns = configure(monkeypatch, [str(cfg_file), '--lr=1', '--device=cuda', '--compile=True', '--name=a=b', '--force'],
-                   lr=1e-3, out_dir='out', max_iters=100, device='cpu', compile=False, name='x', force=False)
+    ns = configure(monkeypatch, [str(cfg_file), '--lr=1', '--device=cuda', '--compile=True', '--name=a=b', '--force',
+                                 '--run=2024'],
+                   lr=1e-3, out_dir='out', max_iters=100, device='cpu', compile=False, name='x', force=False, run='r')
     assert ns['lr'] == 1.0 and type(ns['lr']) is float
     assert (ns['out_dir'], ns['max_iters'], ns['device'], ns['compile'], ns['name']) == ('from-file', 7, 'cuda', True, 'a=b')
+    assert ns['run'] == '2024'                                   # a string key keeps digits as text
     assert ns['force'] is True
 
 
@@ -31,6 +33,7 @@ def test_configurator_applies_files_then_flags_with_types(monkeypatch, tmp_path)
     (['--max_iters=3.5'], "max_iters must be int like the default 100, got 3.5"),
     (['--compile=yes'], "compile must be bool like the default False, got 'yes'"),
     (['--max_iters'], "'--max_iters' needs a value"),
+    (['--compiel'], "unknown config key 'compiel'; did you mean 'compile'"),
     (['notaconfig'], "don't know what to do with 'notaconfig'"),
 ])
 def test_configurator_errors_are_one_line_and_name_the_fix(monkeypatch, argv, message):
@@ -46,6 +49,14 @@ def test_configurator_rejects_unknown_key_in_config_file(monkeypatch, tmp_path):
     cfg_file.write_text("max_iter = 5\n")
     with pytest.raises(SystemExit, match=r"typo.py: unknown config key 'max_iter'; did you mean 'max_iters'"):
         configure(monkeypatch, [str(cfg_file)], max_iters=100)
+
+
+def test_a_config_file_that_does_not_run_is_named_in_one_line(monkeypatch, tmp_path):
+    cfg_file = tmp_path / 'broken.py'
+    cfg_file.write_text("max_iters = 5\nlr = 3e-4 *\n")
+    with pytest.raises(SystemExit, match=r"config file .*broken.py does not run: SyntaxError: .*line 2") as e:
+        configure(monkeypatch, [str(cfg_file)], max_iters=100, lr=1e-3)
+    assert '\n' not in str(e.value)
 
 
 def test_configurator_keys_are_the_lower_case_plain_globals(monkeypatch):
