@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tvlm import CANT, ORIENTATION, TVLMConfig, Tokenizer, answer_targets, load_image
+from tvlm import CANT, TVLMConfig, Tokenizer, answer_targets, load_image, orientation
 
 # -----------------------------------------------------------------------------
 # defaults, overridable as --key=value (configurator.py)
@@ -518,7 +518,7 @@ def decode(job):
     path, h, w = job
     try:
         with Image.open(path) as im:   # boxes are drawn on the frame as shown, which load_image turns to
-            size = im.size if im.getexif().get(ORIENTATION, 1) < 5 else im.size[::-1]
+            size = im.size[::-1] if orientation(im) >= 5 else im.size
         return load_image(path, h, w), size
     except FileNotFoundError:
         return None, 'missing image'

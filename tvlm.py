@@ -183,7 +183,10 @@ class Tokenizer:
 # Images: one function turns any picture into the model's input, used by prepare.py and by answer()
 # alike, so a photo at inference time goes through exactly the pixels path the training data did.
 
-ORIENTATION = 0x0112   # the EXIF tag that says how to turn a photo stored sideways (phones do); 5-8 turn it 90 degrees
+def orientation(img):
+    """A PIL image's EXIF orientation: 1 as stored; 2-8 a viewer flips or turns it (phones store photos sideways),
+    5-8 by 90 degrees, so its width and height swap."""
+    return img.getexif().get(0x0112, 1)
 
 
 def load_image(src, img_h, img_w):
@@ -197,9 +200,10 @@ def load_image(src, img_h, img_w):
         img = src
     else:
         img = Image.open(src)
-        if img.format == 'JPEG':  # draft picks the largest reduction that stays >= the target size, as stored
-            img.draft('RGB', (img_h, img_w) if img.getexif().get(ORIENTATION, 1) >= 5 else (img_w, img_h))
-    if img.getexif().get(ORIENTATION, 1) != 1:  # turned as a viewer shows it
+    turn = orientation(img)
+    if img is not src and img.format == 'JPEG':  # a file: draft picks the largest reduction that stays >= the
+        img.draft('RGB', (img_h, img_w) if turn >= 5 else (img_w, img_h))   # target size, as the file stores it
+    if turn != 1:  # turned as a viewer shows it
         img = ImageOps.exif_transpose(img)
     if img.mode in ('I', 'I;16', 'I;16B', 'I;16L'):  # 16-bit greyscale: to 8 bits (convert() would clip it to white)
         img = Image.fromarray(np.clip(np.asarray(img, dtype=np.int64) >> 8, 0, 255).astype(np.uint8))
