@@ -27,8 +27,8 @@ import torch
 from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from prepare import (DATASET_FIELDS, data_shape, load_meta, loss_inputs, mirror_tables, model_config, open_split,
-                     split_batches, to_device, training_batch)
+from prepare import (DATASET_FIELDS, check_compatible, data_shape, load_meta, loss_inputs, mirror_tables,
+                     model_config, open_split, split_batches, to_device, training_batch)
 from tvlm import (CANT, TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
                   load_checkpoint, pick_device)
 
@@ -164,10 +164,7 @@ except (TypeError, ValueError) as e:  # TypeError: model_args of another tvlm.py
     sys.exit(f"{ckpt_path}: {e}" if ckpt_path else str(e))
 model = TVLM(cfg, tokenizer, answers, mean=meta['mean'], std=meta['std'])
 if init_from == 'resume':
-    if (checkpoint['tokenizer'], checkpoint['answers'], cfg.img_h, cfg.img_w) != \
-            (tokenizer.to_dict(), answers, meta['img_h'], meta['img_w']):
-        sys.exit(f"{ckpt_path} was trained on other words, answers or image size than {data_dir}'s ---> HINT: resume "
-                 f"with --data_dir={checkpoint['data_dir']}")
+    check_compatible(TVLM.from_checkpoint(checkpoint), meta, data_dir)   # the dataset it was trained on, or exit
     model.load_state_dict(checkpoint.get('train_model', checkpoint['model']))   # with ema_decay, 'model' is the average
 elif checkpoint is not None:
     old = checkpoint['model_args']
