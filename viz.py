@@ -137,9 +137,10 @@ def save(fig, path):
 
 
 def explain(model, image, question, per_word=False, rollout=False):
-    """Any image (path, PIL image or array) + question -> (Figure, top-3 [(answer, prob)]): the model's input,
-    then the summary token's attention per decoder layer and averaged, or (per_word) each word's average, and
-    for a generative model each written word's, from the step that wrote it."""
+    """Any image (path, PIL image or array) + question -> (Figure, top-3 [(answer, prob)], answer()'s extra dict:
+    the reason or why it abstained). The figure: the model's input, then the summary token's attention per decoder
+    layer and averaged, or (per_word) each word's average, and for a generative model each written word's, from
+    the step that wrote it."""
     cfg = model.cfg
     ids = model.encode_question(question)
     pixels = load_image(image, cfg.img_h, cfg.img_w)
@@ -163,7 +164,7 @@ def explain(model, image, question, per_word=False, rollout=False):
     else:
         s = r['summary']
         panels = [(f'{name}{how}', m[s]) for name, m in r['layers']] + [(f'layer average{how}', avg[s])]
-    answer, p, extra = model.answer(image, question)   # what answer() says, with its probability, is the headline
+    answer, p, extra = model.answer(pixels, question)  # answer()'s own words are the headline; pixels: decoded once
     top = [(answer, p)] + [(a, q) for a, q in top_answers(model, r['probs']) if a != answer][:2]
     fig, axes = grid(len(panels) + (not per_word), cfg.img_h / cfg.img_w)
     if not per_word:
@@ -174,7 +175,7 @@ def explain(model, image, question, per_word=False, rollout=False):
     alts = ', '.join(f'{a} {q:.0%}' for a, q in top[1:])
     why = extra.get('reason') or extra.get('abstain')   # a generative model's reason, or why it abstained
     fig.suptitle(f'Q: {question}\nA: {answer} ({p:.0%}; then {alts})' + (f'\n{why}' if why else ''), fontsize=11)
-    return fig, top
+    return fig, top, extra
 
 
 def show_questions(model, meta, arrays, rows, split=''):
@@ -332,11 +333,11 @@ if __name__ == '__main__':
         save(show_questions(model, meta, arrays, sorted(rows), split), out)
     else:
         try:
-            fig, top = explain(model, image, question, per_word, rollout)
+            fig, top, extra = explain(model, image, question, per_word, rollout)
         except ValueError as e:
             sys.exit(str(e))
-        print(f"Q: {question}\nA: {top[0][0]} ({top[0][1]:.1%})    top-3: " + ', '.join(f'{a} {p:.1%}' for a, p in top))
-        answer, p, extra = model.answer(image, question)
+        answer, p = top[0]
+        print(f"Q: {question}\nA: {answer} ({p:.1%})    top-3: " + ', '.join(f'{a} {q:.1%}' for a, q in top))
         if model.cfg.answer == 'generate' and 'reason' in extra:
             print(f"said: {answer}: {extra['reason']} ({p:.1%} for the answer words)")
         if 'abstain' in extra:

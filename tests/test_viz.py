@@ -152,7 +152,7 @@ def test_attend_reads_the_text_rows(fusion):
 def test_explain_png_size(tmp_path, kw, size):
     """32x48 input, panels 300 px wide and 240 px tall: input + 2 layers + average = 4 panels in a row;
     per word: is the light red ? <eos> = 6 panels in two rows."""
-    fig, top = viz.explain(tiny_model(), np.zeros((H, W, 3), np.uint8), 'Is the light red?', **kw)
+    fig, top, _ = viz.explain(tiny_model(), np.zeros((H, W, 3), np.uint8), 'Is the light red?', **kw)
     assert png_size(fig, tmp_path / 'h.png') == size
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
 
@@ -168,7 +168,7 @@ def test_per_word_panels_of_a_generative_model_follow_what_it_writes():
     model, img = TVLM(cfg, tok, ['yes', 'no']).eval(), np.zeros((H, W, 3), np.uint8)
     with torch.no_grad():  # untrained, it may pick <pad> (logit 0 now), which no trained model writes
         model.dec.embed.weight[0].zero_()
-    fig, _ = viz.explain(model, img, 'Is the light red?', per_word=True)
+    fig, _, _ = viz.explain(model, img, 'Is the light red?', per_word=True)
     ids = tok.encode('Is the light red?', 12)[0][:7]                                     # <bos> .. <eos>
     seq = model.generate(torch.from_numpy(img)[None], torch.from_numpy(ids)[None], 5)[0]
     written = [tok.itos[i] for i in seq[7:].tolist() if tok.itos[i] != '<eos>']
@@ -194,7 +194,7 @@ def test_the_headline_is_what_answer_says_even_when_the_threshold_abstains():
     model.abstain_above = 0.0                                            # every question is over the threshold
     img = np.zeros((H, W, 3), np.uint8)
     answer, p, extra = model.answer(img, 'Is the light red?')
-    _, top = viz.explain(model, img, 'Is the light red?')
+    _, top, _ = viz.explain(model, img, 'Is the light red?')
     assert answer == CANT and 'abstain' in extra and top[0] == (answer, pytest.approx(p)) and p < 0.5
     assert top[1][1] >= top[2][1] and CANT not in (top[1][0], top[2][0])
 
@@ -214,7 +214,7 @@ def test_any_image_mode_and_aspect(tmp_path, mode, ext):
     path = tmp_path / f'img.{ext}'
     Image.fromarray(rgb).convert(mode).save(path)
     model = tiny_model()
-    fig, top = viz.explain(model, str(path), 'is there a car on the left?')
+    fig, top, _ = viz.explain(model, str(path), 'is there a car on the left?')
     assert fig.axes[0].images[0].get_array().shape == (7 * H, 7 * W, 3), "input panel is not the model's crop"
     assert top[0][0] in ANSWERS and abs(sum(model.answer(str(path), 'is there a car on the left?')[2].values()) - 1) < 1e-5
 
