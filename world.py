@@ -15,11 +15,11 @@ both side by side: fewer cars a frame, and people drawn larger, than BDD's). It 
     labels/bdd100k_labels_images_{train,val}.json    box2d labels with BDD's 2018 category names and attributes
 
 which prepare.py then ingests unchanged, by the same code as the real dataset, so `python prepare.py` tests the
-real path. Every labelled box covers what is drawn of its object (a box cut by the frame's edge is the whole
-object's box clipped, so it can reach past what is drawn), objects more than two-thirds hidden by cars and people
-are neither drawn nor labelled (riders, signs and lights hide nothing in that test), and objects stay clear of the
-question rules' unsure bands (the numbers in prepare.py; see judge), so the questions stay decidable. Deterministic
-for a seed: the same seed gives the same JPEG bytes and labels whatever the number of workers.
+real path. Every labelled box is drawn around what is drawn of its object in the frame (a person's is a little
+wider than the pose), objects more than two-thirds hidden by nearer ones are neither drawn nor labelled, and
+objects stay clear of the question rules' unsure bands (the numbers in prepare.py; see judge), so the questions
+stay decidable. Deterministic for a seed: the same seed gives the same JPEG bytes and labels whatever the number of
+workers.
 
     render_tree('data/synthetic_bdd', seed=1337, n_train=6300, n_val=500, pool=pool)   # what prepare.py does
 """
@@ -180,6 +180,7 @@ def sample_layout(rng):
          'oncoming': 0 if highway else int(rng.integers(0, nl + 1)), 'busy': busy, 'left': left, 'right': right, 'park': park,
          'curb': (left - park[0] - 0.3 * highway, right + park[1] + 0.3 * highway),
          'walk': 0.0 if highway else rng.uniform(2.0, 4.5), 'night': t == 'night',
+         'dark': t in ('dawn/dusk', 'night'),                          # lamps and lights on; "undefined" is drawn as day
          'ambient': tuple(amb * c * rng.uniform(0.96, 1.04) for c in light), 'fog_dist': fog * rng.uniform(0.7, 1.4),
          'sky': (top, hor), 'cover': cover * rng.uniform(0.5, 1.5), 'density': rng.random() ** 0.7,
          # cameras sit at many pitches (BDD's car bottoms reach 0.40 H at p10, above the rules' horizon) and low mounts
@@ -187,7 +188,7 @@ def sample_layout(rng):
          'cam': Cam(RW / 2 + rng.uniform(-0.01, 0.01) * RW, (HORIZON + np.clip(rng.normal(0, 0.045), -0.1, 0.07)) * RH),
          'hood': rng.uniform(0.62, 0.94) * RH if rng.random() < 0.55 else RH + 1.0, 'lamps': [],
          'zoff': rng.uniform(0, 102.4)}
-    if t != 'daytime':   # dusk and night: the sky darkens from the top, with city glow at the horizon
+    if L['dark']:        # dusk and night: the sky darkens from the top, with city glow at the horizon
         k = 0.08 if L['night'] else 0.5
         L['sky'] = (shade(top, k * 0.5), (45, 36, 34) if L['night'] else (238, 150, 98))
     L['fog_rgb'] = tuple(int(0.45 * c + 0.55 * g) for c, g in zip(L['sky'][1], LOOKS[look][1]))   # haze: greyer than dusk
@@ -203,6 +204,13 @@ def beyond(L, side, d):
     return L['curb'][side] + (d if side else -d)
 
 
+def in_view(L, o):
+    """Whether a vehicle crossing at depth o['Z'] is wholly in view past the buildings, whose faces run along the
+    walks' outer edges and, but for highway walls, open onto the cross street only (from L['cross'] to 16 m on)."""
+    k = o['Z'] / L['cross'] if L['setting'] != 'highway' and L['cross'] < o['Z'] < L['cross'] + 16 else 1
+    return k * beyond(L, 0, L['walk']) <= o['X'] - o['w'] / 2 and o['X'] + o['w'] / 2 <= k * beyond(L, 1, L['walk'])
+
+
 def thing(kind, X, Z, w, h, rgb, y0=0.0, light='none', length=0.0, **style):
     """A labelled object: a w x h (x length deep) metre cuboid at X right and Z ahead, y0 off the ground."""
     return dict(kind=kind, X=X, Z=Z, w=w, h=h, y0=y0, rgb=rgb, light=light, len=length, **style)
@@ -211,11 +219,18 @@ def thing(kind, X, Z, w, h, rgb, y0=0.0, light='none', length=0.0, **style):
 def judge(o):
     """'sure' if the object is clear of the rules' unsure bands (size, close/far, lane edge), judged on the box the
     label will carry; 'anchored' if only its size is unsure and it is far, so it changes no answer provided a clearly
-    visible object of its class (and light colour) is labelled too; else None. Unlit lights and the classes no
-    question names by their size alone (bicycles, motorcycles) are sure whenever they are far."""
-    x1, y1, x2, y2 = max(o['box'][0], 0), max(o['box'][1], 0), min(o['box'][2], RW), min(o['box'][3], RH)
+    visible object of its class (and light colour) is labelled too; else None, as for an object outside the frame or
+    a lit light whose lit lamp is. Unlit lights and the classes no question names by their size alone (bicycles,
+    motorcycles) are sure whenever they are far."""
+    if o['seen'] is None:
+        return None
+    x1, y1, x2, y2 = o['seen']
     h, y = (y2 - y1) / RH, y2 / RH
     light = o['kind'] == 'traffic light'
+    if light and o['light'] != 'none':
+        cx, cy, r = lamp(o['box'], list(LIGHT_RGB).index(o['light']))
+        if cy < r or not r <= cx <= RW - r:                             # its colour would be a guess
+            return None
     lo, hi = (LIGHT_TINY, LIGHT_VISIBLE) if light else (TINY, VISIBLE)
     o['size'] = 'tiny' if h < lo - 0.004 else 'visible' if h >= hi + 0.004 else 'unsure'
     if FAR - 0.006 <= y < CLOSE + 0.006:
@@ -236,6 +251,7 @@ def place(L, make, tries=6):
     for _ in range(tries):
         o = make()
         o['box'] = L['cam'].box(o)                       # the camera is fixed now: one box per object
+        o['seen'] = seen_box(o, L['cam'])
         o['verdict'] = judge(o)
         if o['verdict']:
             return o
@@ -282,7 +298,8 @@ def sample_traffic(L, rng):
     if L['cross'] is not None:                                          # crossing, and along the cross street
         for _ in range(int(rng.integers(0, 6))):
             X = rng.uniform(-14, 14) if rng.random() < 0.4 else pick((-1, 1), rng) * rng.uniform(10, 45)
-            objs.append(place(L, lambda: vehicle(L, rng, X, L['cross'] + rng.uniform(3, 13), 0, False), 1))
+            v = vehicle(L, rng, X, L['cross'] + rng.uniform(3, 13), 0, False)
+            objs.append(place(L, lambda: v, 1) if in_view(L, v) else None)
     if L['setting'] == 'residential':                                   # in driveways
         for _ in range(int(rng.integers(0, 5))):
             side = int(rng.integers(2))
@@ -365,7 +382,8 @@ def street_furniture(L, rng):
                 objs.append(place(L, lambda: thing('traffic light', X, Zn, 0.4, 1.0, (30, 30, 26), 5.2,
                                                    pick(list(LIGHT_RGB), rng)), 1))
             for X in rng.uniform(-40, 40, int(rng.integers(0, 5))):
-                objs.append(place(L, lambda: vehicle(L, rng, X, Zn + rng.uniform(-6, 6), 0, False), 1))
+                v = vehicle(L, rng, X, Zn + rng.uniform(-6, 6), 0, False)
+                objs.append(place(L, lambda: v, 1) if in_view(L, v) else None)
     for _ in range(int(rng.poisson({'city street': 7, 'residential': 4.5, 'highway': 3}[L['setting']]))):
         kind = pick(list(SIGNS), rng, SIGN_P)
         w, h = {'street': (0.9, 0.22), 'one way': (0.9, 0.3), 'speed': (0.6, 0.75)}.get(kind, (0.75, 0.75))
@@ -384,40 +402,74 @@ def settle(objs, L):
     two-thirds hidden by nearer ones (BDD labels what a person can see, much of it partly hidden); a size-unsure
     one only beside a visible one of its class and light colour, a rider only with its vehicle. Dropping those
     hides nothing new, so what is left is still drawn exactly as labelled."""
-    kept = cull([o for o in objs if o['box'][3] < L['hood'] - 1], L['cam'])
+    kept = cull([o for o in objs if o['seen'][3] < L['hood'] - 1], L['cam'])
     anchors = {(o['kind'], o['light']) for o in kept if o['size'] == 'visible'}
     return [o for o in kept if (o['verdict'] != 'anchored' or (o['kind'], o['light']) in anchors)
             and ('on' not in o or any(o['on'] is v for v in kept))]
 
 
 def silhouette(o, cam):
-    """The polygons an object covers in the image: a vehicle's face toward us and its flank; else its box."""
+    """The convex polygons an object covers in the image: a vehicle's face toward us and its flank (a car's:
+    draw_flank's body and cabin, whose roof is shorter than the body); else its box."""
     x1, y1, x2, y2 = o['box']
     if not o['len'] or abs(o['X']) <= o['w'] / 2:
         return [[(x1, y1), (x2, y1), (x2, y2), (x1, y2)]]
     xs, Z, n, h = o['X'] - math.copysign(o['w'] / 2, o['X']), o['Z'], o['len'], o['h']
     face = [cam(o['X'] + dx, y, Z) for dx, y in ((-o['w'] / 2, 0), (o['w'] / 2, 0), (o['w'] / 2, h), (-o['w'] / 2, h))]
-    return [face, [cam(xs, 0, Z), cam(xs, 0, Z + n), cam(xs, h, Z + n), cam(xs, h, Z)]]
+    waist = VEHICLES[o['type']][4]                      # (height, length) shares along the flank
+    flank = [(0, 0), (0, 1), (waist, 1), (1, .72), (1, .32), (waist, 0)] if o['kind'] == 'car' else \
+        [(0, 0), (0, 1), (1, 1), (1, 0)]
+    return [face, [cam(xs, v * h, Z + t * n) for v, t in flank]]
+
+
+def in_frame(poly):
+    """The part of a convex polygon [(x, y), ...] inside the frame: clipped by one frame edge after another."""
+    for axis, edge, sign in ((0, 0, 1), (0, RW, -1), (1, 0, 1), (1, RH, -1)):
+        out = []
+        for p, q in zip(poly, poly[1:] + poly[:1]):                    # each side, p to q
+            p_in, q_in = sign * (p[axis] - edge) >= 0, sign * (q[axis] - edge) >= 0
+            if p_in:
+                out.append(p)
+            if p_in != q_in:                                            # it crosses the edge: keep the crossing
+                t = (edge - p[axis]) / (q[axis] - p[axis])
+                out.append((p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])))
+        poly = out
+    return poly
+
+
+def seen_box(o, cam):
+    """The box a labeller draws: around the part of the object's silhouette inside the frame (for a vehicle cut by
+    the frame's edge, well above the clipped box of its near corner); None if no part is."""
+    polys = silhouette(o, cam)
+    if len(polys) == 1:                                 # its box: clipping it is clamping it (and faster)
+        x1, y1, x2, y2 = max(o['box'][0], 0), max(o['box'][1], 0), min(o['box'][2], RW), min(o['box'][3], RH)
+        return [x1, y1, x2, y2] if x1 < x2 and y1 < y2 else None
+    pts = [p for poly in polys for p in in_frame(poly)]
+    if not pts:
+        return None
+    xs, ys = zip(*pts)
+    return [min(xs), min(ys), max(xs), max(ys)]
 
 
 def cull(objs, cam):
-    """Keep objects inside the frame and less than two-thirds hidden by the silhouettes of nearer ones; -> far to
-    near, the drawing order."""
+    """Keep objects less than two-thirds hidden by the silhouettes of nearer ones (all but bicycles, whose frames
+    hide next to nothing; a rider hides nothing of what it rides); -> far to near, the drawing order."""
     mask = Image.new('L', (RW // 2, RH // 2))           # half-resolution occupancy, near to far
     d = ImageDraw.Draw(mask)
-    kept = []
+    kept, riders = [], {}                               # riders: id(ride) -> the rider's silhouette, drawn after it
     for o in sorted(objs, key=lambda o: o['Z']):
-        x1, y1, x2, y2 = (int(v / 2 + 0.5) for v in o['box'])
-        x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, RW // 2), min(y2, RH // 2)
+        x1, y1, x2, y2 = (int(v / 2 + 0.5) for v in o['seen'])
         if x2 <= x1 or y2 <= y1:
             continue
         hidden = mask.crop((x1, y1, x2, y2)).histogram()[255] / ((x2 - x1) * (y2 - y1))
         if hidden < 2 / 3:
             kept.append(o)
             o['occluded'] = bool(hidden > 0.05)
-            if o['kind'] not in ('traffic light', 'traffic sign', 'rider', 'bicycle'):
-                for poly in silhouette(o, cam):          # too thin to hide much; a rider rides over its bike
-                    d.polygon([(x / 2, y / 2) for x, y in poly], fill=255)
+            polys = silhouette(o, cam) if o['kind'] != 'bicycle' else []
+            if 'on' in o:                                # the rider is nearer than its ride: hold it back
+                riders[id(o['on'])], polys = polys, []
+            for poly in polys + riders.pop(id(o), []):
+                d.polygon([(x / 2, y / 2) for x, y in poly], fill=255)
     return kept[::-1]
 
 
@@ -531,11 +583,11 @@ def facade(d, L, rng, X, Z1, Z2, hb, side, rgb):
     step = rng.uniform(1.8, 3.2)
     for z in np.arange(Z1 + 0.6, Z2 - 0.6, step) if Z1 < 30 else []:     # piers between the windows, if wide enough
         d.polygon([P(3.6, z), P(3.6, z + 0.7), P(hb - 1.2, z + 0.7), P(hb - 1.2, z)], fill=tone(L, rgb, z, 0.75))
-    if L['timeofday'] != 'daytime':
+    if L['dark']:
         for _ in range(int(rng.integers(0, 2 + len(floors)))):
             y, z = pick(floors, rng), Z1 + 0.7 + step * rng.integers(0, max(int((Z2 - Z1) / step) - 1, 1))
             d.polygon([P(y, z), P(y, z + step - 0.7), P(y + 1.7, z + step - 0.7), P(y + 1.7, z)], fill=lit)
-    shop = glow(L, (190, 160, 110), zm) if L['timeofday'] != 'daytime' and rng.random() < 0.35 else tone(L, (40, 46, 54), zm)
+    shop = glow(L, (190, 160, 110), zm) if L['dark'] and rng.random() < 0.35 else tone(L, (40, 46, 54), zm)
     d.polygon([P(0.4, Z1), P(0.4, Z2), P(2.9, Z2), P(2.9, Z1)], fill=shop)
     d.polygon([P(2.9, Z1), P(2.9, Z2), P(3.4, Z2), P(3.4, Z1)], fill=tone(L, pick(CLOTHES, rng), zm))   # awning
 
@@ -613,7 +665,7 @@ def draw_props(d, L, rng, props):
         elif kind == 'lamp':
             head = cam(X + toward * 1.8, 8, Z)
             d.line([(x, y), cam(X, 8.2, Z), head], fill=tone(L, (110, 112, 116), Z), width=max(1, int(0.2 * s)))
-            lamp = glow(L, (255, 224, 170), Z) if L['timeofday'] != 'daytime' else tone(L, (190, 190, 186), Z)
+            lamp = glow(L, (255, 224, 170), Z) if L['dark'] else tone(L, (190, 190, 186), Z)
             d.ellipse([head[0] - 0.3 * s, head[1] - 0.1 * s, head[0] + 0.3 * s, head[1] + 0.15 * s], fill=lamp)
         else:
             top = cam(X, 9, Z)
@@ -633,7 +685,7 @@ def draw_vehicle(d, o, L):
     front (headlights, windscreen, grille), or for a crossing vehicle its whole side."""
     cam, X, Z, w, h = L['cam'], o['X'], o['Z'], o['w'], o['h']
     waist, roof = VEHICLES[o['type']][4:]
-    car, bus, lit = o['kind'] == 'car', o['kind'] == 'bus', L['timeofday'] != 'daytime'
+    car, bus, lit = o['kind'] == 'car', o['kind'] == 'bus', L['dark']
     paint = lambda k=1.0: tone(L, o['rgb'], Z, k)
     dark, glass = tone(L, (16, 16, 18), Z), tone(L, (46, 56, 70) if o['heading'] > 0 else (96, 110, 126), Z)
     x1, y1, x2, y2 = o['box']
@@ -761,21 +813,27 @@ def draw_cycle(d, o, L):
         d.polygon([(cx - 0.32 * w, y1 + 0.25 * h), (cx + 0.32 * w, y1 + 0.25 * h), (cx + 0.25 * w, y1 + 0.65 * h),
                    (cx - 0.25 * w, y1 + 0.65 * h)], fill=frame)
     d.line([(x1, y1 + 0.06 * h), (x2, y1 + 0.06 * h)], fill=dark, width=lw)
-    red = glow(L, (255, 40, 28), Z) if L['timeofday'] != 'daytime' else tone(L, (170, 22, 22), Z)
+    red = glow(L, (255, 40, 28), Z) if L['dark'] else tone(L, (170, 22, 22), Z)
     d.rectangle([cx - 0.1 * w, y1 + 0.3 * h, cx + 0.1 * w, y1 + 0.38 * h], fill=red)
+
+
+def lamp(box, i):
+    """(centre x, centre y, radius) of lamp i (LIGHT_RGB's order: red over yellow over green) in a light's box."""
+    x1, y1, x2, y2 = box
+    return (x1 + x2) / 2, y1 + (i + 0.5) * (y2 - y1) / 3, 0.36 * (x2 - x1)
 
 
 def draw_light(d, o, L):
     """A traffic light: the housing, three lamps with the lit one bright; edge-on (unlit), the housing and visors."""
     (x1, y1, x2, y2), Z = o['box'], o['Z']
-    w, h, cx = x2 - x1, y2 - y1, (x1 + x2) / 2
+    w, h = x2 - x1, y2 - y1
     d.rectangle([x1, y1, x2, y2], fill=tone(L, o['rgb'], Z))
     if o['light'] == 'none':
         for k in range(3):
             d.line([(x1, y1 + (k + 0.2) * h / 3), (x2, y1 + (k + 0.35) * h / 3)], fill=tone(L, (12, 12, 12), Z), width=max(1, int(w / 4)))
         return
-    for i, c in enumerate(['red', 'yellow', 'green']):                  # red over yellow over green, one lit
-        cy, r = y1 + (i + 0.5) * h / 3, 0.36 * w
+    for i, c in enumerate(LIGHT_RGB):                                   # one lit
+        cx, cy, r = lamp(o['box'], i)
         fill = glow(L, LIGHT_RGB[c], Z) if o['light'] == c else tone(L, shade(LIGHT_RGB[c], 0.18), Z)
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
 
@@ -913,7 +971,7 @@ def render_frame(job):
     img.save(os.path.join(root, 'images', '100k', split, name + '.jpg'), quality=int(rng.integers(55, 93)))
     labels = []
     for k, o in enumerate(objs):
-        box = [max(o['box'][0], 0), max(o['box'][1], 0), min(o['box'][2], RW), min(o['box'][3], RH)]
+        box = o['seen']
         truncated = bool(box[0] <= 0 or box[1] <= 0 or box[2] >= RW or box[3] >= RH)
         labels.append({'category': NAMES_2018.get(o['kind'], o['kind']), 'id': k, 'manualShape': True,
                        'attributes': {'occluded': o['occluded'], 'truncated': truncated, 'trafficLightColor': o['light']},
