@@ -17,6 +17,7 @@ at data_dir, from img_h, img_w, vocab_size, max_q_len and n_answers, on random d
 """
 import functools
 import os
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -46,6 +47,9 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
 
+if dtype not in ('auto', 'float32', 'bfloat16'):  # train.py's float16 needs its GradScaler, which bench.py leaves out
+    sys.exit(f"--dtype={dtype!r}: bench.py times auto (float32, and bfloat16 on a CUDA GPU that has it), float32 or "
+             f"bfloat16")
 device = pick_device(device)
 device_type = 'cuda' if device.startswith('cuda') else device
 if threads:

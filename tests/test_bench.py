@@ -52,6 +52,14 @@ def test_bench_in_generate_mode():
     check_generate_rows(out, question_len=8)
 
 
+def test_bench_refuses_a_dtype_it_cannot_time():
+    """A misspelt or unsupported --dtype is one line, not an AttributeError from torch after the first sections."""
+    res = subprocess.run([sys.executable, 'bench.py', *TINY, '--dtype=float8'], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1 and res.stderr.strip() == ("--dtype='float8': bench.py times auto (float32, and "
+                                                          "bfloat16 on a CUDA GPU that has it), float32 or bfloat16")
+
+
 def test_bench_in_bfloat16():
     """--dtype=bfloat16 alone times the bf16 step against the bf16 ceiling (it once read the fp32 one before it existed)."""
     out = run_bench(TINY + ['--dtype=bfloat16'])
