@@ -440,11 +440,7 @@ def in_frame(poly):
 def seen_box(o, cam):
     """The box a labeller draws: around the part of the object's silhouette inside the frame (for a vehicle cut by
     the frame's edge, well above the clipped box of its near corner); None if no part is."""
-    polys = silhouette(o, cam)
-    if len(polys) == 1:                                 # its box: clipping it is clamping it (and faster)
-        x1, y1, x2, y2 = max(o['box'][0], 0), max(o['box'][1], 0), min(o['box'][2], RW), min(o['box'][3], RH)
-        return [x1, y1, x2, y2] if x1 < x2 and y1 < y2 else None
-    pts = [p for poly in polys for p in in_frame(poly)]
+    pts = [p for poly in silhouette(o, cam) for p in in_frame(poly)]
     if not pts:
         return None
     xs, ys = zip(*pts)
