@@ -51,6 +51,7 @@ VEHICLES = {'sedan': ('car', 1.8, 1.45, 4.7, 0.55, 0.7), 'hatchback': ('car', 1.
             'suv': ('car', 1.95, 1.8, 4.9, 0.55, 0.86), 'van': ('car', 2.0, 2.2, 5.3, 0.45, 0.95),
             'box truck': ('truck', 2.45, 3.4, 7.5, 0.22, 1.0), 'semi': ('truck', 2.55, 4.0, 14.0, 0.22, 1.0),
             'bus': ('bus', 2.55, 3.2, 12.0, 0.3, 1.0)}
+ROOF = (.32, .72)          # a car's roof along its flank, as shares of its length behind its face (draw_flank)
 PAINT = [(232, 232, 228), (22, 22, 24), (128, 130, 133), (184, 186, 189), (38, 44, 62), (150, 24, 24),
          (28, 55, 115), (88, 92, 96), (215, 175, 30), (55, 80, 60), (125, 85, 55), (225, 205, 160)]
 PAINT_P = np.cumsum([0.22, 0.19, 0.13, 0.14, 0.06, 0.07, 0.06, 0.06, 0.03, 0.02, 0.01, 0.01])   # mostly greyscale
@@ -204,11 +205,14 @@ def beyond(L, side, d):
     return L['curb'][side] + (d if side else -d)
 
 
-def in_view(L, o):
-    """Whether a vehicle crossing at depth o['Z'] is wholly in view past the buildings, whose faces run along the
-    walks' outer edges and, but for highway walls, open onto the cross street only (from L['cross'] to 16 m on)."""
-    k = o['Z'] / L['cross'] if L['setting'] != 'highway' and L['cross'] < o['Z'] < L['cross'] + 16 else 1
-    return k * beyond(L, 0, L['walk']) <= o['X'] - o['w'] / 2 and o['X'] + o['w'] / 2 <= k * beyond(L, 1, L['walk'])
+def crossing(L, rng, X, Z):
+    """A vehicle crossing at (X, Z), placed only if it is wholly in view past the buildings: their faces run along
+    the walks' outer edges and, but for highway walls, end at the cross street (L['cross']) or before it and start
+    again 16 m or more beyond it, so the corner at L['cross'] bounds what is seen down the cross street."""
+    v = vehicle(L, rng, X, Z, 0, False)
+    k = Z / L['cross'] if L['setting'] != 'highway' and L['cross'] < Z < L['cross'] + 16 else 1
+    seen = k * beyond(L, 0, L['walk']) <= X - v['w'] / 2 and X + v['w'] / 2 <= k * beyond(L, 1, L['walk'])
+    return place(L, lambda: v, 1) if seen else None
 
 
 def thing(kind, X, Z, w, h, rgb, y0=0.0, light='none', length=0.0, **style):
@@ -228,7 +232,7 @@ def judge(o):
     h, y = (y2 - y1) / RH, y2 / RH
     light = o['kind'] == 'traffic light'
     if light and o['light'] != 'none':
-        cx, cy, r = lamp(o['box'], list(LIGHT_RGB).index(o['light']))
+        cx, cy, r = lamp(o['box'], o['light'])
         if cy < r or not r <= cx <= RW - r:                             # its colour would be a guess
             return None
     lo, hi = (LIGHT_TINY, LIGHT_VISIBLE) if light else (TINY, VISIBLE)
@@ -298,8 +302,7 @@ def sample_traffic(L, rng):
     if L['cross'] is not None:                                          # crossing, and along the cross street
         for _ in range(int(rng.integers(0, 6))):
             X = rng.uniform(-14, 14) if rng.random() < 0.4 else pick((-1, 1), rng) * rng.uniform(10, 45)
-            v = vehicle(L, rng, X, L['cross'] + rng.uniform(3, 13), 0, False)
-            objs.append(place(L, lambda: v, 1) if in_view(L, v) else None)
+            objs.append(crossing(L, rng, X, L['cross'] + rng.uniform(3, 13)))
     if L['setting'] == 'residential':                                   # in driveways
         for _ in range(int(rng.integers(0, 5))):
             side = int(rng.integers(2))
@@ -382,8 +385,7 @@ def street_furniture(L, rng):
                 objs.append(place(L, lambda: thing('traffic light', X, Zn, 0.4, 1.0, (30, 30, 26), 5.2,
                                                    pick(list(LIGHT_RGB), rng)), 1))
             for X in rng.uniform(-40, 40, int(rng.integers(0, 5))):
-                v = vehicle(L, rng, X, Zn + rng.uniform(-6, 6), 0, False)
-                objs.append(place(L, lambda: v, 1) if in_view(L, v) else None)
+                objs.append(crossing(L, rng, X, Zn + rng.uniform(-6, 6)))
     for _ in range(int(rng.poisson({'city street': 7, 'residential': 4.5, 'highway': 3}[L['setting']]))):
         kind = pick(list(SIGNS), rng, SIGN_P)
         w, h = {'street': (0.9, 0.22), 'one way': (0.9, 0.3), 'speed': (0.6, 0.75)}.get(kind, (0.75, 0.75))
@@ -398,7 +400,7 @@ def street_furniture(L, rng):
 
 
 def settle(objs, L):
-    """The objects to draw and label, among judged ones: above the hood's edge, in the frame and less than
+    """The objects to draw and label, among judged ones (so in the frame): above the hood's edge and less than
     two-thirds hidden by nearer ones (BDD labels what a person can see, much of it partly hidden); a size-unsure
     one only beside a visible one of its class and light colour, a rider only with its vehicle. Dropping those
     hides nothing new, so what is left is still drawn exactly as labelled."""
@@ -409,7 +411,7 @@ def settle(objs, L):
 
 
 def silhouette(o, cam):
-    """The convex polygons an object covers in the image: a vehicle's face toward us and its flank (a car's:
+    """The polygons an object covers in the image: a vehicle's face toward us and its flank (a car's: around
     draw_flank's body and cabin, whose roof is shorter than the body); else its box."""
     x1, y1, x2, y2 = o['box']
     if not o['len'] or abs(o['X']) <= o['w'] / 2:
@@ -417,13 +419,13 @@ def silhouette(o, cam):
     xs, Z, n, h = o['X'] - math.copysign(o['w'] / 2, o['X']), o['Z'], o['len'], o['h']
     face = [cam(o['X'] + dx, y, Z) for dx, y in ((-o['w'] / 2, 0), (o['w'] / 2, 0), (o['w'] / 2, h), (-o['w'] / 2, h))]
     waist = VEHICLES[o['type']][4]                      # (height, length) shares along the flank
-    flank = [(0, 0), (0, 1), (waist, 1), (1, .72), (1, .32), (waist, 0)] if o['kind'] == 'car' else \
+    flank = [(0, 0), (0, 1), (waist, 1), (1, ROOF[1]), (1, ROOF[0]), (waist, 0)] if o['kind'] == 'car' else \
         [(0, 0), (0, 1), (1, 1), (1, 0)]
     return [face, [cam(xs, v * h, Z + t * n) for v, t in flank]]
 
 
 def in_frame(poly):
-    """The part of a convex polygon [(x, y), ...] inside the frame: clipped by one frame edge after another."""
+    """The part of a polygon [(x, y), ...] inside the frame: clipped by one frame edge after another."""
     for axis, edge, sign in ((0, 0, 1), (0, RW, -1), (1, 0, 1), (1, RH, -1)):
         out = []
         for p, q in zip(poly, poly[1:] + poly[:1]):                    # each side, p to q
@@ -432,14 +434,16 @@ def in_frame(poly):
                 out.append(p)
             if p_in != q_in:                                            # it crosses the edge: keep the crossing
                 t = (edge - p[axis]) / (q[axis] - p[axis])
-                out.append((p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])))
+                cut = [p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])]
+                cut[axis] = edge                                        # exactly: no -0.0 in a label
+                out.append(tuple(cut))
         poly = out
     return poly
 
 
 def seen_box(o, cam):
     """The box a labeller draws: around the part of the object's silhouette inside the frame (for a vehicle cut by
-    the frame's edge, well above the clipped box of its near corner); None if no part is."""
+    the frame's edge, its bottom can lie well above that of its whole box); None if no part is."""
     pts = [p for poly in silhouette(o, cam) for p in in_frame(poly)]
     if not pts:
         return None
@@ -731,7 +735,7 @@ def draw_flank(d, o, L, paint, dark, glass):
     xs = X - math.copysign(w / 2, X)
     S = lambda v, t: cam(xs, v * h, Z + t * n)
     d.polygon([S(0.1, 0), S(0.1, 1), S(waist, 1), S(waist, 0)], fill=paint(0.68))
-    d.polygon([S(waist, .22), S(waist, .85), S(1, .72), S(1, .32)] if car else
+    d.polygon([S(waist, .22), S(waist, .85), S(1, ROOF[1]), S(1, ROOF[0])] if car else
               [S(waist, 0), S(waist, 1), S(1, 1), S(1, 0)], fill=paint(0.72))
     if car or bus:
         d.polygon([S(waist + .07, .3), S(waist + .07, .82), S(.9, .7), S(.9, .35)] if car else
@@ -813,10 +817,10 @@ def draw_cycle(d, o, L):
     d.rectangle([cx - 0.1 * w, y1 + 0.3 * h, cx + 0.1 * w, y1 + 0.38 * h], fill=red)
 
 
-def lamp(box, i):
-    """(centre x, centre y, radius) of lamp i (LIGHT_RGB's order: red over yellow over green) in a light's box."""
+def lamp(box, colour):
+    """(centre x, centre y, radius) of a light's lamp of that colour in its box: red over yellow over green."""
     x1, y1, x2, y2 = box
-    return (x1 + x2) / 2, y1 + (i + 0.5) * (y2 - y1) / 3, 0.36 * (x2 - x1)
+    return (x1 + x2) / 2, y1 + (list(LIGHT_RGB).index(colour) + 0.5) * (y2 - y1) / 3, 0.36 * (x2 - x1)
 
 
 def draw_light(d, o, L):
@@ -828,8 +832,8 @@ def draw_light(d, o, L):
         for k in range(3):
             d.line([(x1, y1 + (k + 0.2) * h / 3), (x2, y1 + (k + 0.35) * h / 3)], fill=tone(L, (12, 12, 12), Z), width=max(1, int(w / 4)))
         return
-    for i, c in enumerate(LIGHT_RGB):                                   # one lit
-        cx, cy, r = lamp(o['box'], i)
+    for c in LIGHT_RGB:                                                 # one lit
+        cx, cy, r = lamp(o['box'], c)
         fill = glow(L, LIGHT_RGB[c], Z) if o['light'] == c else tone(L, shade(LIGHT_RGB[c], 0.18), Z)
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
 

@@ -33,7 +33,8 @@ def test_labels_are_boxes_around_what_is_drawn():
             drawn = (np.asarray(img) != (1, 2, 3)).any(-1)
             x1, y1, x2, y2 = o['seen']
             bottom = np.flatnonzero(drawn.any(1)).max() + 1
-            assert abs(y2 - bottom) <= max(2, 0.1 * (y2 - y1)), f"a {o['kind']}'s box ends at {y2:.0f}, its drawing at {bottom}"
+            assert abs(y2 - bottom) <= max(2, 0.1 * (y2 - y1)), \
+                f"a {o['kind']}'s box ends at {y2:.0f}, its drawing at {bottom}"
             drawn[max(int(y1) - 1, 0):math.ceil(y2) + 1, max(int(x1) - 1, 0):math.ceil(x2) + 1] = False
             assert not drawn.any(), f"a {o['kind']} ({o.get('type')}) is drawn outside its box {o['seen']}"
             seen[o['kind']] += 1
@@ -43,7 +44,8 @@ def test_labels_are_boxes_around_what_is_drawn():
 
 def test_labelled_objects_are_mostly_in_sight():
     """Drawn far to near, as compose() does, each labelled object keeps a third of its pixels (a ride beside its
-    rider apart), whatever hides it: signs, lights and riders hide things too. A lit light keeps its lit lamp."""
+    rider apart), whatever hides it: signs, lights and riders hide things too. A lit light's lit lamp is in the
+    frame."""
     labels = hidden = 0
     for L, objs in scenes(80, seed=13):
         masks = []
@@ -59,7 +61,7 @@ def test_labelled_objects_are_mostly_in_sight():
             labels += 1
             hidden += (mask & nearer).sum() > 2 / 3 * mask.sum()
             if o['kind'] == 'traffic light' and o['light'] != 'none':
-                cx, cy, r = world.lamp(o['box'], list(world.LIGHT_RGB).index(o['light']))
+                cx, cy, r = world.lamp(o['box'], o['light'])
                 assert r <= cy and r <= cx <= world.RW - r, f"a {o['light']} light's lit lamp is outside the frame"
     assert labels > 1000 and hidden <= labels / 500, (hidden, labels)
 
