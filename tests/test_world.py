@@ -21,6 +21,13 @@ def scenes(n, seed):
         yield L, world.settle(world.sample_objects(L, rng), L)
 
 
+def drawn(o, L):
+    """bool[RH, RW]: the pixels draw_object paints for o alone."""
+    img = Image.new('RGB', (world.RW, world.RH), (1, 2, 3))
+    world.draw_object(ImageDraw.Draw(img), o, L)
+    return (np.asarray(img) != (1, 2, 3)).any(-1)
+
+
 def test_labels_are_boxes_around_what_is_drawn():
     """Every pixel an object paints lies in its label's box (poles, shadows and reflections are drawn apart), and
     the box's bottom, the footprint the rules read, is the drawing's to within a tenth of its height, also for a
@@ -28,15 +35,13 @@ def test_labels_are_boxes_around_what_is_drawn():
     seen, cut = collections.Counter(), 0
     for L, objs in scenes(40, seed=11):
         for o in objs:
-            img = Image.new('RGB', (world.RW, world.RH), (1, 2, 3))
-            world.draw_object(ImageDraw.Draw(img), o, L)
-            drawn = (np.asarray(img) != (1, 2, 3)).any(-1)
+            mask = drawn(o, L)
             x1, y1, x2, y2 = o['seen']
-            bottom = np.flatnonzero(drawn.any(1)).max() + 1
+            bottom = np.flatnonzero(mask.any(1)).max() + 1
             assert abs(y2 - bottom) <= max(2, 0.1 * (y2 - y1)), \
                 f"a {o['kind']}'s box ends at {y2:.0f}, its drawing at {bottom}"
-            drawn[max(int(y1) - 1, 0):math.ceil(y2) + 1, max(int(x1) - 1, 0):math.ceil(x2) + 1] = False
-            assert not drawn.any(), f"a {o['kind']} ({o.get('type')}) is drawn outside its box {o['seen']}"
+            mask[max(int(y1) - 1, 0):math.ceil(y2) + 1, max(int(x1) - 1, 0):math.ceil(x2) + 1] = False
+            assert not mask.any(), f"a {o['kind']} ({o.get('type')}) is drawn outside its box {o['seen']}"
             seen[o['kind']] += 1
             cut += o['box'][0] < 0 or o['box'][2] > world.RW
     assert set(seen) == set(BOX_CLASSES) - {'train'} and cut >= 20, (seen, cut)
@@ -48,11 +53,7 @@ def test_labelled_objects_are_mostly_in_sight():
     frame."""
     labels = hidden = 0
     for L, objs in scenes(80, seed=13):
-        masks = []
-        for o in objs:
-            img = Image.new('RGB', (world.RW, world.RH), (1, 2, 3))
-            world.draw_object(ImageDraw.Draw(img), o, L)
-            masks.append((np.asarray(img) != (1, 2, 3)).any(-1))
+        masks = [drawn(o, L) for o in objs]
         for k, (o, mask) in enumerate(zip(objs, masks)):
             nearer = np.zeros_like(mask)
             for m, other in zip(masks[k + 1:], objs[k + 1:]):
@@ -88,9 +89,7 @@ def test_the_hood_hides_no_labelled_object():
         if L['hood'] < world.RH:
             hoods += 1
             for o in objs:
-                img = Image.new('RGB', (world.RW, world.RH), (1, 2, 3))
-                world.draw_object(ImageDraw.Draw(img), o, L)
-                rows = np.flatnonzero((np.asarray(img) != (1, 2, 3)).any((1, 2)))
+                rows = np.flatnonzero(drawn(o, L).any(1))
                 assert rows.max() < L['hood'], f"a {o['kind']} drawn down to row {rows.max()}, the hood at {L['hood']:.0f}"
     assert 20 <= hoods <= 45
 
