@@ -15,11 +15,10 @@ both side by side: fewer cars a frame, and people drawn larger, than BDD's). It 
     labels/bdd100k_labels_images_{train,val}.json    box2d labels with BDD's 2018 category names and attributes
 
 which prepare.py then ingests unchanged, by the same code as the real dataset, so `python prepare.py` tests the
-real path. Every labelled box is drawn around what is drawn of its object in the frame (a person's is a little
-wider than the pose), objects more than two-thirds hidden by nearer ones are neither drawn nor labelled, and
-objects stay clear of the question rules' unsure bands (the numbers in prepare.py; see judge), so the questions
-stay decidable. Deterministic for a seed: the same seed gives the same JPEG bytes and labels whatever the number of
-workers.
+real path. Every labelled box is drawn around what is drawn of its object in the frame, objects more than
+two-thirds hidden by nearer ones are neither drawn nor labelled, and objects stay clear of the question rules'
+unsure bands (the numbers in prepare.py; see judge), so the questions stay decidable. Deterministic for a seed: the
+same seed gives the same JPEG bytes and labels whatever the number of workers.
 
     render_tree('data/synthetic_bdd', seed=1337, n_train=6300, n_val=500, pool=pool)   # what prepare.py does
 """
@@ -402,18 +401,24 @@ def street_furniture(L, rng):
 def settle(objs, L):
     """The objects to draw and label, among judged ones (so in the frame): above the hood's edge and less than
     two-thirds hidden by nearer ones (BDD labels what a person can see, much of it partly hidden); a size-unsure
-    one only beside a visible one of its class and light colour, a rider only with its vehicle. Dropping those
-    hides nothing new, so what is left is still drawn exactly as labelled."""
+    one only beside a visible one of its class and light colour, a rider only with its vehicle and a vehicle
+    that came with a rider only with it (no riderless bicycle in traffic). Dropping those hides nothing new, so
+    what is left is still drawn exactly as labelled."""
     kept = cull([o for o in objs if o['seen'][3] < L['hood'] - 1], L['cam'])
     anchors = {(o['kind'], o['light']) for o in kept if o['size'] == 'visible'}
-    return [o for o in kept if (o['verdict'] != 'anchored' or (o['kind'], o['light']) in anchors)
-            and ('on' not in o or any(o['on'] is v for v in kept))]
+    kept = [o for o in kept if o['verdict'] != 'anchored' or (o['kind'], o['light']) in anchors]
+    ids, rides = {id(o) for o in kept}, {id(o['on']) for o in objs if 'on' in o}
+    pairs = {id(o['on']) for o in kept if 'on' in o and id(o['on']) in ids}      # rides kept with their riders
+    return [o for o in kept if id(o.get('on', o)) in pairs or ('on' not in o and id(o) not in rides)]
 
 
 def silhouette(o, cam):
     """The polygons an object covers in the image: a vehicle's face toward us and its flank (a car's: around
-    draw_flank's body and cabin, whose roof is shorter than the body); else its box."""
+    draw_flank's body and cabin, whose roof is shorter than the body); a person's reach (pose); else its box."""
     x1, y1, x2, y2 = o['box']
+    if o['kind'] in ('pedestrian', 'rider'):
+        cx, half = (x1 + x2) / 2, pose(o)[3] * (x2 - x1)
+        x1, x2 = cx - half, cx + half
     if not o['len'] or abs(o['X']) <= o['w'] / 2:
         return [[(x1, y1), (x2, y1), (x2, y2), (x1, y2)]]
     xs, Z, n, h = o['X'] - math.copysign(o['w'] / 2, o['X']), o['Z'], o['len'], o['h']
@@ -766,24 +771,30 @@ def draw_profile(o, L, poly, paint, dark, glass, lit):
     poly([(.975, .45), (1, .45), (1, .55), (.975, .55)], glow(L, (255, 250, 232), o['Z']) if lit else tone(L, (214, 214, 208), o['Z']))
 
 
+def pose(o):
+    """A person's stride as shares of its box's width: the feet's offset from the middle, the torso's half-width, the
+    arms' swing; and its reach, the half-width of what draw_person draws, which its label's box spans."""
+    side = o['facing'] == 'side'
+    st, body, swing = o['stride'] * (0.3 if side else 0.12), 0.2 if side else 0.3, (o['stride'] - 0.5) * 0.2
+    return st, body, swing, max(body + 0.04, body + 0.08 + swing, st + 0.1)      # shoulder, hand, foot
+
+
 def draw_person(d, o, L):
     """A pedestrian or rider: legs in stride, torso, swinging arms, head (hair from behind), perhaps a backpack."""
     x1, y1, x2, y2 = o['box']
     w, h, cx, Z = x2 - x1, y2 - y1, (x1 + x2) / 2, o['Z']
     c = lambda rgb, k=1.0: tone(L, rgb, Z, k)
-    side, hip = o['facing'] == 'side', y1 + (0.62 if o['kind'] == 'rider' else 0.52) * h
-    st, body = o['stride'] * (0.3 if side else 0.12), 0.2 if side else 0.3
+    hip = y1 + (0.62 if o['kind'] == 'rider' else 0.52) * h
+    st, body, swing, _ = pose(o)
     for s in (-1, 1):
         foot = cx + s * st * w
         d.polygon([(cx + s * 0.02 * w, hip), (cx + s * 0.17 * w, hip), (foot + 0.08 * w, y2 - 0.04 * h),
                    (foot - 0.08 * w, y2 - 0.04 * h)], fill=c(o['legs'], 0.9 + 0.1 * s))
         d.rectangle([foot - 0.1 * w, y2 - 0.045 * h, foot + 0.1 * w, y2], fill=c((24, 22, 22)))
-        swing = s * (o['stride'] - 0.5) * 0.2 * w
+        hand = cx + s * (body + 0.03 + swing) * w
         d.polygon([(cx + s * (body - 0.06) * w, y1 + 0.19 * h), (cx + s * (body + 0.04) * w, y1 + 0.2 * h),
-                   (cx + s * (body + 0.08) * w + swing, y1 + 0.5 * h), (cx + s * (body - 0.02) * w + swing, y1 + 0.5 * h)],
-                  fill=c(o['rgb'], 0.8))
-        d.ellipse([cx + s * (body + 0.03) * w + swing - 0.05 * w, y1 + 0.49 * h, cx + s * (body + 0.03) * w + swing + 0.05 * w,
-                   y1 + 0.54 * h], fill=c(o['skin']))
+                   (hand + s * 0.05 * w, y1 + 0.5 * h), (hand - s * 0.05 * w, y1 + 0.5 * h)], fill=c(o['rgb'], 0.8))
+        d.ellipse([hand - 0.05 * w, y1 + 0.49 * h, hand + 0.05 * w, y1 + 0.54 * h], fill=c(o['skin']))
     d.polygon([(cx - body * w, y1 + 0.17 * h), (cx + body * w, y1 + 0.17 * h), (cx + (body - 0.06) * w, hip + 0.03 * h),
                (cx - (body - 0.06) * w, hip + 0.03 * h)], fill=c(o['rgb']))
     if o['bag'] and o['facing'] == 'back':
