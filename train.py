@@ -120,6 +120,19 @@ if device_type == 'cuda':
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype)   # bf16 on a CPU too
 
+
+def rng_states():
+    """The global random streams a step draws from (dropout: the CPU's, and on a GPU the GPU's), to save and restore.
+    The batches, their jitter included, draw from batch_gen, saved beside them."""
+    return {'torch': torch.get_rng_state(), **({'cuda': torch.cuda.get_rng_state()} if device_type == 'cuda' else {})}
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states['torch'])
+    if device_type == 'cuda' and 'cuda' in states:   # a checkpoint from a CPU run resumed on a GPU has none
+        torch.cuda.set_rng_state(states['cuda'])
+
+
 # data: memmaps from prepare.py; each rank samples its own batches from its own generator
 meta = load_meta(data_dir)
 train_data, val_data = open_split(data_dir, 'train'), open_split(data_dir, 'val')
@@ -204,10 +217,13 @@ if init_from == 'resume':
     if len(states) != len(optimizers):
         sys.exit(f"{ckpt_path} was trained with{'out' if muon else ''} Muon ---> HINT: resume with --muon={not muon}")
     for opt, state in zip(optimizers, states):
-        opt.load_state_dict(state)
+        settings = [{k: v for k, v in g.items() if k != 'params'} for g in opt.param_groups]   # this run's
+        opt.load_state_dict(state)   # the moments, and the checkpoint's settings, which this run's replace:
+        for group, mine in zip(opt.param_groups, settings):   # --lr_vit or --weight_decay on resume take effect
+            group.update(mine)
     scaler.load_state_dict(checkpoint['scaler'])
     if world_size == 1:
-        torch.set_rng_state(checkpoint['rng']['torch'])
+        set_rng_states(checkpoint['rng'])
         batch_gen.set_state(checkpoint['rng']['batch'])
     else:  # only rank 0's streams are saved: fresh ones per rank, so no rank replays old batches or shares another's
         torch.manual_seed(seed + rank + 1_000_003 * iter_num)      # jitter and dropout
@@ -293,7 +309,7 @@ def save_checkpoint(name):
             'scaler': scaler.state_dict(), 'model_args': asdict(cfg), 'iter_num': iter_num,
             'best_val_acc': best_val_acc, 'evals_since_best': evals_since_best, 'train_time': train_time,
             'abstain_above': abstain_above, 'evaluated_iter': evaluated_iter,
-            'config': config, 'rng': {'torch': torch.get_rng_state(), 'batch': batch_state},
+            'config': config, 'rng': {**rng_states(), 'batch': batch_state},
             'tokenizer': tokenizer.to_dict(), 'answers': answers, 'families': families,
             'data_dir': os.path.abspath(data_dir), 'n_params': raw_model.num_params()}
     if ema_decay:  # resuming needs the weights being trained, besides their average
@@ -361,7 +377,7 @@ try:
             break
 
         # forward, backward, update; the next batch is drawn while the device works on this one
-        step_rng = torch.get_rng_state()  # what this step's jitter and dropout draw from: Ctrl-C before the update
+        step_rng = rng_states()  # what this step's dropout draws from: a Ctrl-C before the update rewinds it
         for micro_step in range(grad_accum):
             images, q, targets, idx, patches, looks = batch
             # gradients are averaged across ranks only on the last micro-step, not on every one
@@ -414,7 +430,7 @@ try:
             seen, steps, t_log = 0, 0, time.time()
 except KeyboardInterrupt:
     if step_rng is not None:  # cut short before its update: resuming redoes the step with its batch and its draws
-        torch.set_rng_state(step_rng)
+        set_rng_states(step_rng)
     if master:
         save_checkpoint('last.pt')
         print(f"\ninterrupted at iteration {iter_num}: saved {out_dir}/last.pt; continue with --init_from=resume")

@@ -98,7 +98,7 @@ def test_loss_falls_and_checkpoints_load(toy_data, tmp_path):
 
 def test_resume_equals_straight_run(toy_data, tmp_path):
     """10 iterations, resume, 10 more = 20 straight, bit for bit (dropout, flips, jitter, Muon's momentum and the
-    weights' moving average included)."""
+    weights' moving average included); a resumed run's optimizer settings are its own."""
     common = ['--eval_interval=10', '--dropout=0.1', '--hflip=True', '--augment=True', '--lr_decay_iters=20',
               '--ema_decay=0.9', '--muon=True']
     run_train(common + ['--max_iters=20'], str(tmp_path / 'a'), toy_data)
@@ -113,6 +113,12 @@ def test_resume_equals_straight_run(toy_data, tmp_path):
             assert torch.equal(a[weights][k], b[weights][k]), (weights, k)
     p = run_train(common[:-1] + ['--max_iters=30', '--init_from=resume'], str(tmp_path / 'b'), toy_data, check=False)
     assert p.returncode == 1 and 'trained with Muon ---> HINT: resume with --muon=True' in p.stderr.strip().splitlines()[-1]
+    run_train(common + ['--max_iters=22', '--init_from=resume', '--weight_decay=0.2', '--lr_vit=3.0'], str(tmp_path / 'b'),
+              toy_data)      # this run's settings, not the checkpoint's (load_state_dict restores those)
+    groups = [g for state in torch.load(tmp_path / 'b' / 'last.pt', weights_only=True)['optimizer']
+              for g in state['param_groups']]
+    assert {g['weight_decay'] for g in groups} == {0.0, 0.2}
+    assert {g['lr_scale'] for g in groups if g['name'].startswith('vit')} == {3.0}
 
 
 def test_moving_average_steps_towards_the_trained_weights(toy_data, tmp_path):
