@@ -226,7 +226,7 @@ if init_from == 'resume':
         set_rng_states(checkpoint['rng'])
         batch_gen.set_state(checkpoint['rng']['batch'])
     else:  # only rank 0's streams are saved: fresh ones per rank, so no rank replays old batches or shares another's
-        torch.manual_seed(seed + rank + 1_000_003 * iter_num)      # jitter and dropout
+        torch.manual_seed(seed + rank + 1_000_003 * iter_num)      # dropout (the jitter draws from batch_gen)
         batch_gen.manual_seed(seed + rank + 1_000_003 * iter_num)
 if compile:
     model = torch.compile(model)

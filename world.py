@@ -401,15 +401,15 @@ def street_furniture(L, rng):
 def settle(objs, L):
     """The objects to draw and label, among judged ones (so in the frame): above the hood's edge and less than
     two-thirds hidden by nearer ones (BDD labels what a person can see, much of it partly hidden); a size-unsure
-    one only beside a visible one of its class and light colour, a rider only with its vehicle and a vehicle
-    that came with a rider only with it (no riderless bicycle in traffic). Dropping those hides nothing new, so
-    what is left is still drawn exactly as labelled."""
+    one only beside a visible one of its class and light colour; a rider and its vehicle together or not at all
+    (no riderless bicycle in traffic). Dropping those hides nothing new, so what is left is still drawn exactly as
+    labelled."""
     kept = cull([o for o in objs if o['seen'][3] < L['hood'] - 1], L['cam'])
     anchors = {(o['kind'], o['light']) for o in kept if o['size'] == 'visible'}
     kept = [o for o in kept if o['verdict'] != 'anchored' or (o['kind'], o['light']) in anchors]
-    ids, rides = {id(o) for o in kept}, {id(o['on']) for o in objs if 'on' in o}
-    pairs = {id(o['on']) for o in kept if 'on' in o and id(o['on']) in ids}      # rides kept with their riders
-    return [o for o in kept if id(o.get('on', o)) in pairs or ('on' not in o and id(o) not in rides)]
+    ids, rider_of = {id(o) for o in kept}, {id(o['on']): o for o in objs if 'on' in o}
+    partner = lambda o: o.get('on', rider_of.get(id(o), o))             # its ride, its rider, or itself
+    return [o for o in kept if id(partner(o)) in ids]
 
 
 def silhouette(o, cam):
