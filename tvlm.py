@@ -705,9 +705,10 @@ class TVLM(nn.Module):
     # Abstention, three ways. The trained "can't answer" class covers questions in known words that no rule answers
     # ("What color is the car?") and generalises to other such wordings. Where it generalises less (held-out "What
     # time is it?" went to "Is it night time?"'s yes/no), it still often gives "can't answer" more probability than
-    # any in-scope val question in a seen phrasing gets: above that maximum (abstain_above, which train.py fits, so no
-    # out-of-scope or held-out question has a say) it abstains. A word it never saw reaches it as <unk>, whose
-    # embedding learned nothing ("Is it snowing?" -> "yes"): such questions get "can't answer" by rule.
+    # any in-scope val question gets: above that maximum (abstain_above, which train.py fits on val's in-scope
+    # questions in every phrasing, so that a new wording of a question it can answer does not trip it) it abstains.
+    # A word it never saw reaches it as <unk>, whose embedding learned nothing ("Is it snowing?" -> "yes"): such
+    # questions get "can't answer" by rule.
     def answer_logits(self, logits, tokens, rules=True):
         """float[B, A], a score per answer class in either mode, from forward's logits: the classifier's own, or in
         generate mode the LM's logits for each answer's first word right after the question's <eos> (no two answers
