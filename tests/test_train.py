@@ -329,7 +329,8 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
 def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):
     """Pretrain on the toy set, then fine-tune on a prepared BDD100K tree (world.py's, in BDD's 2018 layout) with
     other words and answers: the run starts from the checkpoint and writes a loadable model for the new data, with
-    its abstention threshold: the most p(can't answer) that an in-scope val question gets, in any phrasing."""
+    its abstention threshold: the most p(can't answer) that an in-scope val question gets, in any phrasing (here
+    every phrasing is marked held out, so a threshold fitted on seen phrasings alone would be left at 1, never)."""
     import eval as ev
     import world
     run_train(['--max_iters=10', '--eval_interval=10'], str(tmp_path / 'pre'), toy_data)
@@ -339,6 +340,8 @@ def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):
     prepare.build(dict(bdd_root=tree, out=data, max_images=0, weather='', timeofday='', img_h=32, img_w=48,
                        max_q_len=16, max_answer_len=16, seed=1, workers=1, force=False, synth_train=0, synth_val=0,
                        train_per_family=3), tree, 'bdd', 'bdd100k')
+    meta = prepare.load_meta(data)
+    json.dump({**meta, 'held_out': [True] * len(meta['held_out'])}, open(os.path.join(data, 'meta.json'), 'w'))
     out = str(tmp_path / 'fine')
     p = run_train([f'--init_from={tmp_path / "pre" / "ckpt.pt"}', '--max_iters=6', '--eval_interval=3', '--augment'],
                   out, data)
