@@ -200,8 +200,9 @@ def get_batch():
 
 
 def answer_hits(logits, tokens, targets):
-    """bool[B], the right answers: the classifier's choice, or in generate mode the first answer word that the
-    decoder predicts after the question's <eos> (teacher-forced; no two answers start with the same word)."""
+    """bool[B], a training batch's right answers, for the logged train accuracy: the classifier's choice, or in
+    generate mode the word the decoder predicts after the question's <eos>, over the whole vocabulary, against the
+    answer's first word (teacher-forced; a training batch holds no answer ids; val reads answers as eval.py does)."""
     if cfg.answer == 'classify':
         return logits.argmax(-1) == targets
     b, sep = torch.arange(len(tokens), device=tokens.device), (tokens == Tokenizer.eos_id).int().argmax(1)
@@ -288,14 +289,15 @@ def evaluate():
             logits, loss = ema_model(to_device(images, device), q, targets, image_idx=to_device(idx, device),
                                      patch_targets=patches, look_targets=looks)
         loss_sum += loss.item() * len(q)
-        hit = answer_hits(logits, q, targets).cpu().numpy()
+        scores = ema_model.answer_logits(logits, q, rules=False).float()   # (B, A): the answers as eval.py reads them
+        hit = scores.argmax(-1).cpu().numpy() == val_data['answers'][q_rows]   # (B,) bool
         fam = val_data['family'][q_rows]
         correct += int(hit.sum())
         np.add.at(fam_correct, fam, hit)
         np.add.at(fam_total, fam, 1)
         n += len(q)
         if sets_threshold[q_rows].any():
-            p = ema_model.answer_logits(logits, q, rules=False).float().softmax(-1)[:, answers.index(CANT)]   # (B,)
+            p = scores.softmax(-1)[:, answers.index(CANT)]                       # (B,)
             p_cant.append(p[torch.from_numpy(sets_threshold[q_rows]).to(device)].max().item())
     ema_model.train()
     per_family = {f'val_acc_{f}': float(c / t) for f, c, t in zip(families, fam_correct, fam_total) if t}
