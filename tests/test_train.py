@@ -94,6 +94,16 @@ def test_loss_falls_and_checkpoints_load(toy_data, tmp_path):
     assert len(read_log(out, 'train')) == 16
     model = TVLM.from_checkpoint(os.path.join(out, 'ckpt.pt'))
     assert model.answers == ['yes', 'no']
+    assert_val_acc_is_evals(model, evals, toy_data)
+
+
+def assert_val_acc_is_evals(model, evals, data_dir):
+    """The val accuracy that picked the saved weights is the accuracy eval.py reads from them on val (the toy set
+    asks nothing out of scope and no unknown word, so eval.py's abstention rules change no answer)."""
+    import eval as ev
+    val = prepare.open_split(data_dir, 'val')
+    logits = ev.predict(model, val, 4 * 12)[0]                                   # train.py's val batches: 4 x batch_size
+    assert (logits.argmax(1) == val['answers']).mean() == pytest.approx(max(e['val_acc'] for e in evals))
 
 
 def test_resume_equals_straight_run(toy_data, tmp_path):
@@ -365,6 +375,10 @@ def test_generate_mode_learns_to_answer_in_words(toy_data, tmp_path):
     run_train(['--answer=generate', '--max_iters=120', '--eval_interval=40', '--lr=3e-3', '--hflip'], out, toy_data)
     evals = read_log(out, 'eval')
     assert evals[-1]['val_loss'] < 0.5 * evals[0]['val_loss'] and evals[-1]['val_acc'] > 0.7
+    assert_val_acc_is_evals(TVLM.from_checkpoint(os.path.join(out, 'ckpt.pt')), evals, toy_data)
+    early = str(tmp_path / 'early')   # 2 steps in the decoder's top word is seldom an answer's: both read past that
+    run_train(['--answer=generate', '--max_iters=2', '--eval_interval=2'], early, toy_data)
+    assert_val_acc_is_evals(TVLM.from_checkpoint(os.path.join(early, 'ckpt.pt')), read_log(early, 'eval'), toy_data)
     res = ev.evaluate(os.path.join(out, 'ckpt.pt'), out=out, robust_max=9, batch_questions=64)
     gen = res['generation']
     assert gen['exact_match'] > 0.6 and all(':' in x['said'] for x in gen['examples'])
