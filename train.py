@@ -339,11 +339,12 @@ if master:
         except ImportError:
             sys.exit("--wandb_log=True needs wandb ---> HINT: pip install wandb")
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-flops_per_step = 3 * flops_per_sample(cfg, questions_per_image) * batch_size * grad_accum * world_size
 batch_state = batch_gen.get_state()  # the state that draws iteration iter_num's batch: a resume draws it again
 batch = get_batch()
-# running sums since the last log line, kept on the device so a step never waits for it (nanoGPT syncs at log time)
+# running sums since the last log line, kept on the device so a step never waits for it (nanoGPT syncs at log time);
+# flops: this rank's forward and backward matmul FLOPs, at each batch's own question length (padding to it included)
 loss_sum, hits, seen, steps, t_log = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0, time.time()
+flops = 0
 t0, step_rng = time.time(), None
 try:
     while True:
@@ -394,6 +395,7 @@ try:
             loss_sum += loss.detach()
             hits += answer_hits(logits, q, targets).sum()
             seen += len(q)
+            flops += 3 * flops_per_sample(cfg, questions_per_image, q.shape[1]) * len(q)
         if grad_clip:
             for opt in optimizers:
                 scaler.unscale_(opt)
@@ -421,16 +423,17 @@ try:
             dt = (time.time() - t_log) / steps
             if master:
                 qps = batch_size * grad_accum * world_size / dt
-                mfu = f", mfu {100 * flops_per_step / dt / peak_flops:.1f}%" if peak_flops else ''
+                mfu = flops * world_size / (steps * dt) / peak_flops if peak_flops else None
                 gn = grad_norm.item() if grad_clip else float('nan')
                 print(f"iter {iter_num}: loss {mean_loss:.4f}, acc {hits.item() / seen:.3f}, lr {lr_now:.1e}, "
-                      f"grad {gn:.2f}, {dt * 1000:.1f}ms, {qps:,.0f} q/s, {qps / questions_per_image:,.0f} img/s{mfu}")
+                      f"grad {gn:.2f}, {dt * 1000:.1f}ms, {qps:,.0f} q/s, {qps / questions_per_image:,.0f} img/s"
+                      + (f", mfu {100 * mfu:.1f}%" if mfu else ''))
                 log({'kind': 'train', 'iter': iter_num, 'loss': mean_loss, 'acc': hits.item() / seen,
                      'lr': lr_now, 'grad_norm': gn, 'ms': dt * 1000, 'samples_per_s': qps,
-                     'mfu': flops_per_step / dt / peak_flops if peak_flops else None})
+                     'mfu': mfu})
             loss_sum.zero_()
             hits.zero_()
-            seen, steps, t_log = 0, 0, time.time()
+            seen, steps, flops, t_log = 0, 0, 0, time.time()
 except KeyboardInterrupt:
     if step_rng is not None:  # cut short before its update: resuming redoes the step with its batch and its draws
         set_rng_states(step_rng)

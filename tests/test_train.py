@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import prepare
+import tvlm
 from conftest import ROOT, TINY_MODEL
 from tvlm import CANT, TVLM, TVLMConfig, answer_loss, configure_optimizers
 
@@ -85,15 +86,21 @@ def test_answer_loss_options():
 
 
 def test_loss_falls_and_checkpoints_load(toy_data, tmp_path):
-    """80 iterations on the toy set take val loss well under ln(2) and write a loadable best checkpoint."""
+    """80 iterations on the toy set take val loss well under ln(2) and write a loadable best checkpoint; the MFU
+    logged counts each batch's FLOPs at its own question length."""
     out = str(tmp_path / 'out')
-    run_train(['--max_iters=80', '--eval_interval=40', '--lr=3e-3'], out, toy_data)
+    run_train(['--max_iters=80', '--eval_interval=40', '--lr=3e-3', '--peak_flops=1e9'], out, toy_data)
     evals = read_log(out, 'eval')
     assert [e['iter'] for e in evals] == [40, 80]
     assert evals[-1]['val_loss'] < 0.5 * math.log(2) and evals[-1]['val_acc'] > 0.8
-    assert len(read_log(out, 'train')) == 16
+    logged = read_log(out, 'train')
+    assert len(logged) == 16
     model = TVLM.from_checkpoint(os.path.join(out, 'ckpt.pt'))
     assert model.answers == ['yes', 'no']
+    lengths = np.count_nonzero(prepare.open_split(toy_data, 'train')['questions'], axis=1)     # with <bos>, <eos>
+    per_step = [3 * 12 * tvlm.flops_per_sample(model.cfg, 3, T) for T in (lengths.min(), lengths.max())]
+    for r in logged:                                               # 12 questions a step, 3 per image
+        assert per_step[0] * (1 - 1e-9) <= r['mfu'] * 1e9 * r['ms'] / 1000 <= per_step[1] * (1 + 1e-9)
     assert_val_acc_is_evals(model, evals, toy_data)
 
 
