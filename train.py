@@ -333,6 +333,9 @@ if master:
     os.makedirs(out_dir, exist_ok=True)
     if init_from != 'resume' and os.path.exists(os.path.join(out_dir, 'log.jsonl')):
         os.remove(os.path.join(out_dir, 'log.jsonl'))  # a new run starts a new log; resume appends to its own
+    if init_from != 'resume' and os.path.exists(os.path.join(out_dir, 'ckpt.pt')):
+        print(f"note: this new run replaces {out_dir}'s checkpoints at its first evaluation ---> HINT: "
+              f"--init_from=resume continues the run that wrote them; another --out_dir keeps them")
     if wandb_log:
         try:
             import wandb  # optional extra, imported only when asked for

@@ -120,7 +120,8 @@ def test_resume_equals_straight_run(toy_data, tmp_path):
               '--ema_decay=0.9', '--muon=True']
     run_train(common + ['--max_iters=20'], str(tmp_path / 'a'), toy_data)
     run_train(common + ['--max_iters=10'], str(tmp_path / 'b'), toy_data)
-    run_train(common + ['--max_iters=20', '--init_from=resume'], str(tmp_path / 'b'), toy_data)
+    p = run_train(common + ['--max_iters=20', '--init_from=resume'], str(tmp_path / 'b'), toy_data)
+    assert 'note: this new run replaces' not in p.stdout
     a = torch.load(tmp_path / 'a' / 'last.pt', weights_only=True)
     b = torch.load(tmp_path / 'b' / 'last.pt', weights_only=True)
     assert a['iter_num'] == b['iter_num'] == 20 and a['evals_since_best'] == b['evals_since_best']
@@ -136,6 +137,8 @@ def test_resume_equals_straight_run(toy_data, tmp_path):
               for g in state['param_groups']]
     assert {g['weight_decay'] for g in groups} == {0.0, 0.2}
     assert {g['lr_scale'] for g in groups if g['name'].startswith('vit')} == {3.0}
+    p = run_train(common + ['--max_iters=1'], str(tmp_path / 'b'), toy_data)     # a new run into the same folder
+    assert f"note: this new run replaces {tmp_path / 'b'}'s checkpoints" in p.stdout
 
 
 def test_moving_average_steps_towards_the_trained_weights(toy_data, tmp_path):
