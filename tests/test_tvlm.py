@@ -950,7 +950,8 @@ def test_threshold_abstains_where_p_cant_answer_is_above_it(answer):
 
 def test_configure_optimizers_groups():
     """Matrices decay and norms/biases do not; every parameter is in exactly one group with its component's lr_scale;
-    muon=True moves the transformer blocks' matrices, and only them, from AdamW to Muon."""
+    muon=True moves the transformer blocks' matrices and the conv stem's filters but the first, and only them,
+    from AdamW to Muon; without a stem, the patchify conv stays on AdamW."""
     model = make_model(fusion='both')
     scale = {'vit': 0.1, 'proj': 0.5, 'dec': 1.0, 'head': 2.0}
     opt, = configure_optimizers(model, weight_decay=0.1, lr=1e-3, betas=(0.9, 0.95), device_type='cpu', lr_scale=scale)
@@ -973,8 +974,13 @@ def test_configure_optimizers_groups():
     in_adamw = {names[id(p)] for g in adamw.param_groups for p in g['params']}
     assert in_muon | in_adamw == set(names.values()) and not in_muon & in_adamw
     assert in_muon == {n for n, p in model.named_parameters() if '.blocks.' in n and p.dim() == 2}
-    assert {'vit.blocks.0.mlp.fc.weight', 'dec.blocks.0.cross.wkv.weight'} <= in_muon
+    assert {'vit.blocks.0.mlp.fc.weight', 'dec.blocks.0.cross.wkv.weight'} <= in_muon and 'vit.patch.weight' in in_adamw
     assert all(g['lr_scale'] == scale[g['name'].split('_')[0]] and g['weight_decay'] == 0.1 for g in muon.param_groups)
+    stem = make_model(stem=(4, 8, 16))                          # conv, BatchNorm, ReLU x 3, then a 1x1 conv: 0, 3, 6, 9
+    _, muon = configure_optimizers(stem, 0.1, 1e-3, (0.9, 0.95), 'cpu', muon=True)
+    names = {id(p): n for n, p in stem.named_parameters()}
+    convs = {names[id(p)] for g in muon.param_groups for p in g['params'] if p.dim() == 4}
+    assert convs == {'vit.patch.3.weight', 'vit.patch.6.weight', 'vit.patch.9.weight'}
 
 
 @pytest.mark.parametrize('shape', [(3, 16, 48), (2, 40, 8)])
@@ -995,23 +1001,24 @@ def test_orthogonalize_flattens_the_spectrum(shape):
 
 def test_muon_matches_torch_reference():
     """tvlm.Muon, which orthogonalises matrices of one shape together, steps like torch.optim.Muon (torch >= 2.9)
-    with the AdamW-matched scale, matrix by matrix: momentum, Nesterov, weight decay and all."""
+    with the AdamW-matched scale, matrix by matrix (a conv's filters as their flattened matrix): momentum, Nesterov,
+    weight decay and all."""
     if not hasattr(torch.optim, 'Muon'):
         pytest.skip('torch.optim.Muon arrived in torch 2.9')
     torch.manual_seed(0)
-    shapes = [(16, 32), (16, 32), (32, 8)]
+    shapes = [(16, 32), (16, 32), (32, 8), (8, 4, 3, 3)]                         # the conv's filters flattened
     ours = [nn.Parameter(torch.randn(s)) for s in shapes]
-    ref = [nn.Parameter(p.detach().clone()) for p in ours]
+    ref = [nn.Parameter(p.detach().clone().flatten(1)) for p in ours]
     opt_ours = Muon([{'params': ours, 'weight_decay': 0.1}], lr=0.02)
     opt_ref = torch.optim.Muon(ref, lr=0.02, weight_decay=0.1, adjust_lr_fn='match_rms_adamw')
     for _ in range(3):
         grads = [torch.randn(s) for s in shapes]
         for a, b, g in zip(ours, ref, grads):
-            a.grad, b.grad = g.clone(), g.clone()
+            a.grad, b.grad = g.clone(), g.flatten(1).clone()
         opt_ours.step()
         opt_ref.step()
     for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
+        torch.testing.assert_close(a.flatten(1), b, atol=2e-3, rtol=0)
 
 
 def test_get_lr_warmup_cosine_floor():
