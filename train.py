@@ -219,7 +219,12 @@ if init_from == 'resume':
         sys.exit(f"{ckpt_path} was trained with{'out' if muon else ''} Muon ---> HINT: resume with --muon={not muon}")
     for opt, state in zip(optimizers, states):
         settings = [{k: v for k, v in g.items() if k != 'params'} for g in opt.param_groups]   # this run's
-        opt.load_state_dict(state)   # the moments, and the checkpoint's settings, which this run's replace:
+        try:  # the moments, and the checkpoint's settings, which this run's replace below
+            opt.load_state_dict(state)
+        except ValueError:  # groups of other sizes: a tvlm before 32fa566 split them otherwise (Muon took no conv)
+            sys.exit(f"{ckpt_path}'s optimizer state does not fit this tvlm's parameter groups, so it cannot be "
+                     f"resumed exactly ---> HINT: continue from its weights with --init_from={ckpt_path} and another "
+                     f"--out_dir (fresh optimizer moments)")
         for group, mine in zip(opt.param_groups, settings):   # --lr_vit or --weight_decay on resume take effect
             group.update(mine)
     scaler.load_state_dict(checkpoint['scaler'])

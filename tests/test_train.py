@@ -115,7 +115,8 @@ def assert_val_acc_is_evals(model, evals, data_dir):
 
 def test_resume_equals_straight_run(toy_data, tmp_path):
     """10 iterations, resume, 10 more = 20 straight, bit for bit (dropout, flips, jitter, Muon's momentum and the
-    weights' moving average included); a resumed run's optimizer settings are its own."""
+    weights' moving average included); a resumed run's optimizer settings are its own; optimizer state of other
+    groups (an older tvlm's) is refused in one line."""
     common = ['--eval_interval=10', '--dropout=0.1', '--hflip=True', '--augment=True', '--lr_decay_iters=20',
               '--ema_decay=0.9', '--muon=True']
     run_train(common + ['--max_iters=20'], str(tmp_path / 'a'), toy_data)
@@ -137,6 +138,11 @@ def test_resume_equals_straight_run(toy_data, tmp_path):
               for g in state['param_groups']]
     assert {g['weight_decay'] for g in groups} == {0.0, 0.2}
     assert {g['lr_scale'] for g in groups if g['name'].startswith('vit')} == {3.0}
+    ckpt = torch.load(tmp_path / 'b' / 'last.pt', weights_only=True)    # as a tvlm whose Muon took a matrix less
+    ckpt['optimizer'][1]['param_groups'][0]['params'].pop()
+    torch.save(ckpt, tmp_path / 'b' / 'last.pt')
+    p = run_train(common + ['--max_iters=30', '--init_from=resume'], str(tmp_path / 'b'), toy_data, check=False)
+    assert p.returncode == 1 and "state does not fit this tvlm's parameter groups" in p.stderr.strip().splitlines()[-1]
     p = run_train(common + ['--max_iters=1'], str(tmp_path / 'b'), toy_data)     # a new run into the same folder
     assert f"note: this new run replaces {tmp_path / 'b'}'s checkpoints" in p.stdout
 
