@@ -265,10 +265,11 @@ class Attention(nn.Module):
         self.wo = nn.Linear(n_head * self.head_dim, width, bias=bias)
         self.dropout = dropout
 
-    def forward(self, x, ctx=None, ctx_idx=None, rope=None, mask=None, probs=None, cache=None):
+    def forward(self, x, ctx=None, ctx_idx=None, rope=None, mask=None, probs=None, cache=None, q_rope=None):
         """x (B, T, C) attends to ctx (N, S, C) (default: x itself). ctx_idx (B,) picks each row's context, so
         keys and values are projected once per distinct image; an int k: the rows come k per context, in order.
-        mask: 'causal' or bool (T, S), True = may attend.
+        mask: 'causal' or bool (T, S) or (B, 1, T, S), True = may attend. rope: the (cos, sin) of the keys' positions,
+        and of the queries' unless q_rope gives theirs (queries from some rows of ctx, as in the last decoder block).
         A list passed as `probs` takes the explicit path and receives the attention weights (B, H, T, S).
         cache (generate()): a dict that keeps this layer's keys and values between decoding steps. Self-attention
         appends the new tokens' (`rope` holds their absolute positions); cross-attention fills it once, then reads."""
@@ -289,7 +290,7 @@ class Attention(nn.Module):
                 # index_select, not k[ctx_idx]: its backward (index_add) was ~10x faster on CPU than indexing's
                 k, v = k.index_select(0, ctx_idx), v.index_select(0, ctx_idx)             # (B, Hkv, S, D)
             if rope is not None:  # positions only mean something when q and k index the same sequence
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                q, k = apply_rope(q, *(q_rope or rope)), apply_rope(k, *rope)
             if cache is not None:
                 if cache:  # self-attention: the earlier tokens' keys and values, then the new ones'
                     k, v = torch.cat([cache['k'], k], dim=2), torch.cat([cache['v'], v], dim=2)  # (B, Hkv, S, D)
@@ -402,10 +403,21 @@ class DecoderBlock(nn.Module):
         self.mlp = MLP(C, cfg.dec_mlp, gated=True, dropout=cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, ctx, ctx_idx, rope, mask, out, P=0, cache=None):
-        """cache: this layer's {'self': {}, 'cross': {}} of key/value dicts while generating (see Attention)."""
+    def forward(self, x, ctx, ctx_idx, rope, mask, out, P=0, cache=None, only=None):
+        """cache: this layer's {'self': {}, 'cross': {}} of key/value dicts while generating (see Attention).
+        only: int64[B], one row per sequence, the only one computed (attending to every row up to it): x (B, T, C)
+        -> (B, 1, C). For the last block of a classifier, whose other rows no one reads."""
         kv_self, kv_cross = (None, None) if cache is None else (cache['self'], cache['cross'])
-        x = x + self.drop(self.attn(self.norm1(x), rope=rope, mask=mask, probs=out and out['self_attn'], cache=kv_self))
+        h = q = self.norm1(x)                                                  # (B, T, C)
+        q_rope = None
+        if only is not None:  # that row's query against every row's key and value
+            rows, pos = torch.arange(len(x), device=x.device), torch.arange(x.shape[1], device=x.device)
+            x, q = x[rows, only][:, None], h[rows, only][:, None]                # 2 x (B, 1, C)
+            mask = (pos <= only[:, None])[:, None, None]                         # (B, 1, 1, T): causal for that row
+            if rope is not None:
+                q_rope = tuple(t[only][:, None, None] for t in rope)             # 2 x (B, 1, 1, D/2)
+        x = x + self.drop(self.attn(q, ctx=None if only is None else h, rope=rope, mask=mask,
+                                    probs=out and out['self_attn'], cache=kv_self, q_rope=q_rope))
         if self.cross is not None:  # only text rows ask the image; under 'both' the first P rows are the image
             t = x[:, P:]                                                       # (B, T, C)
             t = t + self.drop(self.cross(self.norm2(t), ctx=ctx, ctx_idx=ctx_idx, probs=out and out['cross_attn'],
@@ -446,10 +458,12 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.dec_depth))
         self.norm = RMSNorm(cfg.dec_width, cfg.norm_eps)
 
-    def forward(self, tokens, prefix=None, ctx=None, ctx_idx=None, out=None, cache=None):
+    def forward(self, tokens, prefix=None, ctx=None, ctx_idx=None, out=None, cache=None, only=None):
         """prefix: (B, P, C) image tokens put before the text; ctx: (N, P, C) image tokens for cross-attention.
         cache: generate()'s per-layer key/value dicts; once they hold the prompt (and prefix), `tokens` is only the
-        newest token, at the position after the cached rows."""
+        newest token, at the position after the cached rows. only: int64[B], the one text row per question read
+        after the decoder (a classifier's summary token): the last block computes it alone, and the output is
+        (B, 1, C); without a prefix only."""
         x = self.embed(tokens) * math.sqrt(self.cfg.dec_width)                 # (B, T, C), Gemma's scaling
         P = 0 if prefix is None else prefix.shape[1]
         if P:
@@ -467,8 +481,10 @@ class Decoder(nn.Module):
             rope = (self.rope_cos[past:L], self.rope_sin[past:L])              # 2 x (L - past, D/2)
         # a new token after the cached rows may read all of them: no mask
         mask = None if past else prefix_lm_mask(P, L, x.device) if P else 'causal'
+        assert only is None or not P, "only= needs text alone: with an image prefix, rows are not text positions"
         for i, block in enumerate(self.blocks):
-            x = block(x, ctx, ctx_idx, rope, mask, out, P, None if cache is None else cache[i])
+            last = only if i == len(self.blocks) - 1 else None
+            x = block(x, ctx, ctx_idx, rope, mask, out, P, None if cache is None else cache[i], last)
         return self.norm(x)[:, P:]                                             # (B, T, C)
 
 # -----------------------------------------------------------------------------
@@ -603,18 +619,24 @@ class TVLM(nn.Module):
         the ViT's tokens)."""
         cfg = self.cfg
         look = targets is not None and look_targets is not None and cfg.look_weight > 0
-        if out is not None:
+        wants_maps = out is not None
+        if wants_maps:
             out.update(vit_attn=[], self_attn=[], cross_attn=[], grid=(cfg.img_h // cfg.patch, cfg.img_w // cfg.patch))
         elif look:  # the look loss needs the cross-attention weights; the ViT and self-attention keep their kernel
             out = {'vit_attn': None, 'self_attn': None, 'cross_attn': []}
         vis, prefix, ctx = self.encode_image(images, image_idx, out)
-        h = self.dec(tokens, prefix, ctx, image_idx, out)                      # (B, T, C)
         if self.head is None:  # the question's <eos> writes the first answer word
             summary = (tokens == Tokenizer.eos_id).int().argmax(1)             # (B,)
+            h = self.dec(tokens, prefix, ctx, image_idx, out)                  # (B, T, C)
             logits = h @ self.dec.embed.weight.T                               # (B, T, V), tied to the embedding
         else:  # the summary token is the last real one (<eos>): in a causal decoder only it has read the whole question
             summary = (tokens != Tokenizer.pad_id).sum(1) - 1                  # (B,)
-            logits = self.head(h[torch.arange(h.shape[0], device=h.device), summary])  # (B, A)
+            # the classifier reads that row alone, so the last block computes it alone (~40% of the decoder's work),
+            # unless a caller asked for every row's attention maps, or an image prefix shifts the rows
+            only = summary if prefix is None and not wants_maps else None
+            h = self.dec(tokens, prefix, ctx, image_idx, out, only=only)       # (B, 1 or T, C)
+            h = h[:, 0] if only is not None else h[torch.arange(len(h), device=h.device), summary]   # (B, C)
+            logits = self.head(h)                                              # (B, A)
         if out is not None:
             out.update(summary_idx=summary, prefix=0 if prefix is None else prefix.shape[1], vis=vis)
         looked = (out['cross_attn'], summary, look_targets) if look else None
@@ -652,8 +674,10 @@ class TVLM(nn.Module):
             where = where.flatten(1).float()                                    # (B, P), rows sum to 1 or 0
             asked = where.sum(1) > 0                                            # (B,) questions with referents
             rows = torch.arange(len(summary), device=summary.device)           # (B,)
-            for att in maps:  # the summary token's weights, heads averaged (a head may look elsewhere)
-                att = att[rows, :, summary].float().mean(1)                     # (B, H, P) -> (B, P)
+            for att in maps:  # the summary token's weights, heads averaged (a head may look elsewhere); a one-row
+                # map is the last block's when it computed the summary row alone (Decoder's only=)
+                att = att[rows, :, summary] if att.shape[2] > 1 else att[:, :, 0]   # (B, H, P)
+                att = att.float().mean(1)                                           # (B, P)
                 ce = -(where * att.clamp_min(1e-9).log()).sum(1)                # (B,)
                 loss = loss + cfg.look_weight * ce[asked].sum() / max(int(asked.sum()), 1) / len(maps)
         return loss
@@ -941,6 +965,10 @@ def flops_per_sample(cfg, questions_per_image=1, text_len=None):
     dec_layer = L * (2 * Cd * Cd + Cd * kv + 3 * Cd * cfg.dec_mlp) + (2 if cfg.image_prefix else 1) * L * L * Cd
     if cfg.image_cross:
         dec_layer += T * 2 * Cd * Cd + 2 * T * P * Cd
+    last = dec_layer
+    if cfg.answer == 'classify' and not cfg.image_prefix:  # TVLM.forward's last block: the summary row's query, MLP
+        last = L * Cd * kv + 2 * Cd * Cd + 3 * Cd * cfg.dec_mlp + 2 * L * Cd   # and cross-attention, every row's k, v
+        last += 2 * Cd * Cd + 2 * P * Cd if cfg.image_cross else 0
     head = Cd * cfg.n_answers if cfg.answer == 'classify' else T * Cd * cfg.vocab_size  # one summary token, or all
-    text = 2 * (cfg.dec_depth * dec_layer + head)
+    text = 2 * ((cfg.dec_depth - 1) * dec_layer + last + head)
     return image / questions_per_image + text

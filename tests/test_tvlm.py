@@ -466,6 +466,29 @@ def test_k_questions_per_image_equal_the_gathered_images(fusion):
         close(m_k, m)
 
 
+@pytest.mark.parametrize('fusion,pos', [('cross', 'rope'), ('cross', 'learned'), ('none', 'rope')])
+def test_last_block_on_the_summary_row_alone_equals_the_full_decoder(fusion, pos):
+    """A classifier's forward computes the last decoder block for the summary row alone (Decoder's only=); asked
+    for every row's maps (out=), it computes them all. Logits, loss (the look loss too) and gradients agree."""
+    imgs, toks = images(2), encode(CORPUS[:4])                                    # questions of different lengths
+    y = torch.tensor([0, 1, 2, 3])
+    looks = torch.rand(4, 4, 6, generator=torch.Generator().manual_seed(0))       # (B, Hi/p, Wi/p)
+    looks /= looks.sum((1, 2), keepdim=True)
+    model = make_model(fusion=fusion, pos=pos, look_weight=0.0 if fusion == 'none' else 0.5)
+    results = []
+    for out in (None, {}):
+        model.zero_grad()
+        logits, loss = model(imgs, toks, y, image_idx=2, look_targets=looks, out=out)
+        loss.backward()
+        results.append((logits, loss, [p.grad.clone() for p in model.parameters()]))
+    (logits, loss, grads), (logits_all, loss_all, grads_all) = results
+    assert (toks != 0).sum(1).unique().numel() > 1
+    close(logits, logits_all)
+    close(loss, loss_all)
+    for g, g_all in zip(grads, grads_all):  # out= takes the explicit attention path, which rounds otherwise
+        torch.testing.assert_close(g, g_all, rtol=1e-3, atol=1e-4)
+
+
 def test_blind_model_ignores_the_image():
     """fusion='none' has no vision tower and gives the same logits for different images; a seeing model does not."""
     blind, seeing = make_model(fusion='none'), make_model()
