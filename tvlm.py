@@ -485,7 +485,7 @@ class Decoder(nn.Module):
         for i, block in enumerate(self.blocks):
             last = only if i == len(self.blocks) - 1 else None
             x = block(x, ctx, ctx_idx, rope, mask, out, P, None if cache is None else cache[i], last)
-        return self.norm(x)[:, P:]                                             # (B, T, C)
+        return self.norm(x)[:, P:]                                             # (B, T, C), or (B, 1, C) with only
 
 # -----------------------------------------------------------------------------
 # The full model: ViT -> linear projection -> decoder (cross-attention and/or image prefix) -> answer classifier,
