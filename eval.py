@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from prepare import (PATCH_LABELS, check_compatible, jpeg, load_meta, mirror_tables, open_split, patch_labels,
-                     side_of, split_batches)
-from tvlm import CANT, TVLM, image_attention, load_checkpoint, pick_device
+from prepare import (PATCH_LABELS, check_compatible, jpeg, load_meta, open_split, patch_labels, side_of,
+                     split_batches)
+from tvlm import CANT, TVLM, image_attention, load_checkpoint, mirror_tables, pick_device
 from viz import draw_boxes, overlay
 
 # -----------------------------------------------------------------------------
@@ -403,7 +403,7 @@ def robustness_section(model, arrays, logits, robust_max, batch_questions, seed,
     tok, ans = mirror_tables(model.tokenizer, model.answers)
     flipped = predict(model, arrays, batch_questions, n_img, lambda im, q: (im[:, :, ::-1], tok[q]))[0].argmax(1)
     agree, sided = flipped == ans[logits[:nq].argmax(1)], (tok[arrays['questions'][:nq]] != arrays['questions'][:nq]).any(1)
-    res['flip'] = {'consistency': agree.mean(), 'n_left_right': int(sided.sum()),
+    res['flip'] = {'consistency': agree.mean(), 'n_left_right': int(sided.sum()), 'mirror': model.cfg.mirror,
                    'consistency_left_right': agree[sided].mean() if sided.any() else float('nan'),
                    'accuracy': (flipped == ans[y]).mean()}
     fig, axes = plt.subplots(1, len(ROBUSTNESS), figsize=(3.2 * len(ROBUSTNESS), 3), sharey=True)
@@ -690,7 +690,8 @@ def print_sections(r):
         print(f"  {kind:<10} " + '  '.join(f"{s:>4}: {fmt(a)}" for s, a in accs.items()))
     fl = rob['flip']
     print(f"  flip consistency {fmt(fl['consistency'])} (left/right questions {fmt(fl['consistency_left_right'])}, "
-          f"n={fl['n_left_right']}), accuracy on mirrored images {fmt(fl['accuracy'])}")
+          f"n={fl['n_left_right']}), accuracy on mirrored images {fmt(fl['accuracy'])}" +
+          (" (1 by construction: the model averages every image with its mirror, mirror=True)" if fl['mirror'] else ''))
     yn = r['classification'].get('yes_no')
     print(f"errors: {e['n_errors']:,}; {fmt(e['high_conf_share'])} of them at confidence >= {HIGH_CONF} (before "
           f"temperature scaling), "

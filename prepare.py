@@ -1036,7 +1036,7 @@ def training_batch(arrays, cfg, n_images, questions_per_image, generator, device
     order; see TVLM.forward), and patch-label targets (N, H/p, W/p, K) when cfg has a patch head. Tokens and
     targets: the questions and their answer classes (B,), or with cfg.answer='generate' the questions followed by
     their answers and reasons, with next-token targets (B, T) on those words only (tvlm.answer_targets).
-    flip: mirror_tables' (tokens, answers) to mirror half the images; augment: recompress, then photometric.
+    flip: tvlm.mirror_tables' (tokens, answers) to mirror half the images; augment: recompress, then photometric.
     Last, the look loss's targets (B, H/p, W/p) when cfg.look_weight asks for them (else None)."""
     images, q, a, idx, rows, q_rows = sample_batch(arrays, n_images, questions_per_image, generator)
     q, patches, looks = loss_inputs(arrays, cfg, q, rows, q_rows)
@@ -1074,19 +1074,6 @@ def split_batches(arrays, max_questions, max_images=None):
             yield (np.arange(lo, hi), q_rows, arrays['images'][lo:hi], q[:, :int((q != 0).sum(1).max())],
                    arrays['image_idx'][q_rows].astype(np.int64) - lo)
         lo = hi
-
-
-def mirror_tables(tokenizer, answers):
-    """Token and answer permutations that swap 'left' and 'right' (identity elsewhere). The question rules are
-    symmetric about the image's vertical midline, so a mirrored image with these swaps applied to its question
-    and answer is another correct example (train.py's hflip; eval.py's consistency check)."""
-    tok, ans = np.arange(len(tokenizer)), np.arange(len(answers))
-    for a, b in (('left', 'right'), ('right', 'left')):
-        if a in tokenizer.stoi and b in tokenizer.stoi:
-            tok[tokenizer.stoi[a]] = tokenizer.stoi[b]
-        if a in answers and b in answers:
-            ans[answers.index(a)] = answers.index(b)
-    return tok, ans
 
 
 if __name__ == '__main__':

@@ -27,10 +27,10 @@ import torch
 from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from prepare import (DATASET_FIELDS, check_compatible, data_shape, load_meta, loss_inputs, mirror_tables,
-                     model_config, open_split, split_batches, to_device, training_batch)
+from prepare import (DATASET_FIELDS, check_compatible, data_shape, load_meta, loss_inputs, model_config, open_split,
+                     split_batches, to_device, training_batch)
 from tvlm import (CANT, TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
-                  load_checkpoint, pick_device)
+                  load_checkpoint, mirror_tables, pick_device)
 
 # -----------------------------------------------------------------------------
 # defaults: plain globals, overridden by config files and --key=value (configurator.py). bench.py runs this

@@ -83,6 +83,11 @@ class TVLMConfig:
     # generate: the first answer word (the one that decides: yes, no, 3, red, can't) counts this many times in the
     # token mean; 1 is PaliGemma's plain mean, where a reason's half-dozen words outweigh the answer
     first_word_weight: float = 1.0
+    # out of training, score answers on the image and on its mirror image with 'left' and 'right' swapped in the
+    # question, and average the two views' probabilities (test-time augmentation; the question rules are
+    # mirror-symmetric, so both ask the same thing): twice the inference, for two nearly independent guesses.
+    # generate(): the words it writes come from the image as given
+    mirror: bool = False
 
     def __post_init__(self):
         checks = [
@@ -178,6 +183,19 @@ class Tokenizer:
     def from_dict(cls, d):
         assert d['itos'][:4] == cls.specials, f"not a tvlm tokenizer: first tokens are {d['itos'][:4]}"
         return cls(d['itos'][4:])
+
+
+def mirror_tables(tokenizer, answers):
+    """Token and answer permutations that swap 'left' and 'right' (identity elsewhere). The question rules are
+    symmetric about the image's vertical midline, so a mirrored image with these swaps applied to its question
+    and answer is another correct example (train.py's hflip, TVLM's mirror, eval.py's consistency check)."""
+    tok, ans = np.arange(len(tokenizer)), np.arange(len(answers))
+    for a, b in (('left', 'right'), ('right', 'left')):
+        if a in tokenizer.stoi and b in tokenizer.stoi:
+            tok[tokenizer.stoi[a]] = tokenizer.stoi[b]
+        if a in answers and b in answers:
+            ans[answers.index(a)] = answers.index(b)
+    return tok, ans
 
 # -----------------------------------------------------------------------------
 # Images: one function turns any picture into the model's input, used by prepare.py and by answer()
@@ -560,6 +578,11 @@ class TVLM(nn.Module):
         self.register_buffer('answer_weight', weight, persistent=False)
         self.register_buffer('patch_label_weight', torch.tensor(cfg.patch_label_weights or (1.0,) * cfg.n_patch_labels,
                                                                 dtype=torch.float32), persistent=False)
+        if cfg.mirror:  # the swaps that ask the mirror image the same question (forward)
+            assert tokenizer is not None and answers is not None, "mirror=True needs the tokenizer and the answers"
+            tok, ans = mirror_tables(tokenizer, answers)
+            self.register_buffer('mirror_tokens', torch.from_numpy(tok), persistent=False)      # (V,)
+            self.register_buffer('mirror_answers', torch.from_numpy(ans), persistent=False)     # (A,)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # residual projections scaled down by depth (GPT-2)
             if name.endswith(('wo.weight', 'mlp.proj.weight')):
@@ -607,7 +630,8 @@ class TVLM(nn.Module):
             ctx = img                                                             # (N, P, C)
         return vis, prefix, ctx
 
-    def forward(self, images, tokens, targets=None, image_idx=None, out=None, patch_targets=None, look_targets=None):
+    def forward(self, images, tokens, targets=None, image_idx=None, out=None, patch_targets=None, look_targets=None,
+                mirrored=False):
         """images uint8[N, Hi, Wi, 3], tokens int64[B, T] (0 = pad), targets int64[B], image_idx int64[B]
         (question -> image row; None means N == B; an int k: k questions per image in image order, as train.py's
         batches come, so cross-attention need not copy keys and values per question), patch_targets float[N, Hi/p,
@@ -616,7 +640,8 @@ class TVLM(nn.Module):
         answer='generate': tokens are whole sequences (see answer_targets), targets int64[B, T] with -100 where
         nothing is learned, and the logits float[B, T, V] predict each next token.
         A dict passed as `out` takes the explicit attention path and is filled with the attention maps (and 'vis',
-        the ViT's tokens)."""
+        the ViT's tokens). With cfg.mirror, out of training, the logits are the log of the two views' averaged
+        probabilities (`out` holds the image's own maps); mirrored=True is the inner call on the mirror image."""
         cfg = self.cfg
         look = targets is not None and look_targets is not None and cfg.look_weight > 0
         wants_maps = out is not None
@@ -637,6 +662,11 @@ class TVLM(nn.Module):
             h = self.dec(tokens, prefix, ctx, image_idx, out, only=only)       # (B, 1 or T, C)
             h = h[:, 0] if only is not None else h[torch.arange(len(h), device=h.device), summary]   # (B, C)
             logits = self.head(h)                                              # (B, A)
+        if cfg.mirror and not self.training and not mirrored:  # the mirror view's answers (or words) swapped back
+            other = self(images.flip(2), self.mirror_tokens[tokens], image_idx=image_idx, mirrored=True)[0]
+            swap = self.mirror_answers if self.head is not None else self.mirror_tokens
+            both = torch.stack([logits.float().log_softmax(-1), other.float().log_softmax(-1)[..., swap]])
+            logits = both.logsumexp(0) - math.log(2)                           # (B, A) or (B, T, V): log mean prob
         if out is not None:
             out.update(summary_idx=summary, prefix=0 if prefix is None else prefix.shape[1], vis=vis)
         looked = (out['cross_attn'], summary, look_targets) if look else None

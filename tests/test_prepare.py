@@ -15,7 +15,7 @@ from PIL import Image
 import prepare
 from conftest import ROOT
 from prepare import ANSWERS, BOX_CLASSES, TEMPLATES
-from tvlm import Tokenizer
+from tvlm import Tokenizer, mirror_tables
 
 H, W = 144, 256   # stored size of the rule table below
 
@@ -445,14 +445,6 @@ def test_meta_counts_frame_attributes_per_split(tmp_path):
     assert np.load(os.path.join(out, 'test_rain.npy')).tolist() == [0]        # clear: not raining, known
 
 
-def test_mirror_tables_swap_left_and_right():
-    """hflip's permutations: 'left' <-> 'right' in questions and answers, everything else unchanged."""
-    tok = Tokenizer.build(['is the left lane clear?', 'is the right lane clear?'])
-    t, a = prepare.mirror_tables(tok, ['yes', 'no', 'left', 'right'])
-    assert t[tok.stoi['left']] == tok.stoi['right'] and t[tok.stoi['right']] == tok.stoi['left']
-    assert t[tok.stoi['lane']] == tok.stoi['lane'] and a.tolist() == [0, 1, 3, 2]
-
-
 def test_sample_batch_keeps_questions_with_their_images(toy_data):
     """Every sampled question sits under the image it was asked about, and padding-only columns are cut."""
     arrays = prepare.open_split(toy_data, 'train')
@@ -544,7 +536,7 @@ def test_training_batch_mirrors_look_targets_with_their_questions(toy_data):
     tok = Tokenizer.from_dict(meta['tokenizer'])
     cfg = TVLMConfig(img_h=32, img_w=48, patch=8, vocab_size=len(tok), max_q_len=8, n_answers=2, look_weight=1.0)
     said = []
-    for flip in (None, prepare.mirror_tables(tok, meta['answers'])):
+    for flip in (None, mirror_tables(tok, meta['answers'])):
         _, q, _, k, _, looks = prepare.training_batch(arrays, cfg, 16, 4, torch.Generator().manual_seed(0), 'cpu', flip)
         assert k == 4 and looks.shape == (64, 4, 6)
         left = looks[:, :, :3].sum((1, 2))                                        # (B,) weight on the left half

@@ -410,7 +410,7 @@ def test_hflip_swaps_left_and_right_consistently():
     import prepare
     from tvlm import Tokenizer
     tok = Tokenizer.build(q for _, q in prepare.TEMPLATES)
-    flip_tok, flip_ans = prepare.mirror_tables(tok, prepare.ANSWERS)
+    flip_tok, flip_ans = tvlm.mirror_tables(tok, prepare.ANSWERS)
     H, W = 144, 256
     template_of = {tuple(tok.encode(q, 16)[0]): t for t, (_, q) in enumerate(prepare.TEMPLATES)}
     mirrored_template = {t: template_of[tuple(flip_tok[list(ids)])] for ids, t in template_of.items()}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tvlm import (CANT, TVLM, Attention, Muon, RMSNorm, TVLMConfig, Tokenizer, answer_loss, answer_targets,
                   apply_rope, configure_optimizers, get_lr, load_checkpoint, load_image, orthogonalize, pick_device,
-                  prefix_lm_mask, rope_cache)  # conftest.py: root on sys.path
+                  mirror_tables, prefix_lm_mask, rope_cache)  # conftest.py: root on sys.path
 
 CORPUS = ["Is the traffic light red?", "How many cars are on the left?", "Is there a pedestrian?",
           "What's the weather like?", "Is the road wet, or dry?"]
@@ -487,6 +487,33 @@ def test_last_block_on_the_summary_row_alone_equals_the_full_decoder(fusion, pos
     close(loss, loss_all)
     for g, g_all in zip(grads, grads_all):  # out= takes the explicit attention path, which rounds otherwise
         torch.testing.assert_close(g, g_all, rtol=1e-3, atol=1e-4)
+
+
+def test_mirror_tables_swap_left_and_right():
+    """hflip's and mirror's permutations: 'left' <-> 'right' in questions and answers, everything else unchanged."""
+    tok = Tokenizer.build(['is the left lane clear?', 'is the right lane clear?'])
+    t, a = mirror_tables(tok, ['yes', 'no', 'left', 'right'])
+    assert t[tok.stoi['left']] == tok.stoi['right'] and t[tok.stoi['right']] == tok.stoi['left']
+    assert t[tok.stoi['lane']] == tok.stoi['lane'] and a.tolist() == [0, 1, 3, 2]
+
+
+def test_mirror_averages_the_image_and_its_mirror():
+    """mirror=True, out of training: the log of the mean of two views' probabilities, the image with its question
+    and the mirror image with 'left' and 'right' swapped; so a mirrored question about the mirror image gets the same
+    answers. In training, and with mirror=False, one view."""
+    imgs, toks, idx = images(2), encode(CORPUS[:4]), torch.tensor([0, 0, 1, 1])
+    assert 'left' in CORPUS[1]
+    plain, mirrored = make_model(), make_model(mirror=True)
+    mirrored.load_state_dict(plain.state_dict())
+    swap = torch.from_numpy(mirror_tables(TOK, ANSWERS)[0])
+    with torch.no_grad():
+        one, other = plain(imgs, toks, image_idx=idx)[0], plain(imgs.flip(2), swap[toks], image_idx=idx)[0]
+        both = mirrored(imgs, toks, image_idx=idx)[0]                             # (B, A)
+        close(both.exp(), (one.softmax(-1) + other.softmax(-1)) / 2)
+        close(mirrored(imgs.flip(2), swap[toks], image_idx=idx)[0], both)         # ANSWERS has no left or right
+        assert not torch.allclose(one, other)                                     # the views do differ
+        mirrored.train()
+        close(mirrored(imgs, toks, image_idx=idx)[0], one)
 
 
 def test_blind_model_ignores_the_image():
