@@ -578,9 +578,9 @@ class TVLM(nn.Module):
         self.register_buffer('answer_weight', weight, persistent=False)
         self.register_buffer('patch_label_weight', torch.tensor(cfg.patch_label_weights or (1.0,) * cfg.n_patch_labels,
                                                                 dtype=torch.float32), persistent=False)
-        if cfg.mirror:  # the swaps that ask the mirror image the same question (forward)
-            assert tokenizer is not None and answers is not None, "mirror=True needs the tokenizer and the answers"
-            tok, ans = mirror_tables(tokenizer, answers)
+        if cfg.mirror:  # the swaps that ask the mirror image the same question (forward); none without words
+            tok, ans = (np.arange(cfg.vocab_size), np.arange(cfg.n_answers)) if tokenizer is None or answers is None \
+                else mirror_tables(tokenizer, answers)                          # (bench.py's timing models)
             self.register_buffer('mirror_tokens', torch.from_numpy(tok), persistent=False)      # (V,)
             self.register_buffer('mirror_answers', torch.from_numpy(ans), persistent=False)     # (A,)
         self.apply(self._init_weights)
