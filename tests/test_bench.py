@@ -69,8 +69,9 @@ def test_bench_in_bfloat16():
 
 def test_bench_times_the_model_train_py_trains(toy_data, tmp_path):
     """The same config and dataset give bench.py and train.py the same model: parameters, image, question and answer
-    shapes (bench once used its own max_q_len, vocabulary and answers)."""
-    args = TINY_MODEL + [f'--data_dir={toy_data}', '--batch_size=12', '--questions_per_image=3', '--augment']
+    shapes (bench once used its own max_q_len, vocabulary and answers); with the mirror, as config/small.py's (bench
+    once failed to build a mirror model without a tokenizer)."""
+    args = TINY_MODEL + [f'--data_dir={toy_data}', '--batch_size=12', '--questions_per_image=3', '--augment', '--mirror']
     train = subprocess.run([sys.executable, 'train.py', *args, f'--out_dir={tmp_path}', '--max_iters=0', '--device=cpu'],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert train.returncode == 0, train.stdout + train.stderr
