@@ -1004,9 +1004,11 @@ def photometric(images, generator):
     soft = torch.nonzero(r[:, 5, 0, 0] > 0.5).squeeze(1)                       # half the images, by a random amount
     sharp = x[soft]                                                             # (n, 3, H, W)
     p = F.pad(sharp, (1, 1, 1, 1), mode='replicate')                            # (n, 3, H+2, W+2)
-    p = p[..., :-2] + 2 * p[..., 1:-1] + p[..., 2:]                             # (n, 3, H+2, W) the 1-2-1 kernel,
-    blurred = (p[:, :, :-2] + 2 * p[:, :, 1:-1] + p[:, :, 2:]) / 16             # (n, 3, H, W) in x, then in y
-    x[soft] = sharp.lerp_(blurred, r[soft, 5:6] * 2 - 1)
+    # the 1-2-1 kernel in x, then in y: (a + 2b) + c summed into one temporary a pass, bit for bit the plain
+    # a + 2 * b + c, which makes three (half of the blur's ~1 ms a batch)
+    p = torch.add(p[..., :-2], p[..., 1:-1], alpha=2).add_(p[..., 2:])          # (n, 3, H+2, W)
+    blurred = torch.add(p[:, :, :-2], p[:, :, 1:-1], alpha=2).add_(p[:, :, 2:]).div_(16)   # (n, 3, H, W)
+    x.index_copy_(0, soft, sharp.lerp_(blurred, r[soft, 5:6] * 2 - 1))
     # sensor noise at half resolution (a quarter of the random numbers; demosaicing correlates neighbours anyway)
     noise = torch.randn(N, 3, H // 2, 1, W // 2, 1, generator=generator).to(dev)  # (N, 3, H/2, 1, W/2, 1)
     x.view(N, 3, H // 2, 2, W // 2, 2).add_(noise.mul_(12 * r[:, 6:7, :, :, None, None]))  # each on a 2 x 2 block
