@@ -1004,8 +1004,8 @@ def photometric(images, generator):
     soft = torch.nonzero(r[:, 5, 0, 0] > 0.5).squeeze(1)                       # half the images, by a random amount
     sharp = x[soft]                                                             # (n, 3, H, W)
     p = F.pad(sharp, (1, 1, 1, 1), mode='replicate')                            # (n, 3, H+2, W+2)
-    # the 1-2-1 kernel in x, then in y: (a + 2b) + c summed into one temporary a pass, bit for bit the plain
-    # a + 2 * b + c, which makes three (half of the blur's ~1 ms a batch)
+    # the 1-2-1 kernel in x, then in y, as (a + 2b) + c in one temporary per pass: bit for bit a + 2 * b + c, which
+    # makes three, and half the time
     p = torch.add(p[..., :-2], p[..., 1:-1], alpha=2).add_(p[..., 2:])          # (n, 3, H+2, W)
     blurred = torch.add(p[:, :, :-2], p[:, :, 1:-1], alpha=2).add_(p[:, :, 2:]).div_(16)   # (n, 3, H, W)
     x.index_copy_(0, soft, sharp.lerp_(blurred, r[soft, 5:6] * 2 - 1))
