@@ -130,8 +130,8 @@ gen = torch.Generator().manual_seed(seed)
 
 
 def get_batch(qpi=questions_per_image):
-    """train.py's batch (prepare.training_batch, augmentation included), less its mirror flips."""
-    return training_batch(data, cfg, batch_size // qpi, qpi, gen, device, augment=augment)
+    """train.py's batch (prepare.training_batch, augmentation and word dropout included), less its mirror flips."""
+    return training_batch(data, cfg, batch_size // qpi, qpi, gen, device, augment=augment, word_dropout=word_dropout)
 
 
 def make_train_step(precision, use_compile):

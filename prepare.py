@@ -1032,14 +1032,19 @@ def loss_inputs(arrays, cfg, q, rows, q_rows):
             look_targets(arrays, q_rows, cfg.patch) if cfg.look_weight else None)
 
 
-def training_batch(arrays, cfg, n_images, questions_per_image, generator, device, flip=None, augment=False):
+def training_batch(arrays, cfg, n_images, questions_per_image, generator, device, flip=None, augment=False,
+                   word_dropout=0.0):
     """train.py's training batch (bench.py times this same path), on `device`: images uint8 (N, H, W, 3), tokens
     (B, T), targets, image_idx (the int questions_per_image: the questions come that many per image, in image
     order; see TVLM.forward), and patch-label targets (N, H/p, W/p, K) when cfg has a patch head. Tokens and
     targets: the questions and their answer classes (B,), or with cfg.answer='generate' the questions followed by
     their answers and reasons, with next-token targets (B, T) on those words only (tvlm.answer_targets).
     flip: tvlm.mirror_tables' (tokens, answers) to mirror half the images; augment: recompress, then photometric.
-    Last, the look loss's targets (B, H/p, W/p) when cfg.look_weight asks for them (else None)."""
+    word_dropout: the share of question words (never the answer's) read as <unk>: a wording never trained on still
+    shares most of its words with one that was, so the model should not hang on any one of them (one seed trained
+    on "Is the weather rainy?" got the held-out "Is it rainy?" right 65% of the time). In use an <unk> makes
+    answer() abstain (TVLM.unknown_words), so these questions only teach. Last, the look loss's targets
+    (B, H/p, W/p) when cfg.look_weight asks for them (else None)."""
     images, q, a, idx, rows, q_rows = sample_batch(arrays, n_images, questions_per_image, generator)
     q, patches, looks = loss_inputs(arrays, cfg, q, rows, q_rows)
     if flip is not None:  # mirror half of the images; their questions say right where they said left, and vice versa
@@ -1051,6 +1056,10 @@ def training_batch(arrays, cfg, n_images, questions_per_image, generator, device
             looks = np.where(mirrored[idx][:, None, None], looks[:, :, ::-1], looks)
         q = np.where(mirrored[idx][:, None], flip[0][q], q)
         a = np.where(mirrored[idx], flip[1][a], a)
+    if word_dropout:  # some question words read as <unk>, so that no answer hangs on one word (see the docstring)
+        question = np.cumsum(q == Tokenizer.eos_id, 1) == 0                           # (B, T) before the first <eos>
+        drawn = torch.rand(q.shape, generator=generator).numpy() < word_dropout       # (B, T)
+        q = np.where(question & (q > Tokenizer.eos_id) & drawn, Tokenizer.unk_id, q)
     images = to_device(recompress(images, generator) if augment else images, device)     # (N, H, W, 3) uint8
     if augment:
         images = photometric(images, generator)

@@ -55,6 +55,7 @@ questions_per_image = 4       # questions share an image in a batch, so the ViT 
 grad_accum = 1                # micro-steps per optimizer step
 augment = False               # photometric jitter: exposure, contrast, white balance, blur, noise, JPEG
 hflip = False                 # mirror images, swapping 'left' and 'right' in questions and answers
+word_dropout = 0.0            # the share of question words read as <unk> in training (prepare.training_batch)
 class_weights = False         # weight answers by inverse train frequency (sets the model's answer_weights)
 # optimizer and schedule
 lr = 1e-3
@@ -196,7 +197,7 @@ if master:
 def get_batch():
     """A training batch on the device, as prepare.training_batch makes it from this run's settings."""
     return training_batch(train_data, cfg, batch_size // questions_per_image, questions_per_image, batch_gen, device,
-                          (flip_tokens, flip_answers) if hflip else None, augment)
+                          (flip_tokens, flip_answers) if hflip else None, augment, word_dropout)
 
 
 def answer_hits(logits, tokens, targets):

@@ -546,6 +546,29 @@ def test_training_batch_mirrors_look_targets_with_their_questions(toy_data):
             assert on_left == pytest.approx({'left': 1.0, 'right': 0.0, 'both': 0.5}[side]), words
     assert said[0] != said[1]                                                     # the same draw, some mirrored
 
+
+@pytest.mark.parametrize('answer', ['classify', 'generate'])
+def test_word_dropout_hides_question_words_only(toy_data, answer):
+    """word_dropout turns about that share of the question's words into <unk>, and nothing else: not <bos>, <eos>
+    or padding, not the answer words that follow the question in generate mode, not the answers or the images."""
+    from tvlm import TVLMConfig, Tokenizer
+    arrays, meta = prepare.open_split(toy_data, 'train'), prepare.load_meta(toy_data)
+    cfg = TVLMConfig(img_h=32, img_w=48, patch=8, vocab_size=len(meta['tokenizer']['itos']), max_q_len=8,
+                     n_answers=2, answer=answer, max_answer_len=8)
+    batches = [prepare.training_batch(arrays, cfg, 64, 4, torch.Generator().manual_seed(0), 'cpu', word_dropout=p)
+               for p in (0.0, 0.3)]
+    (images, q, targets), (images_d, q_d, targets_d) = batches[0][:3], batches[1][:3]
+    assert torch.equal(images, images_d)
+    changed = q != q_d                                                            # (B, T)
+    question = torch.cumsum(q == Tokenizer.eos_id, 1) == 0                        # (B, T) before the first <eos>
+    words = question & (q > Tokenizer.eos_id)
+    assert (q_d[changed] == Tokenizer.unk_id).all() and not (changed & ~words).any()
+    assert changed.sum() / words.sum() == pytest.approx(0.3, abs=0.05)
+    if answer == 'classify':
+        assert torch.equal(targets, targets_d)
+    else:  # the targets from the question's <eos> on are the answer's words, as they were
+        assert torch.equal(targets[~question], targets_d[~question])
+
 # -----------------------------------------------------------------------------
 # questions as people ask them: phrasings, held-out wordings, out-of-scope questions
 
