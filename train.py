@@ -87,9 +87,9 @@ if batch_size % questions_per_image:
 if lr <= 0 or not 0 <= min_lr <= lr or dtype not in ('auto', 'float32', 'bfloat16', 'float16') or not out_dir:
     sys.exit(f"need lr > 0 (got {lr}), 0 <= min_lr <= lr ({min_lr}), dtype auto, float32, bfloat16 or float16 "
              f"({dtype!r}) and an out_dir ({out_dir!r})")
-if not 0 <= ema_decay < 1 or warmup_iters > lr_decay_iters or eval_max_questions < 1:
-    sys.exit(f"need 0 <= ema_decay < 1 (got {ema_decay}), warmup_iters <= lr_decay_iters ({warmup_iters} > "
-             f"{lr_decay_iters}?) and eval_max_questions >= 1 ({eval_max_questions})")
+if not 0 <= ema_decay < 1 or not 0 <= word_dropout < 1 or warmup_iters > lr_decay_iters or eval_max_questions < 1:
+    sys.exit(f"need 0 <= ema_decay < 1 (got {ema_decay}), 0 <= word_dropout < 1 ({word_dropout}), warmup_iters <= "
+             f"lr_decay_iters ({warmup_iters} > {lr_decay_iters}?) and eval_max_questions >= 1 ({eval_max_questions})")
 if init_from not in ('scratch', 'resume') and os.path.abspath(os.path.dirname(init_from)) == os.path.abspath(out_dir):
     sys.exit(f"--init_from={init_from} is in --out_dir={out_dir}, which this run would overwrite ---> HINT: fine-tune "
              f"into another --out_dir")

@@ -114,11 +114,11 @@ def assert_val_acc_is_evals(model, evals, data_dir):
 
 
 def test_resume_equals_straight_run(toy_data, tmp_path):
-    """10 iterations, resume, 10 more = 20 straight, bit for bit (dropout, flips, jitter, Muon's momentum and the
-    weights' moving average included); a resumed run's optimizer settings are its own; optimizer state of other
-    groups (an older tvlm's) is refused in one line."""
+    """10 iterations, resume, 10 more = 20 straight, bit for bit (dropout, word dropout, flips, jitter, Muon's
+    momentum and the weights' moving average included); a resumed run's optimizer settings are its own; optimizer
+    state of other groups (an older tvlm's) is refused in one line."""
     common = ['--eval_interval=10', '--dropout=0.1', '--hflip=True', '--augment=True', '--lr_decay_iters=20',
-              '--ema_decay=0.9', '--muon=True']
+              '--word_dropout=0.2', '--ema_decay=0.9', '--muon=True']
     run_train(common + ['--max_iters=20'], str(tmp_path / 'a'), toy_data)
     run_train(common + ['--max_iters=10'], str(tmp_path / 'b'), toy_data)
     p = run_train(common + ['--max_iters=20', '--init_from=resume'], str(tmp_path / 'b'), toy_data)
@@ -337,6 +337,7 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
                       ('--batch_size=13', 'batch_size=13 must be a multiple of questions_per_image=3'),
                       ('--lr=1e-5', '0 <= min_lr <= lr (0.0001)'), ('--ema_decay=1.0', 'need 0 <= ema_decay < 1 (got 1.0)'),
                       ('--warmup_iters=3000', 'warmup_iters <= lr_decay_iters (3000 > 2000?)'),
+                      ('--word_dropout=1.0', '0 <= word_dropout < 1 (1.0)'),
                       ('--eval_max_questions=0', 'eval_max_questions >= 1 (0)'),
                       ('--dtype=float16', '--dtype=float16 needs a CUDA GPU'),
                       (f'--init_from={tmp_path / "o" / "ckpt.pt"}', 'which this run would overwrite'),
