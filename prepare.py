@@ -1057,7 +1057,7 @@ def training_batch(arrays, cfg, n_images, questions_per_image, generator, device
         q = np.where(mirrored[idx][:, None], flip[0][q], q)
         a = np.where(mirrored[idx], flip[1][a], a)
     if word_dropout:  # some question words read as <unk>, so that no answer hangs on one word (see the docstring)
-        question = np.cumsum(q == Tokenizer.eos_id, 1) == 0                           # (B, T) before the first <eos>
+        question = np.arange(q.shape[1]) < Tokenizer.question_end(torch.from_numpy(q)).numpy()[:, None]   # (B, T)
         drawn = torch.rand(q.shape, generator=generator).numpy() < word_dropout       # (B, T)
         q = np.where(question & (q > Tokenizer.eos_id) & drawn, Tokenizer.unk_id, q)
     images = to_device(recompress(images, generator) if augment else images, device)     # (N, H, W, 3) uint8

@@ -206,7 +206,7 @@ def answer_hits(logits, tokens, targets):
     answer's first word (teacher-forced; a training batch holds no answer ids; val reads answers as eval.py does)."""
     if cfg.answer == 'classify':
         return logits.argmax(-1) == targets
-    b, sep = torch.arange(len(tokens), device=tokens.device), (tokens == Tokenizer.eos_id).int().argmax(1)
+    b, sep = torch.arange(len(tokens), device=tokens.device), Tokenizer.question_end(tokens)
     return logits[b, sep].argmax(-1) == targets[b, sep]
 
 

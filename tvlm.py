@@ -167,6 +167,11 @@ class Tokenizer:
         out[:len(ids)] = ids
         return out, out != self.pad_id
 
+    @staticmethod
+    def question_end(tokens):
+        """int64[B]: where each sequence's question ends, its first <eos> (an answer may follow in generate mode)."""
+        return (tokens == Tokenizer.eos_id).int().argmax(1)
+
     def unknown(self, text):
         """The words of text that are not in the vocabulary (encode() reads each as <unk>)."""
         return [w for w in self.split(text) if w not in self.stoi]
@@ -531,7 +536,7 @@ def answer_targets(tokens):
     eos = tokens == Tokenizer.eos_id
     assert eos.any(1).all(), "every sequence needs the question's <eos> before its answer"
     pos = torch.arange(tokens.shape[1], device=tokens.device)                 # (T,)
-    first = eos.int().argmax(1, keepdim=True)                                 # (B, 1) the question's <eos>
+    first = Tokenizer.question_end(tokens)[:, None]                           # (B, 1) the question's <eos>
     last = (tokens != Tokenizer.pad_id).sum(1, keepdim=True) - 1              # (B, 1) the closing <eos>
     nxt = F.pad(tokens[:, 1:], (0, 1))                                        # (B, T) the token after each
     return torch.where((pos >= first) & (pos < last), nxt, -100)              # (B, T)
@@ -651,7 +656,7 @@ class TVLM(nn.Module):
             out = {'vit_attn': None, 'self_attn': None, 'cross_attn': []}
         vis, prefix, ctx = self.encode_image(images, image_idx, out)
         if self.head is None:  # the question's <eos> writes the first answer word
-            summary = (tokens == Tokenizer.eos_id).int().argmax(1)             # (B,)
+            summary = Tokenizer.question_end(tokens)                           # (B,)
             h = self.dec(tokens, prefix, ctx, image_idx, out)                  # (B, T, C)
             logits = h @ self.dec.embed.weight.T                               # (B, T, V), tied to the embedding
         else:  # the summary token is the last real one (<eos>): in a causal decoder only it has read the whole question
@@ -770,7 +775,7 @@ class TVLM(nn.Module):
         modes. With rules, questions with unknown words (see unknown_words), and those whose p(can't answer) is above
         abstain_above, score "can't answer"."""
         if self.cfg.answer == 'generate':
-            last = (tokens == Tokenizer.eos_id).int().argmax(1)                  # (B,) the question's (first) <eos>
+            last = Tokenizer.question_end(tokens)                                # (B,) the question's <eos>
             first = [self.tokenizer.stoi[self.tokenizer.split(a)[0]] for a in self.answers]
             logits = logits[torch.arange(len(tokens), device=tokens.device), last][:, first]   # (B, A)
         if not rules or self.answers is None or CANT not in self.answers:
