@@ -554,6 +554,29 @@ def write_json(path, obj):
     write_atomic(path, save)
 
 
+def report_dir(ckpt, ck, data_dir, split):
+    """Beside the checkpoint: its own test report there (the eval.json --compare reads), another dataset's (real
+    frames) or split's in a folder of its own, so that it never overwrites that one."""
+    other = os.path.abspath(data_dir) != os.path.abspath(ck.get('data_dir', data_dir))
+    name = '-'.join([os.path.basename(os.path.normpath(data_dir))] * other + [split] * (split != 'test'))
+    here = os.path.dirname(os.path.abspath(ckpt))
+    return os.path.join(here, f'eval-{name}') if name else here
+
+
+def save_temperature_into(ckpt, ck, mtime, n_val, cal):
+    """Write the report's temperature into the checkpoint (TVLM.from_checkpoint reads it: answer() and viz.py then
+    divide the logits by it), unless train.py saved new weights meanwhile or val was too small to fit one."""
+    if os.path.getmtime(ckpt) != mtime:
+        print(f"{ckpt} changed during the evaluation: its temperature is left alone")
+    elif n_val < MIN_TEMPERATURE_QUESTIONS:
+        print(f"no temperature was fitted ({cal['temperature_from']}): {ckpt}'s is left alone")
+    else:
+        ck['temperature'] = cal['temperature']
+        write_atomic(ckpt, lambda tmp: torch.save(ck, tmp))
+        return True
+    return False
+
+
 def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=500, batch_questions=256,
              save_temperature=False, device='cpu', seed=1337):
     """Every section for one checkpoint on one split -> the eval.json dict; writes eval.json and the PNGs to out,
@@ -565,11 +588,7 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     if len(arrays['answers']) == 0:  # a BDD tree with only some splits' images prepares the others empty
         sys.exit(f"the {split} split of {data_dir} has no questions ---> HINT: evaluate a split that has some "
                  f"(--split=train|val|test), or re-run prepare.py with images for this one")
-    if not out:  # another dataset's (real frames) or split's report goes in its own folder, so it never overwrites
-        out = os.path.dirname(os.path.abspath(ckpt))   # the checkpoint's own test eval.json, the one --compare reads
-        other = os.path.abspath(data_dir) != os.path.abspath(ck.get('data_dir', data_dir))
-        name = '-'.join([os.path.basename(os.path.normpath(data_dir))] * other + [split] * (split != 'test'))
-        out = os.path.join(out, f'eval-{name}') if name else out
+    out = out or report_dir(ckpt, ck, data_dir, split)
     os.makedirs(out, exist_ok=True)
     y, fam = arrays['answers'].astype(np.int64), arrays['family'].astype(np.int64)
     logits, maps, patches = predict(model, arrays, batch_questions, attn=True)
@@ -584,14 +603,8 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
         'per_template': by_group(probs.argmax(1) == y, arrays['template'], meta['templates'])}
     val_logits = logits if split == 'val' else predict(model, val, batch_questions)[0]  # on val, T is fitted in-sample
     res['calibration'] = calibration_section(logits, y, val_logits, val['answers'].astype(np.int64), out)
-    if save_temperature and os.path.getmtime(ckpt) != mtime:  # train.py saved new weights: they need their own T
-        print(f"{ckpt} changed during the evaluation: its temperature is left alone")
-    elif save_temperature and len(val['answers']) < MIN_TEMPERATURE_QUESTIONS:
-        print(f"no temperature was fitted ({res['calibration']['temperature_from']}): {ckpt}'s is left alone")
-    elif save_temperature:  # TVLM.from_checkpoint reads it: answer() and viz.py then divide the logits by it
-        ck['temperature'] = res['calibration']['temperature']
-        write_atomic(ckpt, lambda tmp: torch.save(ck, tmp))
-        res['calibration']['saved'] = True
+    if save_temperature:
+        res['calibration']['saved'] = save_temperature_into(ckpt, ck, mtime, len(val['answers']), res['calibration'])
     res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg, meta['families'])
     res['detection'] = detection_section(patches, arrays, model.cfg.patch)
     blind_logits = predict(blind, arrays, batch_questions)[0] if blind else None
@@ -651,15 +664,7 @@ def print_report(r):
 
 def print_sections(r):
     cal, g, b, rob, e = r['calibration'], r['grounding'], r['baselines'], r['robustness'], r['errors']
-    gen = r.get('generation')
-    if gen:
-        rs = gen['reason_names_object_and_side']
-        print(f"\ngenerated answers: exact match {fmt(gen['exact_match'])} (" + ', '.join(
-            f"{f} {fmt(x['accuracy'])}" for f, x in gen['per_family'].items()) + f"); the reason names the deciding "
-            f"object and side on {fmt(rs['on_correct'])} of {rs['n_correct']} right answers ({fmt(rs['as_stored_on_correct'])} "
-            f"the nearest, as the stored reason), {fmt(rs['on_errors'])} of {rs['n_errors']} errors")
-        for x in gen['examples']:
-            print(f"  {x['question']!r} -> {x['said']!r} (rules: {x['truth']!r})")
+    print_generation(r.get('generation'))
     print_phrasing(r.get('phrasing'))
     print(f"\ncalibration: ECE {fmt(cal['before']['ece'])} -> {fmt(cal['after']['ece'])}, MCE {fmt(cal['before']['mce'])} -> "
           f"{fmt(cal['after']['mce'])}, NLL {fmt(cal['before']['nll'])} -> {fmt(cal['after']['nll'])} "
@@ -700,6 +705,18 @@ def print_sections(r):
     for c in e['most_confident']:
         print(f"  {c['confidence']:.3f}  {c['image']}: {c['question']!r} truth {c['truth']}, said {c['prediction']}")
     print(f"wrote eval.json, {', '.join(r['plots'])}")
+
+
+def print_generation(gen):
+    if not gen:
+        return
+    rs = gen['reason_names_object_and_side']
+    print(f"\ngenerated answers: exact match {fmt(gen['exact_match'])} (" + ', '.join(
+        f"{f} {fmt(x['accuracy'])}" for f, x in gen['per_family'].items()) + f"); the reason names the deciding "
+        f"object and side on {fmt(rs['on_correct'])} of {rs['n_correct']} right answers ({fmt(rs['as_stored_on_correct'])} "
+        f"the nearest, as the stored reason), {fmt(rs['on_errors'])} of {rs['n_errors']} errors")
+    for x in gen['examples']:
+        print(f"  {x['question']!r} -> {x['said']!r} (rules: {x['truth']!r})")
 
 
 def print_phrasing(p):

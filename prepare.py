@@ -646,12 +646,18 @@ def write_split(tmp, split, items, cfg, pool, skipped, tok, stats=None):
         np.save(os.path.join(tmp, f'{split}_{k}.npy'), arr)
     with open(os.path.join(tmp, f'{split}_names.json'), 'w') as fh:
         json.dump([k[0] for k in kept], fh)
-    mix = {k: {} for k in BDD_MIX}                     # the memmaps keep no attributes: meta.json keeps their counts
+    return arrays, attribute_mix(kept)
+
+
+def attribute_mix(kept):
+    """{attribute: {value: frames}} of kept frames, for BDD_MIX's attributes: the memmaps keep no attributes, so
+    meta.json keeps their counts."""
+    mix = {k: {} for k in BDD_MIX}
     for _, attrs, *_ in kept:
         for k, counts in mix.items():
             v = attrs.get(k, 'undefined')
             counts[v] = counts.get(v, 0) + 1
-    return arrays, mix
+    return mix
 
 
 # The real distribution, as measured on 339 BDD100K frames (../shared/BDD100K_FORMAT.md section 7), written as
@@ -701,6 +707,14 @@ def summarize(arrays, H):
     return counts, dist, blind, {s: box_stats(a, H) for s, a in arrays.items()}
 
 
+def made_with(final, args):
+    """Whether the prepared dataset in final is complete and was made from these arguments by this version."""
+    if not os.path.exists(os.path.join(final, 'meta.json')):
+        return False
+    meta = read_json(os.path.join(final, 'meta.json'))
+    return meta.get('args') == args and (meta.get('generator_version'), meta.get('format_version')) == (VERSION, FORMAT_VERSION)
+
+
 def build(cfg, root, name, source):
     """Ingest the BDD tree at root into data/<name>/ (or cfg['out']); -> the folder."""
     final = os.path.normpath(cfg['out'] or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name))
@@ -709,11 +723,9 @@ def build(cfg, root, name, source):
         sys.exit(f"--out={final} exists and is not a prepared dataset (no meta.json), so it is left as it is ---> HINT: "
                  f"name a new folder")
     args = {k: v for k, v in cfg.items() if k not in ('out', 'force', 'workers', 'list_questions')}  # what decides the content
-    if os.path.exists(os.path.join(final, 'meta.json')) and not cfg['force']:
-        meta = read_json(os.path.join(final, 'meta.json'))
-        if meta.get('args') == args and (meta.get('generator_version'), meta.get('format_version')) == (VERSION, FORMAT_VERSION):
-            print(f"{final} is complete and was made with the same arguments: reusing it (--force=True rebuilds)")
-            return final
+    if not cfg['force'] and made_with(final, args):
+        print(f"{final} is complete and was made with the same arguments: reusing it (--force=True rebuilds)")
+        return final
     tmp = fresh_tmp(final)
     try:
         with make_pool(cfg['workers']) as pool:
