@@ -433,9 +433,10 @@ try:
             if master:
                 qps = batch_size * grad_accum * world_size / dt
                 mfu = flops * world_size / (steps * dt) / peak_flops if peak_flops else None
-                gn = grad_norm.item() if grad_clip else float('nan')
+                gn = grad_norm.item() if grad_clip else None   # the norm comes from clipping: none without it
                 print(f"iter {iter_num}: loss {mean_loss:.4f}, acc {hits.item() / seen:.3f}, lr {lr_now:.1e}, "
-                      f"grad {gn:.2f}, {dt * 1000:.1f}ms, {qps:,.0f} q/s, {qps / questions_per_image:,.0f} img/s"
+                      + (f"grad {gn:.2f}, " if grad_clip else '')
+                      + f"{dt * 1000:.1f}ms, {qps:,.0f} q/s, {qps / questions_per_image:,.0f} img/s"
                       + (f", mfu {100 * mfu:.1f}%" if mfu else ''))
                 log({'kind': 'train', 'iter': iter_num, 'loss': mean_loss, 'acc': hits.item() / seen,
                      'lr': lr_now, 'grad_norm': gn, 'ms': dt * 1000, 'samples_per_s': qps,

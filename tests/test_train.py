@@ -31,9 +31,13 @@ def run_train(args, out_dir, data_dir, check=True, runner=None, env_extra=None):
     return p
 
 
+def not_json(word):
+    raise ValueError(f"log.jsonl holds {word}, which strict JSON readers refuse")
+
+
 def read_log(out_dir, kind):
     with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return [r for r in map(json.loads, f) if r['kind'] == kind]
+        return [r for r in (json.loads(line, parse_constant=not_json) for line in f) if r['kind'] == kind]
 
 # -----------------------------------------------------------------------------
 # learning
@@ -311,6 +315,13 @@ runpy.run_path(sys.argv[0], run_name='__main__')
            '--questions_per_image=3', '--max_iters=20', '--eval_interval=20', '--log_interval=5', '--device=cpu']
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert p.returncode != 0 and p.stderr.count('loss is nan in the 5 iterations up to 10') == 2, p.stderr[-2000:]
+
+
+def test_without_clipping_the_log_has_no_grad_norm(toy_data, tmp_path):
+    """--grad_clip=0 computes no gradient norm: the log line leaves it out and log.jsonl holds null, not NaN."""
+    p = run_train(['--max_iters=5', '--eval_interval=5', '--grad_clip=0'], str(tmp_path), toy_data)
+    assert 'iter 5: ' in p.stdout and 'grad' not in p.stdout.split('iter 5: ')[1].splitlines()[0]
+    assert [r['grad_norm'] for r in read_log(str(tmp_path), 'train')] == [None]
 
 
 def test_bfloat16_autocast_trains_on_the_cpu(toy_data, tmp_path):
