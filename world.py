@@ -33,8 +33,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 # the world obeys prepare.py's rule numbers, so it imports them; prepare.py imports this module only inside
 # run(), so the import graph has no cycle
-from prepare import (CLOSE, EXIST_CLASS, FAR, HORIZON, LANE_MARGIN, LIGHT_TINY, LIGHT_VISIBLE, SLOPE, TINY, VERSION,
-                     VISIBLE, fresh_tmp, progress, read_json, replace_dir)
+from prepare import (BOX_CLASSES, CLOSE, EXIST_CLASS, FAR, HORIZON, LANE_MARGIN, LIGHT_TINY, LIGHT_VISIBLE, SLOPE, TINY,
+                     VERSION, VISIBLE, fresh_tmp, progress, read_json, replace_dir, seen_size)
 
 # -----------------------------------------------------------------------------
 # the camera, the palettes, and noise textures made once per process
@@ -228,7 +228,7 @@ def judge(o):
     if o['seen'] is None:
         return None
     x1, y1, x2, y2 = o['seen']
-    h, y = (y2 - y1) / RH, y2 / RH
+    h, y = seen_size(np.array([o['seen']]), BOX_CLASSES.index(o['kind']), RW)[0] / RH, y2 / RH   # the size the rules read
     light = o['kind'] == 'traffic light'
     if light and o['light'] != 'none':
         cx, cy, r = lamp(o['box'], o['light'])

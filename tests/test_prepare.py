@@ -170,7 +170,7 @@ SCENES = [  # (what, objects, attributes, {question: answer, or None when it mus
      {'How many cars are close?': None, 'Is the road ahead clear?': None, 'Is there a car?': 'yes'}),
     ('far car ahead does not block', [obj('car', W / 2, 72, 12)], {},
      {'Is the road ahead clear?': 'yes', 'How many cars are close?': '0', 'Is there a car?': 'yes'}),
-    ('seven close cars', [obj('car', lane_x(u, CLOSE_Y), CLOSE_Y, 30, 8) for u in (-6, -4.5, -2, 0, 2, 4.5, 6)], {},
+    ('seven close cars', [obj('car', lane_x(u, CLOSE_Y), CLOSE_Y, 30, 8) for u in (-2.1, -1.6, -0.5, 0, 0.5, 1.6, 2.1)], {},
      {'How many cars are close?': 'more than 5'}),
     ('tiny, unsure and visible pedestrians', [obj('pedestrian', 20, 70, 4)], {}, {'Is there a pedestrian?': 'no'}),
     ('unsure pedestrian', [obj('pedestrian', 20, 70, 8)], {}, {'Is there a pedestrian?': None}),
@@ -198,6 +198,16 @@ SCENES = [  # (what, objects, attributes, {question: answer, or None when it mus
     ('fog is not rain', [], {'weather': 'foggy'}, {'Is it raining?': 'no'}),
     ('cyclist and truck', [obj('rider', 200, 100, 30, 10), obj('truck', 60, 75, 30)], {},
      {'Is there a cyclist?': 'yes', 'Are there any trucks?': 'yes', 'Is there a bus?': 'no'}),
+    # a vehicle cut by the frame's side is as visible as its strip is wide (here 8 px: unsure; 4: tiny; 20: visible)
+    ('a strip of a car at the left edge', [obj('car', 4, CLOSE_Y, 40, 8)], {},
+     {'Is there a car?': None, 'How many cars are close?': None, 'Is the left lane clear?': None}),
+    ('a sliver of a car at the right edge', [obj('car', W - 2, CLOSE_Y, 40, 4)], {},
+     {'Is there a car?': 'no', 'How many cars are close?': '0', 'Is the right lane clear?': 'yes'}),
+    ('a wide strip of a car at the edge', [obj('car', 10, CLOSE_Y, 40, 20)], {},
+     {'Is there a car?': 'yes', 'How many cars are close?': '1'}),
+    ('a narrow car clear of the edge', [obj('car', 30, CLOSE_Y, 40, 8)], {}, {'How many cars are close?': '1'}),
+    ('a pedestrian at the edge, by its height', [obj('pedestrian', 4, CLOSE_Y, 40, 8)], {},
+     {'Is there a pedestrian?': 'yes', 'How many pedestrians are close?': '1'}),
 ]
 
 
