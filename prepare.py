@@ -124,7 +124,7 @@ CLOSE, FAR = 0.59, 0.55                # footprint y / H
 LANE_MARGIN = 0.2                      # in lane units u
 NO, MAYBE, YES = 0, 1, 2               # three-valued logic: AND is min, OR is max
 ROAD_USERS = [BOX_CLASSES.index(c) for c in BOX_CLASSES[:8]]
-VEHICLES = [BOX_CLASSES.index(c) for c in ('car', 'truck', 'bus')]   # wide: the edge can leave a strip of one
+WIDE = np.isin(BOX_CLASSES, ['car', 'truck', 'bus'])   # by class id: the classes the edge can leave a strip of
 TEMPLATES = [('exist', 'Is there a pedestrian?'), ('exist', 'Is there a car?'), ('exist', 'Are there any trucks?'),
              ('exist', 'Is there a bus?'), ('exist', 'Is there a cyclist?'), ('exist', 'Is there a traffic sign?'),
              ('count', 'How many cars are close?'), ('count', 'How many pedestrians are close?'),
@@ -253,10 +253,10 @@ def side_of(boxes, H, W):
 
 def seen_size(boxes, cls, W):
     """The size the visibility rule reads, float[M] in the boxes' pixels: the box's height, or for a car, truck or bus
-    cut by the frame's left or right edge the smaller of height and width. On 7% of the count questions of the world
-    a car was a strip a few pixels wide at the edge, counted as a whole car, and the model got 14% of them right."""
+    cut by the frame's left or right edge the smaller of height and width. Before this rule, 36 of the world's 504 test
+    car counts hung on a strip of a car a few pixels wide at the edge, counted whole; the model got 14% of them right."""
     h, w = boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]
-    cut = np.isin(cls, VEHICLES) & ((boxes[:, 0] <= EDGE * W) | (boxes[:, 2] >= (1 - EDGE) * W))
+    cut = WIDE[cls] & ((boxes[:, 0] <= EDGE * W) | (boxes[:, 2] >= (1 - EDGE) * W))   # a lookup: cheap per object
     return np.where(cut, np.minimum(h, w), h)
 
 
