@@ -771,7 +771,8 @@ def build(cfg, root, name, source):
                 'filters': {k: cfg[k] for k in ('weather', 'timeofday', 'max_images')},
                 'skipped': dict(sorted(skipped.items())), 'seed': cfg['seed'], 'args': args,
                 'rules': {'horizon': HORIZON, 'slope': SLOPE, 'visible': VISIBLE, 'tiny': TINY, 'close': CLOSE,
-                          'far': FAR, 'light_visible': LIGHT_VISIBLE, 'light_tiny': LIGHT_TINY, 'lane_margin': LANE_MARGIN}}
+                          'far': FAR, 'light_visible': LIGHT_VISIBLE, 'light_tiny': LIGHT_TINY, 'lane_margin': LANE_MARGIN,
+                          'edge': EDGE, 'wide': [c for c, w in zip(BOX_CLASSES, WIDE) if w]}}
         with open(os.path.join(tmp, 'meta.json'), 'w') as fh:
             json.dump(meta, fh, indent=1)                 # last: a folder without meta.json is never accepted
         replace_dir(tmp, final)

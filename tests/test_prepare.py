@@ -97,6 +97,7 @@ def test_every_label_format_round_trips(tmp_path, fmt):
     prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
     meta = json.load(open(os.path.join(out, 'meta.json')))
     assert meta['source_format'] == fmt and meta['img_h'] == 36 and meta['img_w'] == 64
+    assert meta['rules']['edge'] == prepare.EDGE and meta['rules']['wide'] == ['car', 'truck', 'bus']   # every rule number
     names = {s: json.load(open(os.path.join(out, f'{s}_names.json'))) for s in ('train', 'val', 'test')}
     assert names['test'] == list(val) and sorted(names['train'] + names['val']) == sorted(train)
     images = load(out, 'test', 'images')
