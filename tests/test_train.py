@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -343,18 +344,20 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
     p = run_train(['--max_iters=0'], str(tmp_path / 'none'), toy_data)
     assert 'no evaluation ran (max_iters=0), so no checkpoint was written' in p.stdout
     assert not os.path.exists(tmp_path / 'none' / 'ckpt.pt')
-    for bad, said in (('--batch_size=0', '--batch_size=0 must be 1 or more'), ('--lr=-1.0', 'need lr > 0 (got -1.0)'),
-                      ('--dtype=fp16', "('fp16')"), ('--device=gpu', '--device=gpu is not a device'),
-                      ('--batch_size=13', 'batch_size=13 must be a multiple of questions_per_image=3'),
-                      ('--lr=1e-5', '0 <= min_lr <= lr (0.0001)'), ('--ema_decay=1.0', 'need 0 <= ema_decay < 1 (got 1.0)'),
-                      ('--warmup_iters=3000', 'warmup_iters <= lr_decay_iters (3000 > 2000?)'),
-                      ('--word_dropout=1.0', '0 <= word_dropout < 1 (1.0)'),
-                      ('--eval_max_questions=0', 'eval_max_questions >= 1 (0)'),
-                      ('--dtype=float16', '--dtype=float16 needs a CUDA GPU'),
-                      (f'--init_from={tmp_path / "o" / "ckpt.pt"}', 'which this run would overwrite'),
-                      *[('--wandb_log=True', '--wandb_log=True needs wandb')] * (importlib.util.find_spec('wandb') is None)):
-        p = run_train([bad], str(tmp_path / 'o'), toy_data, check=False)
-        assert p.returncode == 1 and said in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    cases = (('--batch_size=0', '--batch_size=0 must be 1 or more'), ('--lr=-1.0', 'need lr > 0 (got -1.0)'),
+             ('--dtype=fp16', "('fp16')"), ('--device=gpu', '--device=gpu is not a device'),
+             ('--batch_size=13', 'batch_size=13 must be a multiple of questions_per_image=3'),
+             ('--lr=1e-5', '0 <= min_lr <= lr (0.0001)'), ('--ema_decay=1.0', 'need 0 <= ema_decay < 1 (got 1.0)'),
+             ('--warmup_iters=3000', 'warmup_iters <= lr_decay_iters (3000 > 2000?)'),
+             ('--word_dropout=1.0', '0 <= word_dropout < 1 (1.0)'),
+             ('--eval_max_questions=0', 'eval_max_questions >= 1 (0)'),
+             ('--dtype=float16', '--dtype=float16 needs a CUDA GPU'),
+             (f'--init_from={tmp_path / "o" / "ckpt.pt"}', 'which this run would overwrite'),
+             *[('--wandb_log=True', '--wandb_log=True needs wandb')] * (importlib.util.find_spec('wandb') is None))
+    with ThreadPoolExecutor(2) as pool:  # each run is mostly torch's import: two at a time on 2 cores, half the wait
+        runs = pool.map(lambda case: run_train([case[0]], str(tmp_path / 'o'), toy_data, check=False), cases)
+        for (bad, said), p in zip(cases, runs):
+            assert p.returncode == 1 and said in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     swapped = tmp_path / 'swapped'                                   # the same data, its answers named the other way
     shutil.copytree(toy_data, swapped)
     meta = json.load(open(swapped / 'meta.json'))
