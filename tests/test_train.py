@@ -139,6 +139,8 @@ def test_resume_equals_straight_run(toy_data, tmp_path):
     assert p.returncode == 1 and 'trained with Muon ---> HINT: resume with --muon=True' in p.stderr.strip().splitlines()[-1]
     run_train(common + ['--max_iters=22', '--init_from=resume', '--weight_decay=0.2', '--lr_vit=3.0'], str(tmp_path / 'b'),
               toy_data)      # this run's settings, not the checkpoint's (load_state_dict restores those)
+    # the last step is evaluated off the interval too: config/small.py's 3,600 steps with val every 500 rely on it
+    assert [e['iter'] for e in read_log(str(tmp_path / 'b'), 'eval')] == [10, 20, 22]
     groups = [g for state in torch.load(tmp_path / 'b' / 'last.pt', weights_only=True)['optimizer']
               for g in state['param_groups']]
     assert {g['weight_decay'] for g in groups} == {0.0, 0.2}
