@@ -859,9 +859,8 @@ def load_meta(data_dir):
     """The dataset's meta.json; a clear error when prepare.py has not (completely) run."""
     path = os.path.join(data_dir, 'meta.json')
     if not os.path.exists(path):
-        make = 'python prepare.py' if os.path.basename(os.path.normpath(data_dir)) == 'synthetic' else \
-            f'python prepare.py --bdd_root=<your BDD100K folder> --out={data_dir}'   # the world's is data/synthetic
-        sys.exit(f"no prepared dataset at {data_dir} (no meta.json) ---> HINT: run `{make}` first")
+        sys.exit(f"no prepared dataset at {data_dir} (no meta.json) ---> HINT: run `python prepare.py` first (the "
+                 f"synthetic world), or `python prepare.py --bdd_root=<your BDD100K folder> --out={data_dir}`")
     with open(path) as f:
         meta = json.load(f)
     if meta.get('format_version') != FORMAT_VERSION:
