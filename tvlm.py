@@ -670,8 +670,8 @@ class TVLM(nn.Module):
         if cfg.mirror and not self.training and not mirrored:  # the mirror view's answers (or words) swapped back
             other = self(images.flip(2), self.mirror_tokens[tokens], image_idx=image_idx, mirrored=True)[0]
             swap = self.mirror_answers if self.head is not None else self.mirror_tokens
-            own, mirror = logits.float().log_softmax(-1), other.float().log_softmax(-1)[..., swap]  # (B, A) or (B, T, V)
-            logits = torch.stack([own, mirror]).logsumexp(0) - math.log(2)     # the log of the mean probability
+            own, swapped = logits.float().log_softmax(-1), other.float().log_softmax(-1)[..., swap]  # (B, A) or (B, T, V)
+            logits = torch.stack([own, swapped]).logsumexp(0) - math.log(2)    # the log of the mean probability
         if out is not None:
             out.update(summary_idx=summary, prefix=0 if prefix is None else prefix.shape[1], vis=vis)
         looked = (out['cross_attn'], summary, look_targets) if look else None
