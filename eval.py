@@ -757,6 +757,7 @@ def compare_runs(dirs, out_dir):
     print(f"{'run':<{w}} " + ' '.join(f"{c[:9]:>9}" for c in cols[1:]))
     for row in rows:
         print(f"{row['run']:<{w}} " + ' '.join(f"{fmt(row.get(c), '.3f'):>9}" for c in cols[1:]))
+    os.makedirs(out_dir or '.', exist_ok=True)
     path = os.path.join(out_dir or '.', 'ablation.json')
     write_json(path, rows)
     print(f"wrote {path}")

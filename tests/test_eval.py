@@ -402,10 +402,10 @@ def test_gallery_draws_in_viz_coordinates(run, monkeypatch):
 
 def test_compare_table(run, tmp_path):
     dirs = [os.path.dirname(run['ckpt']), os.path.dirname(run['blind'])]
-    rows = ev.compare_runs(dirs, str(tmp_path))
+    rows = ev.compare_runs(dirs, str(tmp_path / 'new'))                # --out: a folder not made yet
     assert [r['run'] for r in rows] == dirs and rows[0]['accuracy'] == run['res']['classification']['accuracy']
     assert rows[0]['grounding_ratio'] == run['res']['grounding']['ratio'] and rows[1]['grounding_ratio'] is None
-    assert json.load(open(tmp_path / 'ablation.json')) == json.loads(json.dumps(rows))
+    assert json.load(open(tmp_path / 'new' / 'ablation.json')) == json.loads(json.dumps(rows))
     with pytest.raises(SystemExit, match='run `python eval.py'):
         ev.compare_runs([str(tmp_path / 'nowhere')], str(tmp_path))
 
