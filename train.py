@@ -79,17 +79,27 @@ peak_flops = 0.0              # the device's peak FLOP/s for MFU (e.g. 312e12 fo
 seed = 1337
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in config_keys}
-for key in ('batch_size', 'questions_per_image', 'grad_accum', 'eval_interval', 'log_interval'):
+for key in ('batch_size', 'questions_per_image', 'grad_accum', 'eval_interval', 'log_interval', 'eval_max_questions'):
     if globals()[key] < 1:  # each would fail deep inside with a traceback
         sys.exit(f"--{key}={globals()[key]} must be 1 or more")
-if batch_size % questions_per_image:
-    sys.exit(f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}")
-if lr <= 0 or not 0 <= min_lr <= lr or dtype not in ('auto', 'float32', 'bfloat16', 'float16') or not out_dir:
-    sys.exit(f"need lr > 0 (got {lr}), 0 <= min_lr <= lr ({min_lr}), dtype auto, float32, bfloat16 or float16 "
-             f"({dtype!r}) and an out_dir ({out_dir!r})")
-if not 0 <= ema_decay < 1 or not 0 <= word_dropout < 1 or warmup_iters > lr_decay_iters or eval_max_questions < 1:
-    sys.exit(f"need 0 <= ema_decay < 1 (got {ema_decay}), 0 <= word_dropout < 1 ({word_dropout}), warmup_iters <= "
-             f"lr_decay_iters ({warmup_iters} > {lr_decay_iters}?) and eval_max_questions >= 1 ({eval_max_questions})")
+for ok, msg in [(batch_size % questions_per_image == 0,
+                 f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}"),
+                (lr > 0, f"--lr={lr} must be > 0"),
+                (0 <= min_lr <= lr, f"--min_lr={min_lr} must be between 0 and lr={lr}"),
+                (warmup_iters <= lr_decay_iters, f"--warmup_iters={warmup_iters} must be <= lr_decay_iters={lr_decay_iters}"),
+                (min(max_iters, warmup_iters, weight_decay, lr_vit, lr_proj, lr_dec, lr_head, patience, peak_flops) >= 0,
+                 "--max_iters, --warmup_iters, --weight_decay, --lr_vit, --lr_proj, --lr_dec, --lr_head, --patience and "
+                 "--peak_flops must be >= 0"),
+                (grad_clip >= 0, f"--grad_clip={grad_clip} must be >= 0 (0 disables clipping; below 0 it would flip "
+                                 f"the gradients)"),
+                (0 <= beta1 < 1 and 0 <= beta2 < 1, f"--beta1={beta1} and --beta2={beta2} must be in [0, 1)"),
+                (0 <= ema_decay < 1, f"--ema_decay={ema_decay} must be in [0, 1)"),
+                (0 <= word_dropout < 1, f"--word_dropout={word_dropout} must be in [0, 1)"),
+                (dtype in ('auto', 'float32', 'bfloat16', 'float16'),
+                 f"--dtype={dtype!r} must be auto, float32, bfloat16 or float16"),
+                (bool(out_dir), "--out_dir is empty ---> HINT: name the folder for checkpoints, e.g. --out_dir=out-small")]:
+    if not ok:
+        sys.exit(msg)
 if init_from not in ('scratch', 'resume') and os.path.abspath(os.path.dirname(init_from)) == os.path.abspath(out_dir):
     sys.exit(f"--init_from={init_from} is in --out_dir={out_dir}, which this run would overwrite ---> HINT: fine-tune "
              f"into another --out_dir")
@@ -328,19 +338,25 @@ def save_checkpoint(name):
     os.replace(path + '.tmp', path)
 
 
+log_mode = 'a' if init_from == 'resume' else 'w'   # a new run's first record starts a new log; resume appends to its own
+
+
 def log(record):
-    with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
+    global log_mode
+    with open(os.path.join(out_dir, 'log.jsonl'), log_mode) as f:
         f.write(json.dumps(record) + '\n')
+    log_mode = 'a'
     if wandb_log:
         wandb.log(record, step=record['iter'])
 
 
 if master:
-    os.makedirs(out_dir, exist_ok=True)
-    if init_from != 'resume' and os.path.exists(os.path.join(out_dir, 'log.jsonl')):
-        os.remove(os.path.join(out_dir, 'log.jsonl'))  # a new run starts a new log; resume appends to its own
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"--out_dir={out_dir} cannot be made a folder ({e.strerror}) ---> HINT: name a folder you can write")
     if init_from != 'resume' and os.path.exists(os.path.join(out_dir, 'ckpt.pt')):
-        print(f"note: this new run replaces {out_dir}'s checkpoints at its first evaluation ---> HINT: "
+        print(f"note: this new run replaces {out_dir}'s log and checkpoints as it writes its own ---> HINT: "
               f"--init_from=resume continues the run that wrote them; another --out_dir keeps them")
     if wandb_log:
         try:

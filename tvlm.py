@@ -90,6 +90,12 @@ class TVLMConfig:
     mirror: bool = False
 
     def __post_init__(self):
+        sizes = ('img_h', 'img_w', 'patch', 'vit_width', 'vit_depth', 'vit_heads', 'vit_mlp', 'dec_width', 'dec_depth',
+                 'dec_heads', 'dec_kv_heads', 'dec_mlp', 'vocab_size', 'max_q_len', 'n_answers', 'max_answer_len')
+        small = [f"{k}={getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
+        if small or not all(isinstance(c, int) and c >= 1 for c in self.stem):   # before the checks that divide by them
+            raise ValueError(f"invalid TVLMConfig: {', '.join(small) or f'stem={self.stem}'}: sizes, depths, head "
+                             f"counts and stem channels must be whole numbers of 1 or more")
         checks = [
             (self.img_h % self.patch == 0 and self.img_w % self.patch == 0,
              f"image {self.img_h}x{self.img_w} is not divisible by patch {self.patch}"),
@@ -102,6 +108,10 @@ class TVLMConfig:
             (self.fusion in ('cross', 'prefix', 'both', 'none'), f"fusion={self.fusion!r} must be 'cross', 'prefix', 'both' or 'none'"),
             (self.pos in ('rope', 'learned'), f"pos={self.pos!r} must be 'rope' or 'learned'"),
             (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
+            (0.0 <= self.label_smoothing < 1.0, f"label_smoothing={self.label_smoothing} must be in [0, 1)"),
+            (min(self.focal_gamma, self.patch_weight, self.look_weight, self.first_word_weight, *self.answer_weights,
+                 *self.patch_label_weights) >= 0, "focal_gamma, the loss weights and the answer and patch-label "
+                                                  "weights must be >= 0"),
             (len(self.answer_weights) in (0, self.n_answers), f"{len(self.answer_weights)} answer_weights for {self.n_answers} answers"),
             (len(self.patch_label_weights) in (0, self.n_patch_labels),
              f"{len(self.patch_label_weights)} patch_label_weights for {self.n_patch_labels} patch labels"),

@@ -150,8 +150,11 @@ def test_resume_equals_straight_run(toy_data, tmp_path):
     torch.save(ckpt, tmp_path / 'b' / 'last.pt')
     p = run_train(common + ['--max_iters=30', '--init_from=resume'], str(tmp_path / 'b'), toy_data, check=False)
     assert p.returncode == 1 and "state does not fit this tvlm's parameter groups" in p.stderr.strip().splitlines()[-1]
+    run_train(common + ['--max_iters=0'], str(tmp_path / 'b'), toy_data)   # a new run that writes nothing keeps the
+    assert [e['iter'] for e in read_log(str(tmp_path / 'b'), 'eval')] == [10, 20, 22]   # log of the checkpoints there
     p = run_train(common + ['--max_iters=1'], str(tmp_path / 'b'), toy_data)     # a new run into the same folder
-    assert f"note: this new run replaces {tmp_path / 'b'}'s checkpoints" in p.stdout
+    assert f"note: this new run replaces {tmp_path / 'b'}'s log and checkpoints" in p.stdout
+    assert [e['iter'] for e in read_log(str(tmp_path / 'b'), 'eval')] == [1]   # its own log, not the old one's tail
 
 
 def test_moving_average_steps_towards_the_trained_weights(toy_data, tmp_path):
@@ -347,13 +350,17 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
     p = run_train(['--max_iters=0'], str(tmp_path / 'none'), toy_data)
     assert 'no evaluation ran (max_iters=0), so no checkpoint was written' in p.stdout
     assert not os.path.exists(tmp_path / 'none' / 'ckpt.pt')
-    cases = (('--batch_size=0', '--batch_size=0 must be 1 or more'), ('--lr=-1.0', 'need lr > 0 (got -1.0)'),
-             ('--dtype=fp16', "('fp16')"), ('--device=gpu', '--device=gpu is not a device'),
+    cases = (('--batch_size=0', '--batch_size=0 must be 1 or more'), ('--lr=-1.0', '--lr=-1.0 must be > 0'),
+             ('--dtype=fp16', "--dtype='fp16' must be"), ('--device=gpu', '--device=gpu is not a device'),
              ('--batch_size=13', 'batch_size=13 must be a multiple of questions_per_image=3'),
-             ('--lr=1e-5', '0 <= min_lr <= lr (0.0001)'), ('--ema_decay=1.0', 'need 0 <= ema_decay < 1 (got 1.0)'),
-             ('--warmup_iters=3000', 'warmup_iters <= lr_decay_iters (3000 > 2000?)'),
-             ('--word_dropout=1.0', '0 <= word_dropout < 1 (1.0)'),
-             ('--eval_max_questions=0', 'eval_max_questions >= 1 (0)'),
+             ('--lr=1e-5', '--min_lr=0.0001 must be between 0 and lr=1e-05'), ('--ema_decay=1.0', '--ema_decay=1.0 must'),
+             ('--warmup_iters=3000', '--warmup_iters=3000 must be <= lr_decay_iters=2000'),
+             ('--word_dropout=1.0', '--word_dropout=1.0 must be in [0, 1)'),
+             ('--eval_max_questions=0', '--eval_max_questions=0 must be 1 or more'),
+             ('--grad_clip=-1.0', 'below 0 it would flip the gradients'), ('--beta1=1.5', '--beta1=1.5 and'),
+             ('--patience=-1', '--patience and --peak_flops must be >= 0'), ('--out_dir=', '--out_dir is empty'),
+             ('--label_smoothing=1.5', 'label_smoothing=1.5 must be in [0, 1)'), ('--vit_mlp=0', 'vit_mlp=0'),
+             (f'--out_dir={os.path.join(toy_data, "meta.json")}', 'meta.json cannot be made a folder'),
              ('--dtype=float16', '--dtype=float16 needs a CUDA GPU'),
              (f'--init_from={tmp_path / "o" / "ckpt.pt"}', 'which this run would overwrite'),
              *[('--wandb_log=True', '--wandb_log=True needs wandb')] * (importlib.util.find_spec('wandb') is None))

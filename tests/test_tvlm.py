@@ -926,6 +926,11 @@ def test_more_text_tokens_than_positions_is_a_clear_error(fusion):
     (dict(answer='speak'), r"answer='speak' must be 'classify' or 'generate'"),
     (dict(answer='generate', focal_gamma=2.0), r"answer='generate' writes answers as words: .*focal_gamma"),
     (dict(answer='generate', answer_weights=(1.0,) * 5), r"answer='generate' writes answers as words: answer_weights"),
+    (dict(patch=0), r"patch=0: sizes, depths"),                           # before the checks that divide by it
+    (dict(vit_heads=0, dec_mlp=-5), r"vit_heads=0, dec_mlp=-5: sizes"),
+    (dict(stem=(8.5, 16, 32)), r"stem=\(8.5, 16, 32\): sizes"),
+    (dict(label_smoothing=1.0), r"label_smoothing=1.0 must be in \[0, 1\)"),
+    (dict(look_weight=-1.0), r"the loss weights .* must be >= 0"),
 ])
 def test_invalid_config_names_the_problem(kw, problem):
     """An invalid TVLMConfig raises a ValueError that names the offending values."""
