@@ -547,6 +547,15 @@ def write_atomic(path, save):
     os.replace(path + '.tmp', path)
 
 
+def make_dir(path):
+    """-> path, a folder now, or exit in one line (a file of that name, no permission)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"--out={path} cannot be made a folder ({e.strerror}) ---> HINT: name a folder you can write")
+    return path
+
+
 def write_json(path, obj):
     def save(tmp):
         with open(tmp, 'w') as f:
@@ -583,13 +592,15 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     and with save_temperature the report's temperature into the checkpoint."""
     model, ck, meta, data_dir = load(ckpt, data_dir, device)
     blind = load(blind_ckpt, data_dir, device)[0] if blind_ckpt else None   # a wrong path fails here, before any work
+    if blind and blind.cfg.fusion != 'none':
+        sys.exit(f"--blind_ckpt={blind_ckpt} sees the image (fusion={blind.cfg.fusion!r}), so it cannot tell what the image "
+                 f"adds ---> HINT: train one with config/ablate_blind.py")
     mtime = os.path.getmtime(ckpt)
     arrays, val, train = (open_split(data_dir, s) for s in (split, 'val', 'train'))
     if len(arrays['answers']) == 0:  # a BDD tree with only some splits' images prepares the others empty
         sys.exit(f"the {split} split of {data_dir} has no questions ---> HINT: evaluate a split that has some "
                  f"(--split=train|val|test), or re-run prepare.py with images for this one")
-    out = out or report_dir(ckpt, ck, data_dir, split)
-    os.makedirs(out, exist_ok=True)
+    out = make_dir(out or report_dir(ckpt, ck, data_dir, split))
     y, fam = arrays['answers'].astype(np.int64), arrays['family'].astype(np.int64)
     logits, maps, patches = predict(model, arrays, batch_questions, attn=True)
     probs = softmax(logits)
@@ -603,8 +614,6 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
         'per_template': by_group(probs.argmax(1) == y, arrays['template'], meta['templates'])}
     val_logits = logits if split == 'val' else predict(model, val, batch_questions)[0]  # on val, T is fitted in-sample
     res['calibration'] = calibration_section(logits, y, val_logits, val['answers'].astype(np.int64), out)
-    if save_temperature:
-        res['calibration']['saved'] = save_temperature_into(ckpt, ck, mtime, len(val['answers']), res['calibration'])
     res['grounding'] = None if maps is None else grounding_section(maps, arrays, model.cfg, meta['families'])
     res['detection'] = detection_section(patches, arrays, model.cfg.patch)
     blind_logits = predict(blind, arrays, batch_questions)[0] if blind else None
@@ -619,6 +628,8 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
                                                meta, model.tokenizer)
     res['errors'] = error_section(y, probs, None if maps is None else layer_average(maps), arrays, model, names, out)
     res['plots'] = ['reliability.png', 'robustness.png'] + (['failures.png'] if res['errors']['most_confident'] else [])
+    if save_temperature:  # last: an evaluation that fails on the way leaves the checkpoint as it was
+        res['calibration']['saved'] = save_temperature_into(ckpt, ck, mtime, len(val['answers']), res['calibration'])
     res = plain(res)
     write_json(os.path.join(out, 'eval.json'), res)
     return res
@@ -742,9 +753,13 @@ def compare_runs(dirs, out_dir):
         path = d if d.endswith('.json') else os.path.join(d, 'eval.json')
         if not os.path.isfile(path):
             sys.exit(f"no {path} ---> HINT: run `python eval.py --ckpt={os.path.join(d, 'ckpt.pt')}` first")
-        with open(path) as f:
-            r = json.load(f)
-        g, blind, gen, ph = r['grounding'], r['baselines'].get('blind'), r.get('generation'), r.get('phrasing')
+        try:
+            with open(path) as f:
+                r = json.load(f)
+            g, blind, gen, ph = r['grounding'], r['baselines'].get('blind'), r.get('generation'), r.get('phrasing')
+        except (ValueError, KeyError, TypeError, AttributeError) as e:   # ValueError: not JSON
+            sys.exit(f"{path} is not an eval.py report ({type(e).__name__}: {e}) ---> HINT: run `python eval.py "
+                     f"--ckpt={os.path.join(d, 'ckpt.pt')}` again")
         rows.append({'run': d, 'accuracy': r['classification']['accuracy'],
                      'exact_match': gen['exact_match'] if gen else r['classification']['accuracy'],  # a class is its words
                      **{f: fc['accuracy'] for f, fc in r['classification']['per_family'].items()},
@@ -757,8 +772,7 @@ def compare_runs(dirs, out_dir):
     print(f"{'run':<{w}} " + ' '.join(f"{c[:9]:>9}" for c in cols[1:]))
     for row in rows:
         print(f"{row['run']:<{w}} " + ' '.join(f"{fmt(row.get(c), '.3f'):>9}" for c in cols[1:]))
-    os.makedirs(out_dir or '.', exist_ok=True)
-    path = os.path.join(out_dir or '.', 'ablation.json')
+    path = os.path.join(make_dir(out_dir or '.'), 'ablation.json')
     write_json(path, rows)
     print(f"wrote {path}")
     return rows
@@ -767,6 +781,9 @@ def compare_runs(dirs, out_dir):
 if __name__ == '__main__':
     _positional = []  # run dirs for --compare
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    if min(batch_questions, robust_max + 1, seed + 1) < 1:
+        sys.exit(f"need --batch_questions >= 1 (got {batch_questions}), --robust_max >= 0 ({robust_max}) and --seed >= 0 "
+                 f"({seed})")
     device = pick_device(device)
     if compare:
         compare_runs(_positional or sys.exit("--compare needs run dirs: python eval.py --compare out-a out-b"), out)

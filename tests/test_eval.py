@@ -408,6 +408,12 @@ def test_compare_table(run, tmp_path):
     assert json.load(open(tmp_path / 'new' / 'ablation.json')) == json.loads(json.dumps(rows))
     with pytest.raises(SystemExit, match='run `python eval.py'):
         ev.compare_runs([str(tmp_path / 'nowhere')], str(tmp_path))
+    for bad in ('{}', '[1]', '{"classification'):                      # another JSON, a truncated one
+        (tmp_path / 'bad.json').write_text(bad)
+        with pytest.raises(SystemExit, match='bad.json is not an eval.py report'):
+            ev.compare_runs([str(tmp_path / 'bad.json')], str(tmp_path))
+    with pytest.raises(SystemExit, match='bad.json cannot be made a folder'):
+        ev.compare_runs(dirs, str(tmp_path / 'bad.json'))
 
 
 def test_clear_errors(run, tmp_path):
@@ -420,6 +426,9 @@ def test_clear_errors(run, tmp_path):
         ev.evaluate(run['ckpt'], split='tset')
     with pytest.raises(SystemExit, match='no checkpoint at'):          # before any work is done or written
         ev.evaluate(run['ckpt'], blind_ckpt=str(tmp_path / 'typo.pt'), out=str(tmp_path / 'blind'))
+    assert not os.path.exists(tmp_path / 'blind')
+    with pytest.raises(SystemExit, match='sees the image .*config/ablate_blind.py'):
+        ev.evaluate(run['ckpt'], blind_ckpt=run['ckpt'], out=str(tmp_path / 'blind'))
     assert not os.path.exists(tmp_path / 'blind')
     moved = load_checkpoint(run['ckpt'])                                 # a checkpoint from another machine
     torch.save({**moved, 'data_dir': '/elsewhere/data/synthetic'}, tmp_path / 'moved.pt')
@@ -488,6 +497,17 @@ def test_a_dataset_with_only_test_questions(run, tmp_path, capsys):
     assert digest(str(ckpt)) == before and res['calibration']['saved'] is False
 
 
+def test_a_failed_evaluation_saves_no_temperature(run, tmp_path, monkeypatch):
+    """--save_temperature writes the checkpoint last: an evaluation that fails on the way leaves it as it was."""
+    ckpt = str(tmp_path / 'ckpt.pt')
+    torch.save({**load_checkpoint(run['ckpt']), 'temperature': 3.0}, ckpt)
+    monkeypatch.setattr(ev, 'error_section', lambda *args: 1 / 0)      # the last section before eval.json
+    with pytest.raises(ZeroDivisionError):
+        ev.evaluate(ckpt, data_dir=run['data'], out=str(tmp_path / 'o'), robust_max=9, batch_questions=64,
+                    save_temperature=True)
+    assert load_checkpoint(ckpt)['temperature'] == 3.0 and not os.path.exists(tmp_path / 'o' / 'eval.json')
+
+
 def test_script_end_to_end(run, tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f"--ckpt={run['ckpt']}", f'--out={tmp_path}',
            '--robust_max=9', '--batch_questions=64']
@@ -497,3 +517,6 @@ def test_script_end_to_end(run, tmp_path):
     assert 'grounding' in res.stdout and 'per family' in res.stdout and (tmp_path / 'eval.json').exists()
     assert f"on {run['data']} (toy), test split" in res.stdout and 'this temperature is not saved' in res.stdout
     assert digest(run['ckpt']) == before, "eval.py changed the checkpoint without --save_temperature=True"
+    bad = subprocess.run(cmd + ['--seed=-1'], capture_output=True, text=True, timeout=120)   # before any work
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == ["need --batch_questions >= 1 (got 64), "
+                                                                       "--robust_max >= 0 (9) and --seed >= 0 (-1)"]
