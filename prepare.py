@@ -75,7 +75,7 @@ from tvlm import CANT, TVLMConfig, Tokenizer, answer_targets, load_image, orient
 
 bdd_root = ''             # '' renders and prepares the embedded synthetic world
 out = ''                  # '' -> data/synthetic or data/bdd100k next to this file (the rendered world's own BDD
-                          # tree is always data/synthetic_bdd)
+                          # tree goes beside it: data/synthetic_bdd, or <out>_bdd)
 max_images = 0            # >0: at most this many images from each of BDD's train and val
 weather = ''              # keep only frames with this weather attribute, e.g. 'clear' ('' keeps all)
 timeofday = ''            # keep only frames with this time of day, e.g. 'daytime'
@@ -575,7 +575,10 @@ def fresh_tmp(final):
     for stale in glob.glob(f'{final}.tmp-*') + glob.glob(f'{final}.old-*'):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = f'{final}.tmp-{os.getpid()}'
-    os.makedirs(tmp)
+    try:
+        os.makedirs(tmp)
+    except OSError as e:
+        sys.exit(f"cannot write beside {final} ({e.strerror}) ---> HINT: name a folder you can write with --out")
     return tmp
 
 
@@ -722,15 +725,21 @@ def summarize(arrays, H):
 
 def made_with(final, args):
     """Whether the prepared dataset in final is complete and was made from these arguments by this version."""
-    if not os.path.exists(os.path.join(final, 'meta.json')):
+    try:
+        meta = read_json(os.path.join(final, 'meta.json'))
+    except (OSError, LabelError):   # none, or damaged: build anew
         return False
-    meta = read_json(os.path.join(final, 'meta.json'))
     return meta.get('args') == args and (meta.get('generator_version'), meta.get('format_version')) == (VERSION, FORMAT_VERSION)
 
 
+def dataset_dir(cfg, name):
+    """Where a dataset goes: --out, else data/<name> beside this file."""
+    return os.path.normpath(cfg['out'] or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name))
+
+
 def build(cfg, root, name, source):
-    """Ingest the BDD tree at root into data/<name>/ (or cfg['out']); -> the folder."""
-    final = os.path.normpath(cfg['out'] or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name))
+    """Ingest the BDD tree at root into dataset_dir(cfg, name); -> the folder."""
+    final = dataset_dir(cfg, name)
     replaceable = os.path.isfile(os.path.join(final, 'meta.json')) or os.path.isdir(final) and not os.listdir(final)
     if os.path.exists(final) and not replaceable:  # replace_dir would delete what is there
         sys.exit(f"--out={final} exists and is not a prepared dataset (no meta.json), so it is left as it is ---> HINT: "
@@ -739,6 +748,9 @@ def build(cfg, root, name, source):
     if not cfg['force'] and made_with(final, args):
         print(f"{final} is complete and was made with the same arguments: reusing it (--force=True rebuilds)")
         return final
+    if os.path.isfile(os.path.join(final, 'meta.json')):
+        print(f"note: {final} holds a dataset made with other arguments or by another prepare.py; it is replaced when "
+              f"this one is complete ---> HINT: Ctrl-C and name another --out to keep it")
     tmp = fresh_tmp(final)
     try:
         with make_pool(cfg['workers']) as pool:
@@ -840,7 +852,7 @@ def run(cfg):
         final = build(cfg, cfg['bdd_root'], 'bdd100k', 'bdd100k')
     else:
         import world  # here, not at the top: world.py imports this file's rule numbers, so the import stays one-way
-        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'synthetic_bdd')
+        root = dataset_dir(cfg, 'synthetic') + '_bdd'   # beside the dataset: another --out renders its own world
         with make_pool(cfg['workers']) as pool:
             world.render_tree(root, cfg['seed'], cfg['synth_train'], cfg['synth_val'], pool)
         final = build({**cfg, 'world': world.SOURCE}, root, 'synthetic', 'synthetic')   # a new world, new data
@@ -861,9 +873,11 @@ def load_meta(data_dir):
     if not os.path.exists(path):
         sys.exit(f"no prepared dataset at {data_dir} (no meta.json) ---> HINT: run `python prepare.py` first (the "
                  f"synthetic world), or `python prepare.py --bdd_root=<your BDD100K folder> --out={data_dir}`")
-    with open(path) as f:
-        meta = json.load(f)
-    if meta.get('format_version') != FORMAT_VERSION:
+    try:
+        meta = read_json(path)
+    except LabelError as e:
+        sys.exit(f"{e} ---> HINT: re-run prepare.py with --force=True to rebuild {data_dir}")
+    if not isinstance(meta, dict) or meta.get('format_version') != FORMAT_VERSION:
         sys.exit(f"{data_dir} was written by another prepare.py (format {meta.get('format_version')}, "
                  f"expected {FORMAT_VERSION}) ---> HINT: re-run `python prepare.py --force=True`")
     return meta
@@ -907,7 +921,12 @@ def open_split(data_dir, split):
     """{name: read-only memmap} for one split; nothing is read into RAM until indexed."""
     if not os.path.exists(os.path.join(data_dir, f'{split}_answers.npy')):
         sys.exit(f"{data_dir} has no split {split!r} ---> HINT: prepare.py writes train, val and test")
-    return {name: np.load(os.path.join(data_dir, f'{split}_{name}.npy'), mmap_mode='r') for name in SPLIT_ARRAYS}
+    try:
+        arrays = {name: np.load(os.path.join(data_dir, f'{split}_{name}.npy'), mmap_mode='r') for name in SPLIT_ARRAYS}
+        open(os.path.join(data_dir, f'{split}_names.json')).close()   # eval.py and viz.py name the frames
+        return arrays
+    except (OSError, ValueError) as e:   # a file deleted or cut short since prepare.py wrote it
+        sys.exit(f"{data_dir} is damaged: {e} ---> HINT: re-run prepare.py with --force=True to rebuild it")
 
 
 def sample_batch(arrays, n_images, questions_per_image, generator):

@@ -393,8 +393,33 @@ def test_rerun_reuses_unless_forced(tmp_path, capsys):
     with open(os.path.join(out, 'meta.json'), 'w') as f:                    # written by an older prepare.py
         json.dump({**meta, 'format_version': prepare.FORMAT_VERSION - 1}, f)
     prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
-    assert 'reusing' not in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert 'reusing' not in said and f'note: {out} holds a dataset made with other arguments' in said
     assert json.load(open(os.path.join(out, 'meta.json')))['format_version'] == prepare.FORMAT_VERSION
+
+
+def test_a_damaged_dataset_is_named_and_rebuilt(tmp_path, capsys):
+    """A meta.json or array cut short stops the readers in one line that says how to rebuild; prepare.py, even
+    without --force, rebuilds a dataset whose meta.json it cannot read."""
+    root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
+    make_tree(root, '2018')
+    prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    answers = os.path.join(out, 'val_answers.npy')
+    with open(answers, 'r+b') as f:
+        f.truncate(os.path.getsize(answers) - 1)
+    with pytest.raises(SystemExit, match=f"{out} is damaged: .*---> HINT: re-run prepare.py with --force=True"):
+        prepare.open_split(out, 'val')
+    os.remove(os.path.join(out, 'test_names.json'))
+    with pytest.raises(SystemExit, match=f"{out} is damaged: .*test_names.json"):
+        prepare.open_split(out, 'test')
+    with open(os.path.join(out, 'meta.json'), 'r+') as f:
+        f.truncate(100)
+    with pytest.raises(SystemExit, match="meta.json: malformed JSON .*---> HINT: re-run prepare.py with --force=True"):
+        prepare.load_meta(out)
+    prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    assert 'reusing' not in capsys.readouterr().out and prepare.load_meta(out)['format_version'] == prepare.FORMAT_VERSION
+    prepare.open_split(out, 'val')                                       # whole again: no exit
+    assert len(prepare.open_split(out, 'test')['answers']) > 0
 
 
 def test_filters_and_cap(tmp_path):
@@ -652,13 +677,13 @@ def test_train_never_asks_held_out_phrasings_and_val_test_pair_them(phrased):
                 "the new-word questions hold words the tokenizer does not know"
 
 
-def test_tokenizer_is_the_same_for_every_source(phrased, tmp_path, monkeypatch):
+def test_tokenizer_is_the_same_for_every_source(phrased, tmp_path):
     """eval.py refuses a model of other words: the synthetic world and any BDD tree give one vocabulary."""
     root = str(tmp_path / 'bdd')
     make_tree(root, 'det_20', train=('cccc0001-00000001',), val=('dddd0001-00000001',))
     prepare.build(cfg(out=str(tmp_path / 'det')), root, 'bdd100k', 'bdd100k')
-    monkeypatch.setattr(prepare, '__file__', str(tmp_path / 'synth' / 'prepare.py'))
     synth = prepare.run(cfg(out=str(tmp_path / 'synth_out')))
+    assert os.path.isfile(os.path.join(synth + '_bdd', 'render.json'))   # the world's tree beside it, not in data/
     toks = [json.load(open(os.path.join(d, 'meta.json')))['tokenizer'] for d in (phrased, str(tmp_path / 'det'), synth)]
     assert toks[0] == toks[1] == toks[2]
 
