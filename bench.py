@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prepare import DATASET_FIELDS, data_shape, load_meta, model_config, open_split, training_batch
+from prepare import DATASET_FIELDS, FAMILIES, data_shape, load_meta, model_config, open_split, training_batch
 from tvlm import TVLM, TVLMConfig, Tokenizer, configure_optimizers, flops_per_sample, load_image, pick_device
 
 # -----------------------------------------------------------------------------
@@ -47,6 +47,9 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
 
+if min(batch_size, questions_per_image, iters, latency_iters, matmul_n, prep_images, workers, warmup + 1, threads + 1) < 1:
+    sys.exit("--batch_size, --questions_per_image, --iters, --latency_iters, --matmul_n, --prep_images and --workers "
+             "must be 1 or more, --warmup and --threads 0 or more")
 if dtype not in ('auto', 'float32', 'bfloat16'):  # train.py's float16 needs its GradScaler, which bench.py leaves out
     sys.exit(f"--dtype={dtype!r}: bench.py times auto (float32, and bfloat16 on a CUDA GPU that has it), float32 or "
              f"bfloat16")
@@ -98,7 +101,7 @@ def autocast(precision):
 
 
 def make_dataset(tmp):
-    """A temporary train split of random images with the arrays sample_batch and patch_labels read."""
+    """A temporary train split of random images with the arrays sample_batch, patch_labels and look_targets read."""
     n, q_per = 256, 6
     rng = np.random.default_rng(0)
     q = rng.integers(4, vocab_size, (n * q_per, max_q_len)).astype(np.uint16)
@@ -112,7 +115,9 @@ def make_dataset(tmp):
               'q_offsets': np.arange(0, n * q_per + 1, q_per, dtype=np.int64),
               'boxes': xy.reshape(-1, 4).astype(np.float32), 'box_offsets': np.arange(0, n * q_per + 1, q_per),
               'box_class': rng.integers(0, 10, n * q_per).astype(np.int16),
-              'box_colour': rng.integers(0, 4, n * q_per).astype(np.int8), 'rain': rng.integers(-1, 2, n).astype(np.int8)}
+              'box_colour': rng.integers(0, 4, n * q_per).astype(np.int8), 'rain': rng.integers(-1, 2, n).astype(np.int8),
+              'family': rng.integers(0, len(FAMILIES), n * q_per).astype(np.uint8),   # the look loss's targets:
+              'referents': np.arange(n * q_per), 'ref_offsets': np.arange(n * q_per + 1)}   # each question its own box
     for name, arr in arrays.items():
         np.save(os.path.join(tmp, f'train_{name}.npy'), arr)
     return {name: np.load(os.path.join(tmp, f'train_{name}.npy'), mmap_mode='r') for name in arrays}
@@ -131,7 +136,8 @@ gen = torch.Generator().manual_seed(seed)
 
 def get_batch(qpi=questions_per_image):
     """train.py's batch (prepare.training_batch, augmentation and word dropout included), less its mirror flips."""
-    return training_batch(data, cfg, batch_size // qpi, qpi, gen, device, augment=augment, word_dropout=word_dropout)
+    return training_batch(data, cfg, max(1, batch_size // qpi), qpi, gen, device, augment=augment,
+                          word_dropout=word_dropout)
 
 
 def make_train_step(precision, use_compile):
