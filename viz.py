@@ -127,8 +127,11 @@ def save(fig, path):
     buf = io.BytesIO()
     fig.savefig(buf, format='png')
     img = Image.open(buf).convert('RGB').quantize(256)
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    img.save(path, optimize=True)
+    try:
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        img.save(path, optimize=True)
+    except OSError as e:  # a folder of that name, no permission
+        sys.exit(f"--out={path} cannot be written ({e.strerror or e}) ---> HINT: name a PNG file in a folder you can write")
     w, h = img.size
     print(f"saved {path} ({w}x{h} px, {os.path.getsize(path) / 1024:.0f} KB)")
 
@@ -300,12 +303,12 @@ if __name__ == '__main__':
             sys.exit(f"no training log at {path} ---> HINT: pass the out_dir of a train.py run, e.g. --log=out-small/")
         try:
             save(plot_log(path), out)
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError) as e:  # not JSON, or records train.py does not write
             sys.exit(f"cannot plot {path}: {e}")
         sys.exit(0)
-    if data and _positional or random < 0:  # an image and question with --data would be silently ignored
-        sys.exit(f"--data shows a dataset's questions: give it without an image and question, and --random >= 0 "
-                 f"(got {_positional} and --random={random})")
+    if data and _positional or not 0 <= random <= 64 or seed < 0:  # an image and question with --data would be ignored
+        sys.exit(f"--data shows a dataset's questions: give it without an image and question, 0 <= --random <= 64 (one "
+                 f"figure) and --seed >= 0 (got {_positional}, --random={random} and --seed={seed})")
     if data and (per_word or rollout):
         sys.exit("--per_word and --rollout draw one image's maps: give them with an image and a question, not --data")
     if not data and (random or idx or split != 'val'):
@@ -330,7 +333,11 @@ if __name__ == '__main__':
             sys.exit(f"--idx={idx} is out of range: the {split} split of {data} has {n} questions")
         else:
             rows = [idx]
-        save(show_questions(model, meta, arrays, sorted(rows), split), out)
+        try:
+            fig = show_questions(model, meta, arrays, sorted(rows), split)
+        except ValueError as e:  # a blind model has no attention to show
+            sys.exit(str(e))
+        save(fig, out)
     else:
         try:
             fig, top, extra = explain(model, image, question, per_word, rollout)

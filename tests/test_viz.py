@@ -64,6 +64,8 @@ def write_dataset(d, tok=TOK, n=6, seed=0):
                   rain=np.zeros(n, np.int8))
     for name, a in arrays.items():
         np.save(os.path.join(d, f'val_{name}.npy'), a)
+    with open(os.path.join(d, 'val_names.json'), 'w') as f:
+        json.dump([f'val-{i}' for i in range(n)], f)
     meta = dict(format_version=prepare.FORMAT_VERSION, tokenizer=tok.to_dict(), answers=ANSWERS, families=['exist', 'count'],
                 box_classes=['car', 'pedestrian'], img_h=H, img_w=W, max_q_len=12, max_answer_len=4, mean=[128.0] * 3, std=[64.0] * 3)
     with open(os.path.join(d, 'meta.json'), 'w') as f:
@@ -260,6 +262,9 @@ def cli(tmp_path_factory):
     for name in prepare.SPLIT_ARRAYS:  # an empty 'test' split: offsets keep their leading 0, the rest no rows
         a = np.load(d / 'data' / f'val_{name}.npy')
         np.save(d / 'data' / f'test_{name}.npy', a[:1] if name.endswith('offsets') else a[:0])
+    (d / 'data' / 'test_names.json').write_text('[]')
+    save_checkpoint(tiny_model(fusion='none'), str(d / 'blind.pt'))
+    (d / 'folder.png').mkdir()
     write_dataset(d / 'other', tok=Tokenizer.build(QUESTIONS + ['is it raining?']))
     runs = {'ok': (d, ['grey.png', 'Is the light red?', '--out=new/h.png']),
             'empty_question': (d, ['grey.png', '  ']),
@@ -277,7 +282,10 @@ def cli(tmp_path_factory):
             'empty_split': (d, ['--data=data', '--split=test', '--random=3']),
             'log_and_image': (d, ['--log=out-new', 'grey.png', 'Is the light red?']),
             'rollout_and_data': (d, ['--data=data', '--rollout=True']),
-            'idx_and_image': (d, ['grey.png', 'Is the light red?', '--idx=7'])}
+            'idx_and_image': (d, ['grey.png', 'Is the light red?', '--idx=7']),
+            'too_many': (d, ['--data=data', '--random=65']),
+            'blind_data': (d, ['--data=data', '--ckpt=blind.pt']),
+            'out_is_folder': (d, ['grey.png', 'Is the light red?', '--out=folder.png'])}
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}  # a process per case on a small CI machine: no thread oversubscription
     procs = {k: subprocess.Popen([sys.executable, os.path.join(ROOT, 'viz.py'), *args], cwd=cwd, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for k, (cwd, args) in runs.items()}
@@ -313,7 +321,9 @@ def test_no_checkpoint_says_how_to_train_one(tmp_path, monkeypatch):
                                          ('empty_split', 'the test split of data has no questions'),
                                          ('log_and_image', '--log plots a training log'),
                                          ('rollout_and_data', "--per_word and --rollout draw one image's maps"),
-                                         ('idx_and_image', "--random, --idx and --split pick a dataset's questions")])
+                                         ('idx_and_image', "--random, --idx and --split pick a dataset's questions"),
+                                         ('too_many', '0 <= --random <= 64 (one figure)'),
+                                         ('blind_data', 'blind'), ('out_is_folder', '--out=folder.png cannot be written')])
 def test_cli_errors_are_one_line(cli, case, words):
     code, stdout, stderr = cli[1][case]
     assert code == 1, f"exit code {code}: {stderr}"
