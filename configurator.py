@@ -57,8 +57,9 @@ for _arg in sys.argv[1:]:
     elif _arg.endswith('.py'):                              # a config file of plain assignments, own namespace
         try:
             _src = open(_arg).read()
-        except OSError as _e:
-            sys.exit(f"cannot read config file {_arg}: {_e.strerror}; the presets are in config/")
+        except (OSError, UnicodeDecodeError) as _e:
+            sys.exit(f"cannot read config file {_arg}: {getattr(_e, 'strerror', None) or 'not UTF-8 text'}; the "
+                     f"presets are in config/")
         _ns = {}
         try:
             exec(_src, {}, _ns)
