@@ -186,6 +186,12 @@ try:
         cfg = model_config({**config, **arch}, data_shape(meta), np.bincount(train_data['answers'], minlength=len(answers)))
 except (TypeError, ValueError) as e:  # TypeError: model_args of another tvlm.py, with fields this one lacks
     sys.exit(f"{ckpt_path}: {e}" if ckpt_path else str(e))
+kept = [f"{k}={getattr(cfg, k)!r} (not {v!r})" for k, v in config.items() if hasattr(cfg, k) and getattr(cfg, k) != v]
+if kept and master:  # a resumed run is the checkpoint's model; fine-tuning keeps its architecture
+    print(f"note: {ckpt_path} decides {', '.join(kept)}")
+if init_from == 'resume' and iter_num >= max_iters and master:
+    print(f"note: {ckpt_path} is at iteration {iter_num}, not below --max_iters={max_iters}: there is nothing to "
+          f"train ---> HINT: raise --max_iters (and --lr_decay_iters) to train on")
 model = TVLM(cfg, tokenizer, answers, mean=meta['mean'], std=meta['std'])
 if init_from == 'resume':
     check_compatible(TVLM.from_checkpoint(checkpoint), meta, data_dir)   # the dataset it was trained on, or exit

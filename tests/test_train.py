@@ -141,6 +141,9 @@ def test_resume_equals_straight_run(toy_data, tmp_path):
               toy_data)      # this run's settings, not the checkpoint's (load_state_dict restores those)
     # the last step is evaluated off the interval too: config/small.py's 3,600 steps with val every 500 rely on it
     assert [e['iter'] for e in read_log(str(tmp_path / 'b'), 'eval')] == [10, 20, 22]
+    p = run_train(common + ['--max_iters=20', '--init_from=resume', '--vit_width=64'], str(tmp_path / 'b'), toy_data)
+    assert 'decides vit_width=32 (not 64)' in p.stdout and 'at iteration 22, not below --max_iters=20' in p.stdout
+    assert [e['iter'] for e in read_log(str(tmp_path / 'b'), 'eval')] == [10, 20, 22]     # nothing trained or logged
     groups = [g for state in torch.load(tmp_path / 'b' / 'last.pt', weights_only=True)['optimizer']
               for g in state['param_groups']]
     assert {g['weight_decay'] for g in groups} == {0.0, 0.2}
@@ -394,9 +397,9 @@ def test_fine_tune_from_another_datasets_checkpoint(toy_data, tmp_path):
     meta = prepare.load_meta(data)
     json.dump({**meta, 'held_out': [True] * len(meta['held_out'])}, open(os.path.join(data, 'meta.json'), 'w'))
     out = str(tmp_path / 'fine')
-    p = run_train([f'--init_from={tmp_path / "pre" / "ckpt.pt"}', '--max_iters=6', '--eval_interval=3', '--augment'],
-                  out, data)
-    assert 'fine-tuning from' in p.stdout and 'dec.embed.weight (' in p.stdout and 'head.weight (' in p.stdout
+    p = run_train([f'--init_from={tmp_path / "pre" / "ckpt.pt"}', '--max_iters=6', '--eval_interval=3', '--augment',
+                   '--dec_depth=2'], out, data)
+    assert 'decides dec_depth=1 (not 2)' in p.stdout and 'fine-tuning from' in p.stdout and 'dec.embed.weight (' in p.stdout and 'head.weight (' in p.stdout
     model = TVLM.from_checkpoint(os.path.join(out, 'ckpt.pt'))
     assert model.answers == prepare.ANSWERS and len(model.tokenizer) > 10
     threshold, model.abstain_above = model.abstain_above, 1.0                          # scores without the threshold
