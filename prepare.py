@@ -870,6 +870,9 @@ SPLIT_ARRAYS = ('images', 'boxes', 'box_class', 'box_colour', 'box_offsets', 'qu
 def load_meta(data_dir):
     """The dataset's meta.json; a clear error when prepare.py has not (completely) run."""
     path = os.path.join(data_dir, 'meta.json')
+    if not os.path.exists(path) and os.path.isdir(os.path.join(data_dir, 'labels')):
+        sys.exit(f"{data_dir} is a BDD100K tree, not a prepared dataset ---> HINT: `python prepare.py "
+                 f"--bdd_root={data_dir} --out=<a new folder>`, then pass that folder")
     if not os.path.exists(path):
         sys.exit(f"no prepared dataset at {data_dir} (no meta.json) ---> HINT: run `python prepare.py` first (the "
                  f"synthetic world), or `python prepare.py --bdd_root=<your BDD100K folder> --out={data_dir}`")
@@ -889,7 +892,8 @@ def check_compatible(model, meta, data_dir):
                                ('answer classes', list(model.answers), list(meta['answers'])),
                                ('image size', [model.cfg.img_h, model.cfg.img_w], [meta['img_h'], meta['img_w']])):
         if ours != theirs:
-            sys.exit(f"the checkpoint and the dataset {data_dir} have different {what} ---> HINT: pass the "
+            sizes = f" ({ours[0]}x{ours[1]} against {theirs[0]}x{theirs[1]})" if what == 'image size' else ''
+            sys.exit(f"the checkpoint and the dataset {data_dir} have different {what}{sizes} ---> HINT: pass the "
                      f"dataset it was trained on (--data_dir), or fine-tune it on this one")
 
 

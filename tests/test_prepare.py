@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -420,6 +421,22 @@ def test_a_damaged_dataset_is_named_and_rebuilt(tmp_path, capsys):
     assert 'reusing' not in capsys.readouterr().out and prepare.load_meta(out)['format_version'] == prepare.FORMAT_VERSION
     prepare.open_split(out, 'val')                                       # whole again: no exit
     assert len(prepare.open_split(out, 'test')['answers']) > 0
+
+
+def test_readers_name_what_they_were_given_instead_of_a_dataset(tmp_path):
+    """A BDD tree passed where a prepared dataset goes, and a dataset of another image size than the model's, each
+    end in one line that says which and what to do."""
+    root, out = str(tmp_path / 'bdd'), str(tmp_path / 'out')
+    make_tree(root, '2018')
+    with pytest.raises(SystemExit, match=re.escape(f"{root} is a BDD100K tree, not a prepared dataset ---> HINT: "
+                                                   f"`python prepare.py --bdd_root={root} --out=<a new folder>`")):
+        prepare.load_meta(root)
+    prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
+    meta = prepare.load_meta(out)
+    model = SimpleNamespace(tokenizer=Tokenizer.from_dict(meta['tokenizer']), answers=meta['answers'],
+                            cfg=SimpleNamespace(img_h=72, img_w=128))
+    with pytest.raises(SystemExit, match=r"have different image size \(72x128 against 36x64\) ---> HINT"):
+        prepare.check_compatible(model, meta, out)
 
 
 def test_filters_and_cap(tmp_path):
