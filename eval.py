@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from prepare import (PATCH_LABELS, check_compatible, jpeg, load_meta, open_split, patch_labels, side_of,
+from prepare import (PATCH_LABELS, check_compatible, jpeg, load_meta, make_dir, open_split, patch_labels, side_of,
                      split_batches)
 from tvlm import CANT, TVLM, image_attention, load_checkpoint, mirror_tables, pick_device
 from viz import draw_boxes, overlay
@@ -545,15 +545,6 @@ def write_atomic(path, save):
     """save(tmp_path), then rename: a crash never leaves a half-written checkpoint or eval.json."""
     save(path + '.tmp')
     os.replace(path + '.tmp', path)
-
-
-def make_dir(path):
-    """-> path, a folder now, or exit in one line (a file of that name, no permission)."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        sys.exit(f"--out={path} cannot be made a folder ({e.strerror}) ---> HINT: name a folder you can write")
-    return path
 
 
 def write_json(path, obj):

@@ -574,12 +574,16 @@ def fresh_tmp(final):
     beside final is gone (their .tmp- and .old- folders: never a valid tree, and up to hundreds of MB)."""
     for stale in glob.glob(f'{final}.tmp-*') + glob.glob(f'{final}.old-*'):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = f'{final}.tmp-{os.getpid()}'
+    return make_dir(f'{final}.tmp-{os.getpid()}')
+
+
+def make_dir(path, flag='--out'):
+    """-> path, a folder now, or exit in one line that names the flag (a file of that name, no permission)."""
     try:
-        os.makedirs(tmp)
+        os.makedirs(path, exist_ok=True)
     except OSError as e:
-        sys.exit(f"cannot write beside {final} ({e.strerror}) ---> HINT: name a folder you can write with --out")
-    return tmp
+        sys.exit(f"{flag}={path} cannot be made a folder ({e.strerror}) ---> HINT: name a folder you can write")
+    return path
 
 
 def replace_dir(tmp, final):

@@ -27,8 +27,8 @@ import torch
 from torch.distributed import init_process_group, destroy_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from prepare import (DATASET_FIELDS, check_compatible, data_shape, load_meta, loss_inputs, model_config, open_split,
-                     split_batches, to_device, training_batch)
+from prepare import (DATASET_FIELDS, check_compatible, data_shape, load_meta, loss_inputs, make_dir, model_config,
+                     open_split, split_batches, to_device, training_batch)
 from tvlm import (CANT, TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
                   load_checkpoint, mirror_tables, pick_device)
 
@@ -357,10 +357,7 @@ def log(record):
 
 
 if master:
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        sys.exit(f"--out_dir={out_dir} cannot be made a folder ({e.strerror}) ---> HINT: name a folder you can write")
+    make_dir(out_dir, '--out_dir')
     if init_from != 'resume' and os.path.exists(os.path.join(out_dir, 'ckpt.pt')):
         print(f"note: this new run replaces {out_dir}'s log and checkpoints as it writes its own ---> HINT: "
               f"--init_from=resume continues the run that wrote them; another --out_dir keeps them")
