@@ -931,7 +931,7 @@ def open_split(data_dir, split):
         sys.exit(f"{data_dir} has no split {split!r} ---> HINT: prepare.py writes train, val and test")
     try:
         arrays = {name: np.load(os.path.join(data_dir, f'{split}_{name}.npy'), mmap_mode='r') for name in SPLIT_ARRAYS}
-        open(os.path.join(data_dir, f'{split}_names.json')).close()   # eval.py and viz.py name the frames
+        open(os.path.join(data_dir, f'{split}_names.json')).close()   # eval.py names the frames it shows
         return arrays
     except (OSError, ValueError) as e:   # a file deleted or cut short since prepare.py wrote it
         sys.exit(f"{data_dir} is damaged: {e} ---> HINT: re-run prepare.py with --force=True to rebuild it")
