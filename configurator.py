@@ -22,7 +22,8 @@ config_keys = _keys
 def _override(key, val, where):
     if key not in _keys:
         close = get_close_matches(key, _keys, n=3)
-        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ''
+        hint = globals().get('_elsewhere', {}).get(key) or (f"did you mean {' or '.join(repr(c) for c in close)}? "
+                                                            if close else '')   # _elsewhere: keys another script sets
         sys.exit(f"{where}: unknown config key '{key}'; {hint}valid keys: {', '.join(_keys)}")
     old = globals()[key]
     if type(old) is float and type(val) is int:

@@ -38,6 +38,8 @@ from tvlm import (CANT, TVLM, TVLMConfig, Tokenizer, answer_targets, configure_o
 # model: every TVLMConfig field with its default (tvlm.py says what each does; the loss knobs label_smoothing,
 # focal_gamma and patch_weight are among them), except the ones the dataset decides (prepare.model_config)
 globals().update({k: v for k, v in asdict(TVLMConfig()).items() if k not in DATASET_FIELDS})
+_elsewhere = {k: f"the dataset decides {k} (prepare.py's --img_h, --img_w, --max_q_len and --max_answer_len, and the "
+                 f"words and answers it holds). " for k in DATASET_FIELDS}   # what configurator.py says if one is asked
 # I/O
 data_dir = 'data/synthetic'
 out_dir = 'out-small'

@@ -363,6 +363,7 @@ def test_bad_input_gives_one_line_errors(toy_data, tmp_path):
              ('--grad_clip=-1.0', 'below 0 it would flip the gradients'), ('--beta1=1.5', '--beta1=1.5 and'),
              ('--patience=-1', '--patience and --peak_flops must be >= 0'), ('--out_dir=', '--out_dir is empty'),
              ('--label_smoothing=1.5', 'label_smoothing=1.5 must be in [0, 1)'), ('--vit_mlp=0', 'vit_mlp=0'),
+             ('--img_h=96', "unknown config key 'img_h'; the dataset decides img_h (prepare.py's --img_h"),
              (f'--out_dir={os.path.join(toy_data, "meta.json")}', 'meta.json cannot be made a folder'),
              ('--dtype=float16', '--dtype=float16 needs a CUDA GPU'),
              (f'--init_from={tmp_path / "o" / "ckpt.pt"}', 'which this run would overwrite'),
