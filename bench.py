@@ -47,9 +47,8 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
 
-if min(batch_size, questions_per_image, iters, latency_iters, matmul_n, prep_images, workers, warmup + 1, threads + 1) < 1:
-    sys.exit("--batch_size, --questions_per_image, --iters, --latency_iters, --matmul_n, --prep_images and --workers "
-             "must be 1 or more, --warmup and --threads 0 or more")
+_at_least(1, 'batch_size', 'questions_per_image', 'iters', 'latency_iters', 'matmul_n', 'prep_images', 'workers')
+_at_least(0, 'warmup', 'threads')
 if dtype not in ('auto', 'float32', 'bfloat16'):  # train.py's float16 needs its GradScaler, which bench.py leaves out
     sys.exit(f"--dtype={dtype!r}: bench.py times auto (float32, and bfloat16 on a CUDA GPU that has it), float32 or "
              f"bfloat16")

@@ -35,6 +35,13 @@ def _override(key, val, where):
     globals()[key] = val
 
 
+def _at_least(least, *keys):
+    """For the script, after this file has run: exit in one line at the first key below least (a count, a size)."""
+    for key in keys:
+        if globals()[key] < least:
+            sys.exit(f"--{key}={globals()[key]} must be {least} or more")
+
+
 for _arg in sys.argv[1:]:
     if _arg in ('-h', '--help'):
         print(f"usage: python {sys.argv[0]} [config/FILE.py ...] [--key=value ...]\nkeys and defaults:")

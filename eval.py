@@ -772,9 +772,8 @@ def compare_runs(dirs, out_dir):
 if __name__ == '__main__':
     _positional = []  # run dirs for --compare
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-    if min(batch_questions, robust_max + 1, seed + 1) < 1:
-        sys.exit(f"need --batch_questions >= 1 (got {batch_questions}), --robust_max >= 0 ({robust_max}) and --seed >= 0 "
-                 f"({seed})")
+    _at_least(1, 'batch_questions')
+    _at_least(0, 'robust_max', 'seed')
     device = pick_device(device)
     if compare:
         compare_runs(_positional or sys.exit("--compare needs run dirs: python eval.py --compare out-a out-b"), out)

@@ -81,19 +81,15 @@ peak_flops = 0.0              # the device's peak FLOP/s for MFU (e.g. 312e12 fo
 seed = 1337
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in config_keys}
-for key in ('batch_size', 'questions_per_image', 'grad_accum', 'eval_interval', 'log_interval', 'eval_max_questions'):
-    if globals()[key] < 1:  # each would fail deep inside with a traceback
-        sys.exit(f"--{key}={globals()[key]} must be 1 or more")
+# each would fail deep inside with a traceback, or train backwards (grad_clip < 0)
+_at_least(1, 'batch_size', 'questions_per_image', 'grad_accum', 'eval_interval', 'log_interval', 'eval_max_questions')
+_at_least(0, 'max_iters', 'warmup_iters', 'weight_decay', 'grad_clip', 'lr_vit', 'lr_proj', 'lr_dec', 'lr_head', 'patience',
+          'peak_flops')
 for ok, msg in [(batch_size % questions_per_image == 0,
                  f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}"),
                 (lr > 0, f"--lr={lr} must be > 0"),
                 (0 <= min_lr <= lr, f"--min_lr={min_lr} must be between 0 and lr={lr}"),
                 (warmup_iters <= lr_decay_iters, f"--warmup_iters={warmup_iters} must be <= lr_decay_iters={lr_decay_iters}"),
-                (min(max_iters, warmup_iters, weight_decay, lr_vit, lr_proj, lr_dec, lr_head, patience, peak_flops) >= 0,
-                 "--max_iters, --warmup_iters, --weight_decay, --lr_vit, --lr_proj, --lr_dec, --lr_head, --patience and "
-                 "--peak_flops must be >= 0"),
-                (grad_clip >= 0, f"--grad_clip={grad_clip} must be >= 0 (0 disables clipping; below 0 it would flip "
-                                 f"the gradients)"),
                 (0 <= beta1 < 1 and 0 <= beta2 < 1, f"--beta1={beta1} and --beta2={beta2} must be in [0, 1)"),
                 (0 <= ema_decay < 1, f"--ema_decay={ema_decay} must be in [0, 1)"),
                 (0 <= word_dropout < 1, f"--word_dropout={word_dropout} must be in [0, 1)"),

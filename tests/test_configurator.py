@@ -75,3 +75,11 @@ def test_configurator_help_lists_keys(monkeypatch, capsys):
         configure(monkeypatch, ['--help'], lr=1e-3, max_iters=100)
     assert e.value.code == 0
     assert '--lr=0.001' in capsys.readouterr().out
+
+
+def test_at_least_names_the_first_key_below_its_least_value(monkeypatch):
+    """The scripts' count and size checks: one line, the key and the value given."""
+    ns = configure(monkeypatch, ['--iters=0'], iters=5, warmup=1)
+    ns['_at_least'](0, 'iters', 'warmup')
+    with pytest.raises(SystemExit, match=r"^--iters=0 must be 1 or more$"):
+        ns['_at_least'](1, 'warmup', 'iters')
