@@ -753,8 +753,8 @@ def build(cfg, root, name, source):
         print(f"{final} is complete and was made with the same arguments: reusing it (--force=True rebuilds)")
         return final
     if os.path.isfile(os.path.join(final, 'meta.json')):
-        print(f"note: {final} holds a dataset made with other arguments or by another prepare.py; it is replaced when "
-              f"this one is complete ---> HINT: Ctrl-C and name another --out to keep it")
+        print(f"note: the dataset in {final} is replaced when this one is complete (--force=True, other arguments, "
+              f"another prepare.py or a damaged meta.json) ---> HINT: Ctrl-C and name another --out to keep it")
     tmp = fresh_tmp(final)
     try:
         with make_pool(cfg['workers']) as pool:

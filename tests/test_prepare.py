@@ -395,7 +395,7 @@ def test_rerun_reuses_unless_forced(tmp_path, capsys):
         json.dump({**meta, 'format_version': prepare.FORMAT_VERSION - 1}, f)
     prepare.build(cfg(out=out), root, 'bdd100k', 'bdd100k')
     said = capsys.readouterr().out
-    assert 'reusing' not in said and f'note: {out} holds a dataset made with other arguments' in said
+    assert 'reusing' not in said and f'note: the dataset in {out} is replaced when this one is complete' in said
     assert json.load(open(os.path.join(out, 'meta.json')))['format_version'] == prepare.FORMAT_VERSION
 
 
