@@ -16,6 +16,7 @@ Shape legend, used in every comment below:
   A  answer classes                   V  vocabulary size
 """
 import math
+import os
 import pickle
 import re
 import sys
@@ -227,19 +228,28 @@ def load_image(src, img_h, img_w):
     target aspect, then resize; a photo is first turned upright as its EXIF says. For JPEG files, draft mode decodes
     straight at 1/2, 1/4 or 1/8 scale."""
     if isinstance(src, np.ndarray):
-        assert src.dtype == np.uint8 and src.ndim in (2, 3), f"expected a uint8 HxW or HxWxC array, got {src.dtype} {src.shape}"
+        if src.dtype != np.uint8 or not (src.ndim == 2 or src.ndim == 3 and src.shape[2] in (3, 4)):
+            raise ValueError(f"an image array must be uint8 HxW, HxWx3 or HxWx4, not {src.dtype} {src.shape} "
+                             f"---> HINT: one image at a time, 0-255 as np.uint8, CHW .transpose(1, 2, 0)")
         img = Image.fromarray(src)
     elif isinstance(src, Image.Image):
         img = src
-    else:
+    elif isinstance(src, (str, os.PathLike)) or hasattr(src, 'read'):
         img = Image.open(src)
+    else:
+        raise TypeError(f"an image is a path, a file, a PIL image or a uint8 numpy array, not {type(src).__name__} "
+                        f"---> HINT: a torch tensor: .numpy(); bytes of a file: io.BytesIO(data)")
+    if min(img.size) < 1 or img.mode == 'F':  # 'F': float pixels, whose range no one knows
+        raise ValueError(f"cannot read a {img.size[0]}x{img.size[1]} image of mode {img.mode} as a picture ---> HINT: "
+                         f"pass 8-bit pixels (uint8, 0-255)")
     turn = orientation(img)
     if img is not src and img.format == 'JPEG':  # a file: draft picks the largest reduction that stays >= the
         img.draft('RGB', (img_h, img_w) if turn >= 5 else (img_w, img_h))   # target size, as the file stores it
     if turn != 1:  # turned as a viewer shows it
         img = ImageOps.exif_transpose(img)
-    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L'):  # 16-bit greyscale: to 8 bits (convert() would clip it to white)
-        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.int64) >> 8, 0, 255).astype(np.uint8))
+    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L'):  # 16-bit greyscale: to 8 bits (convert() would clip it to white);
+        px = np.asarray(img, dtype=np.int64)          # mode 'I' holds 32-bit ints, which may be 8-bit values
+        img = Image.fromarray(np.clip(px >> 8 if img.mode != 'I' or px.max() > 255 else px, 0, 255).astype(np.uint8))
     if img.mode != 'RGB':
         img = img.convert('RGBA').convert('RGB') if img.mode == 'P' else img.convert('RGB')
     W, H = img.size
@@ -552,17 +562,19 @@ def answer_targets(tokens):
     return torch.where((pos >= first) & (pos < last), nxt, -100)              # (B, T)
 
 
-def load_checkpoint(path, device='cpu'):
+def load_checkpoint(path):
     """A train.py checkpoint as a dict, or a one-line ValueError / FileNotFoundError that says what is wrong.
     Tensors and plain values only (weights_only=True), so loading runs no code. Every script loads through here."""
+    if not (isinstance(path, (str, os.PathLike)) or hasattr(path, 'read')):
+        raise TypeError(f"a checkpoint is a path or a file, not {type(path).__name__}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)   # a device to move to is the caller's choice
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {path} ---> HINT: train one with `python train.py config/small.py`") from None
     except IsADirectoryError:
         raise FileNotFoundError(f"{path} is a folder ---> HINT: pass the checkpoint file in it, e.g. {path}/ckpt.pt") from None
     except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, OSError) as e:
-        if 'Unsupported global' in str(e):  # torch's safe unpickler names the class or function it refused
+        if 'unsupported global' in str(e).lower():  # torch's safe unpickler names the class or function it refused
             raise ValueError(f"refusing to load {path}: it holds Python objects, not only tensors and plain values, "
                              f"so loading it could run code; tvlm checkpoints never do") from None
         raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt? {type(e).__name__})") from None
@@ -739,6 +751,8 @@ class TVLM(nn.Module):
         B, T = prompts.shape
         assert (prompts != Tokenizer.pad_id).all(), "generate() takes unpadded prompts of one length"
         assert T + max_new_tokens <= self.cfg.max_text_len, f"prompt + new tokens exceed {self.cfg.max_text_len} positions"
+        assert max_new_tokens >= 0 and temperature >= 0, \
+            f"max_new_tokens={max_new_tokens} and temperature={temperature} must be >= 0"
         if isinstance(image_idx, int):  # k prompts per image: as indices, since after the prompt a step is one row each
             image_idx = torch.arange(len(images), device=prompts.device).repeat_interleave(image_idx)   # (B,)
         _, prefix, ctx = self.encode_image(images, image_idx)
@@ -761,13 +775,19 @@ class TVLM(nn.Module):
     def from_checkpoint(cls, path, device='cpu'):
         """A ready-to-answer model, in eval mode, from a train.py checkpoint: its path, or the dict load_checkpoint
         returned (for a caller that also reads the checkpoint's other entries)."""
-        ckpt = path if isinstance(path, dict) else load_checkpoint(path, device)
+        ckpt = path if isinstance(path, dict) else load_checkpoint(path)
         try:
             model = cls(TVLMConfig(**ckpt['model_args']), Tokenizer.from_dict(ckpt['tokenizer']), ckpt['answers'])
             model.load_state_dict(ckpt['model'])  # strict: a missing or renamed weight must fail loudly
+        except KeyError as e:  # a dict that did not come through load_checkpoint
+            raise ValueError(f"not a tvlm checkpoint: it lacks {e}") from None
         except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: weights of other names or shapes
-            raise ValueError(f"the checkpoint's weights do not fit its own model_args: {str(e).splitlines()[0]}") from None
+            why = ' '.join(str(e).split())[:300]   # torch's first line alone ("Error(s) in loading...:") says nothing
+            raise ValueError(f"the checkpoint's weights do not fit its own model_args: {why}") from None
         model.temperature = float(ckpt.get('temperature', 1.0))
+        if not model.temperature > 0:
+            raise ValueError(f"the checkpoint's temperature is {model.temperature}; logits are divided by it, so "
+                             f"it must be > 0 ---> HINT: eval.py --save_temperature=True fits and saves one")
         model.abstain_above = float(ckpt.get('abstain_above', 1.0))
         return model.to(device).eval()
 
@@ -832,6 +852,8 @@ class TVLM(nn.Module):
     def encode_question(self, question):
         """A user's question -> int64[max_q_len] ids, or a one-line ValueError for one the model cannot read whole:
         no words, or more than max_q_len - 2 tokens (encode() would cut it and the model answer another question)."""
+        if not isinstance(question, str):
+            raise TypeError(f"a question is a str, not {type(question).__name__}; ask one like 'Is the light red?'")
         words = self.tokenizer.split(question)
         if not any(w[0].isalnum() for w in words):
             raise ValueError(f"the question is empty: {question!r} has no words; ask one like 'Is the light red?'")
@@ -848,6 +870,8 @@ class TVLM(nn.Module):
         When the answer is "can't answer", extra['abstain'] says why: the question's unknown words (then extra holds
         only that), or the model's own judgement (its top answer, or p(can't answer) above abstain_above)."""
         assert self.tokenizer is not None and self.answers is not None, "answer() needs a model from from_checkpoint()"
+        if self.training:  # train mode would skip the mirror and move BatchNorm's running statistics
+            raise RuntimeError("answer() is inference: call model.eval() first (from_checkpoint() returns it so)")
         device = self.dec.embed.weight.device
         ids = torch.from_numpy(self.encode_question(question))[None].to(device)             # (1, max_q_len)
         img = torch.from_numpy(load_image(image, self.cfg.img_h, self.cfg.img_w)).to(device)[None]  # (1, Hi, Wi, 3)

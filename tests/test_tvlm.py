@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import os
 import pickle
 
 import numpy as np
@@ -737,20 +738,23 @@ def test_checkpoint_round_trip(tmp_path, kw):
 
 
 class _Payload:
-    """Unpickling this runs code: it creates the marker file."""
-    def __init__(self, marker):
-        self.marker = marker
+    """Unpickling this runs code: it creates the marker file, through exec or a shell."""
+    def __init__(self, marker, via):
+        self.marker, self.via = marker, via
 
     def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').close()",)
+        if self.via == 'exec':
+            return exec, (f"open({self.marker!r}, 'w').close()",)
+        return os.system, (f"touch {self.marker}",)
 
 
-@pytest.mark.parametrize('writer', ['torch.save', 'pickle.dump'])
-def test_checkpoint_that_runs_code_is_refused(tmp_path, writer):
-    """A checkpoint with a code-running pickle is refused with a ValueError, and the code never runs."""
+@pytest.mark.parametrize('writer, via', [('torch.save', 'exec'), ('pickle.dump', 'exec'), ('torch.save', 'os.system')])
+def test_checkpoint_that_runs_code_is_refused(tmp_path, writer, via):
+    """A checkpoint with a code-running pickle is refused with a ValueError that says so (torch words its refusal
+    "Unsupported global" or "unsupported GLOBAL" by what the pickle calls), and the code never runs."""
     marker, path = tmp_path / 'pwned', str(tmp_path / 'evil.pt')
     ckpt = {'model': make_model().state_dict(), 'model_args': dataclasses.asdict(tiny_cfg()),
-            'tokenizer': TOK.to_dict(), 'answers': ANSWERS, 'temperature': _Payload(str(marker))}
+            'tokenizer': TOK.to_dict(), 'answers': ANSWERS, 'temperature': _Payload(str(marker), via)}
     if writer == 'torch.save':
         torch.save(ckpt, path)
     else:
@@ -829,6 +833,42 @@ def test_checkpoint_without_model_keys_is_refused(tmp_path):
 
 def _rgb(h, w, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_load_image_refuses_what_it_cannot_read_as_a_picture():
+    """A tensor, float or CHW array, an empty image or float pixels: one-line errors, not a deep PIL error or a black
+    picture; 8-bit values held in PIL's 32-bit mode 'I' keep their picture (only 16-bit ones are shifted down)."""
+    rgb = _rgb(32, 48)
+    for bad, kind, words in ((torch.from_numpy(rgb), TypeError, 'not Tensor ---> HINT: a torch tensor: .numpy()'),
+                             (rgb.astype(np.float32) / 255, ValueError, 'must be uint8 HxW, HxWx3 or HxWx4, not float'),
+                             (rgb.transpose(2, 0, 1), ValueError, r'not uint8 \(3, 32, 48\)'),
+                             (rgb[:0], ValueError, 'cannot read a 48x0 image'),
+                             (Image.fromarray(rgb[..., 0].astype(np.float32)), ValueError, 'of mode F')):
+        with pytest.raises(kind, match=words):
+            load_image(bad, 32, 48)
+    grey = rgb[..., 0]
+    np.testing.assert_array_equal(load_image(Image.fromarray(grey).convert('I'), 32, 48), load_image(grey, 32, 48))
+
+
+def test_answer_refuses_a_question_that_is_not_text_and_a_model_in_train_mode():
+    model = make_model()
+    with pytest.raises(TypeError, match="a question is a str, not NoneType"):
+        model.answer(_rgb(32, 48), None)
+    model.train()
+    with pytest.raises(RuntimeError, match=r"answer\(\) is inference: call model.eval\(\) first"):
+        model.answer(_rgb(32, 48), 'Is the light red?')
+
+
+def test_from_checkpoint_names_a_missing_entry_and_a_temperature_that_cannot_divide(tmp_path):
+    model = make_model()
+    ckpt = {'model': model.state_dict(), 'model_args': dataclasses.asdict(model.cfg), 'tokenizer': TOK.to_dict(),
+            'answers': ANSWERS}
+    with pytest.raises(ValueError, match="not a tvlm checkpoint: it lacks 'tokenizer'"):
+        TVLM.from_checkpoint({k: v for k, v in ckpt.items() if k != 'tokenizer'})
+    with pytest.raises(ValueError, match="temperature is 0.0; .* must be > 0"):
+        TVLM.from_checkpoint({**ckpt, 'temperature': 0.0})
+    with pytest.raises(TypeError, match="a checkpoint is a path or a file, not NoneType"):
+        load_checkpoint(None)
 
 
 def _palette_png(tmp_path):
