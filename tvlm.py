@@ -418,9 +418,10 @@ class ViT(nn.Module):
 
     def forward(self, images, probs=None):
         N, Hi, Wi, _ = images.shape
-        if (Hi, Wi) != (self.cfg.img_h, self.cfg.img_w):
-            raise ValueError(f"images are {Hi}x{Wi} but the model expects {self.cfg.img_h}x{self.cfg.img_w}: "
-                             f"resize them with tvlm.load_image, or re-run prepare.py with this --img_h/--img_w")
+        if (Hi, Wi) != (self.cfg.img_h, self.cfg.img_w) or images.dtype != torch.uint8:
+            raise ValueError(f"images are {images.dtype} {Hi}x{Wi} but the model takes uint8 {self.cfg.img_h}x"
+                             f"{self.cfg.img_w} (0-255): resize them with tvlm.load_image, or re-run prepare.py with "
+                             f"this --img_h/--img_w")
         x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std      # (N, 3, Hi, Wi)
         x = self.patch(x.to(self.pos.dtype))                                 # (N, C, Hi/p, Wi/p)
         x = x.flatten(2).transpose(1, 2) + self.pos                          # (N, P, C), row-major over the grid
