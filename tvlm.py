@@ -671,6 +671,9 @@ class TVLM(nn.Module):
         the ViT's tokens). With cfg.mirror, out of training, the logits are the log of the two views' averaged
         probabilities (`out` holds the image's own maps); mirrored=True is the inner call on the mirror image."""
         cfg = self.cfg
+        if image_idx is None and len(images) != len(tokens):
+            raise ValueError(f"{len(images)} images for {len(tokens)} questions: pass one image per question, or "
+                             f"image_idx (each question's image row)")
         look = targets is not None and look_targets is not None and cfg.look_weight > 0
         wants_maps = out is not None
         if wants_maps:

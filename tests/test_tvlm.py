@@ -939,12 +939,14 @@ def test_load_image_reads_16_bit_greyscale_as_its_8_bit_picture(tmp_path):
 
 
 def test_wrong_image_size_is_a_clear_error():
-    """forward() on images of the wrong size or dtype raises a ValueError naming what it takes."""
+    """forward() on images of the wrong size, dtype or count raises a ValueError naming what it takes."""
     model = make_model()
     with pytest.raises(ValueError, match=r"32x48"):
         model(images(1, h=48, w=32), encode(CORPUS[:1]))
     with pytest.raises(ValueError, match=r"images are torch.float32 32x48 but the model takes uint8 32x48 \(0-255\)"):
         model(images(1).float() / 255, encode(CORPUS[:1]))                      # not silently read as near-black
+    with pytest.raises(ValueError, match=r"3 images for 2 questions: .* or image_idx"):
+        model(images(3), encode(CORPUS[:2]))
 
 
 @pytest.mark.parametrize('fusion', ['cross', 'prefix'])
