@@ -306,9 +306,10 @@ if __name__ == '__main__':
         except (ValueError, KeyError, TypeError) as e:  # not JSON, or records train.py does not write
             sys.exit(f"cannot plot {path}: {e}")
         sys.exit(0)
-    if data and _positional or not 0 <= random <= 64 or seed < 0:  # an image and question with --data would be ignored
-        sys.exit(f"--data shows a dataset's questions: give it without an image and question, 0 <= --random <= 64 (one "
-                 f"figure) and --seed >= 0 (got {_positional}, --random={random} and --seed={seed})")
+    _at_least(0, 'random', 'seed')
+    if data and _positional or random > 64:  # an image and question with --data would be silently ignored
+        sys.exit(f"--data shows a dataset's questions: give it without an image and question, and --random <= 64 (one "
+                 f"figure) (got {_positional} and --random={random})")
     if data and (per_word or rollout):
         sys.exit("--per_word and --rollout draw one image's maps: give them with an image and a question, not --data")
     if not data and (random or idx or split != 'val'):
