@@ -114,7 +114,8 @@ def make_dataset(tmp):
               'q_offsets': np.arange(0, n * q_per + 1, q_per, dtype=np.int64),
               'boxes': xy.reshape(-1, 4).astype(np.float32), 'box_offsets': np.arange(0, n * q_per + 1, q_per),
               'box_class': rng.integers(0, 10, n * q_per).astype(np.int16),
-              'box_colour': rng.integers(0, 4, n * q_per).astype(np.int8), 'rain': rng.integers(-1, 2, n).astype(np.int8),
+              'box_colour': rng.integers(0, 4, n * q_per).astype(np.int8),
+              'rain': rng.integers(-1, 2, n).astype(np.int8),
               'family': rng.integers(0, len(FAMILIES), n * q_per).astype(np.uint8),   # the look loss's targets:
               'referents': np.arange(n * q_per), 'ref_offsets': np.arange(n * q_per + 1)}   # each question its own box
     for name, arr in arrays.items():

@@ -584,8 +584,8 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     model, ck, meta, data_dir = load(ckpt, data_dir, device)
     blind = load(blind_ckpt, data_dir, device)[0] if blind_ckpt else None   # a wrong path fails here, before any work
     if blind and blind.cfg.fusion != 'none':
-        sys.exit(f"--blind_ckpt={blind_ckpt} sees the image (fusion={blind.cfg.fusion!r}), so it cannot tell what the image "
-                 f"adds ---> HINT: train one with config/ablate_blind.py")
+        sys.exit(f"--blind_ckpt={blind_ckpt} sees the image (fusion={blind.cfg.fusion!r}), so it cannot tell what the "
+                 f"image adds ---> HINT: train one with config/ablate_blind.py")
     mtime = os.path.getmtime(ckpt)
     arrays, val, train = (open_split(data_dir, s) for s in (split, 'val', 'train'))
     if len(arrays['answers']) == 0:  # a BDD tree with only some splits' images prepares the others empty

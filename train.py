@@ -83,19 +83,20 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}
 # each would fail deep inside with a traceback, or train backwards (grad_clip < 0)
 _at_least(1, 'batch_size', 'questions_per_image', 'grad_accum', 'eval_interval', 'log_interval', 'eval_max_questions')
-_at_least(0, 'max_iters', 'warmup_iters', 'weight_decay', 'grad_clip', 'lr_vit', 'lr_proj', 'lr_dec', 'lr_head', 'patience',
-          'peak_flops')
+_at_least(0, 'max_iters', 'warmup_iters', 'weight_decay', 'grad_clip', 'lr_vit', 'lr_proj', 'lr_dec', 'lr_head',
+          'patience', 'peak_flops')
 for ok, msg in [(batch_size % questions_per_image == 0,
                  f"batch_size={batch_size} must be a multiple of questions_per_image={questions_per_image}"),
                 (lr > 0, f"--lr={lr} must be > 0"),
                 (0 <= min_lr <= lr, f"--min_lr={min_lr} must be between 0 and lr={lr}"),
-                (warmup_iters <= lr_decay_iters, f"--warmup_iters={warmup_iters} must be <= lr_decay_iters={lr_decay_iters}"),
+                (warmup_iters <= lr_decay_iters,
+                 f"--warmup_iters={warmup_iters} must be <= lr_decay_iters={lr_decay_iters}"),
                 (0 <= beta1 < 1 and 0 <= beta2 < 1, f"--beta1={beta1} and --beta2={beta2} must be in [0, 1)"),
                 (0 <= ema_decay < 1, f"--ema_decay={ema_decay} must be in [0, 1)"),
                 (0 <= word_dropout < 1, f"--word_dropout={word_dropout} must be in [0, 1)"),
                 (dtype in ('auto', 'float32', 'bfloat16', 'float16'),
                  f"--dtype={dtype!r} must be auto, float32, bfloat16 or float16"),
-                (bool(out_dir), "--out_dir is empty ---> HINT: name the folder for checkpoints, e.g. --out_dir=out-small")]:
+                (bool(out_dir), "--out_dir is empty ---> HINT: name a folder for the checkpoints, e.g. out-small")]:
     if not ok:
         sys.exit(msg)
 if init_from not in ('scratch', 'resume') and os.path.abspath(os.path.dirname(init_from)) == os.path.abspath(out_dir):
@@ -342,7 +343,7 @@ def save_checkpoint(name):
     os.replace(path + '.tmp', path)
 
 
-log_mode = 'a' if init_from == 'resume' else 'w'   # a new run's first record starts a new log; resume appends to its own
+log_mode = 'a' if init_from == 'resume' else 'w'   # a new run's first record starts a new log; resume appends
 
 
 def log(record):

@@ -131,7 +131,7 @@ def save(fig, path):
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         img.save(path, optimize=True)
     except OSError as e:  # a folder of that name, no permission
-        sys.exit(f"--out={path} cannot be written ({e.strerror or e}) ---> HINT: name a PNG file in a folder you can write")
+        sys.exit(f"--out={path} cannot be written ({e.strerror or e}) ---> HINT: a PNG file in a folder you can write")
     w, h = img.size
     print(f"saved {path} ({w}x{h} px, {os.path.getsize(path) / 1024:.0f} KB)")
 
