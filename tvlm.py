@@ -197,7 +197,8 @@ class Tokenizer:
 
     @classmethod
     def from_dict(cls, d):
-        assert d['itos'][:4] == cls.specials, f"not a tvlm tokenizer: first tokens are {d['itos'][:4]}"
+        if d['itos'][:4] != cls.specials:  # a ValueError, not an assert: it reads a file, and python -O drops asserts
+            raise ValueError(f"not a tvlm tokenizer: first tokens are {d['itos'][:4]}")
         return cls(d['itos'][4:])
 
 
@@ -753,10 +754,12 @@ class TVLM(nn.Module):
         answer='generate' trains the LM head (train with --answer=generate); a classify-mode checkpoint trained its
         embedding only as an input, not as the head that writes, so from it this emits noise."""
         B, T = prompts.shape
-        assert (prompts != Tokenizer.pad_id).all(), "generate() takes unpadded prompts of one length"
-        assert T + max_new_tokens <= self.cfg.max_text_len, f"prompt + new tokens exceed {self.cfg.max_text_len} positions"
-        assert max_new_tokens >= 0 and temperature >= 0, \
-            f"max_new_tokens={max_new_tokens} and temperature={temperature} must be >= 0"
+        if not (prompts != Tokenizer.pad_id).all():
+            raise ValueError("generate() takes unpadded prompts of one length")
+        if T + max_new_tokens > self.cfg.max_text_len:
+            raise ValueError(f"prompt + new tokens exceed {self.cfg.max_text_len} positions")
+        if max_new_tokens < 0 or temperature < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens} and temperature={temperature} must be >= 0")
         if isinstance(image_idx, int):  # k prompts per image: as indices, since after the prompt a step is one row each
             image_idx = torch.arange(len(images), device=prompts.device).repeat_interleave(image_idx)   # (B,)
         _, prefix, ctx = self.encode_image(images, image_idx)
@@ -873,7 +876,8 @@ class TVLM(nn.Module):
         product of the answer words' probabilities (with no answer word, that of the ':' or <eos> written instead).
         When the answer is "can't answer", extra['abstain'] says why: the question's unknown words (then extra holds
         only that), or the model's own judgement (its top answer, or p(can't answer) above abstain_above)."""
-        assert self.tokenizer is not None and self.answers is not None, "answer() needs a model from from_checkpoint()"
+        if self.tokenizer is None or self.answers is None:
+            raise RuntimeError("answer() needs a model from from_checkpoint(), which knows its words and answers")
         if self.training:  # train mode would skip the mirror and move BatchNorm's running statistics
             raise RuntimeError("answer() is inference: call model.eval() first (from_checkpoint() returns it so)")
         device = self.dec.embed.weight.device

@@ -190,6 +190,22 @@ def test_generate_emits_tokens_untrained(kw):
     assert ((sampled >= 0) & (sampled < len(TOK))).all()
 
 
+def test_generate_and_answer_refuse_bad_calls_without_asserts():
+    """Mistakes a caller can make are ValueError / RuntimeError, not asserts, which python -O would drop."""
+    model = make_model()
+    prompt = encode(["is the light red?"] * 2, 7)[:, :6]                         # (2, 6), no pads
+    for kw, words in [(dict(max_new_tokens=-1), "max_new_tokens=-1 and temperature=0 must be >= 0"),
+                      (dict(max_new_tokens=1, temperature=-1.0), "temperature=-1.0 must be >= 0"),
+                      (dict(max_new_tokens=model.cfg.max_text_len), "prompt \\+ new tokens exceed")]:
+        with pytest.raises(ValueError, match=words):
+            model.generate(images(2), prompt, **{'temperature': 0, **kw})
+    with pytest.raises(ValueError, match="unpadded prompts"):
+        model.generate(images(2), encode(["is the light red?", "is there a pedestrian?"], 12), max_new_tokens=1)
+    with pytest.raises(RuntimeError, match=r"answer\(\) needs a model from from_checkpoint\(\)"):
+        TVLM(tiny_cfg()).eval().answer(images(1)[0].numpy(), "is the light red?")
+    with pytest.raises(ValueError, match="not a tvlm tokenizer"):
+        Tokenizer.from_dict({'itos': ['a', 'b', 'c', 'd', 'e']})
+
 @pytest.mark.parametrize('kw', VARIANTS + [dict(label_smoothing=0.1)], ids=VARIANT_IDS + ['smoothing'])
 def test_initial_loss_is_ln_n_answers(kw):
     """The zero-initialised head gives all answers equal logits, so the first loss is ln(A) exactly."""
