@@ -44,9 +44,12 @@ def _at_least(least, *keys):
 
 for _arg in sys.argv[1:]:
     if _arg in ('-h', '--help'):
-        print(f"usage: python {sys.argv[0]} [config/FILE.py ...] [--key=value ...]\nkeys and defaults:")
-        for _k in _keys:
-            print(f"  --{_k}={globals()[_k]!r}")
+        _help = ''.join(f"\n  --{_k}={globals()[_k]!r}" for _k in _keys)
+        try:
+            print(f"usage: python {sys.argv[0]} [config/FILE.py ...] [--key=value ...]\nkeys and defaults:{_help}",
+                  flush=True)
+        except BrokenPipeError:                             # --help | head: the reader has all it wanted
+            sys.stdout = None                               # nothing left to flush at exit
         sys.exit(0)
     if _arg.startswith('--'):                               # --key=value, a Python literal if it is one
         _key, _eq, _raw = _arg[2:].partition('=')

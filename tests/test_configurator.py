@@ -77,6 +77,17 @@ def test_configurator_help_lists_keys(monkeypatch, capsys):
     assert '--lr=0.001' in capsys.readouterr().out
 
 
+def test_configurator_help_into_a_closed_pipe_exits_quietly(monkeypatch):
+    """`python train.py --help | head -3`: the reader closing the pipe early is no error and prints no traceback."""
+    class ClosedPipe:
+        def write(self, *text):
+            raise BrokenPipeError(32, 'Broken pipe')
+        flush = write
+    monkeypatch.setattr(sys, 'stdout', ClosedPipe())
+    with pytest.raises(SystemExit) as e:
+        configure(monkeypatch, ['--help'], lr=1e-3)
+    assert e.value.code == 0 and sys.stdout is None                  # nothing left for the exit's flush
+
 def test_at_least_names_the_first_key_below_its_least_value(monkeypatch):
     """The scripts' count and size checks: one line, the key and the value given."""
     ns = configure(monkeypatch, ['--iters=0'], iters=5, warmup=1)
