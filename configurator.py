@@ -74,8 +74,8 @@ for _arg in sys.argv[1:]:
         _ns = {}
         try:
             exec(_src, {}, _ns)
-        except Exception as _e:                             # a typo in the file: say which file and what
-            sys.exit(f"config file {_arg} does not run: {type(_e).__name__}: {_e}")
+        except (Exception, SystemExit) as _e:               # a typo, or a sys.exit(), in the file: say which and what
+            sys.exit(f"config file {_arg} does not run: {type(_e).__name__}: {_e}".rstrip(": "))
         print(f"config {_arg}: {', '.join(f'{k}={v!r}' for k, v in _ns.items())}")
         for _key, _val in _ns.items():
             _override(_key, _val, _arg)

@@ -57,6 +57,9 @@ def test_a_config_file_that_does_not_run_is_named_in_one_line(monkeypatch, tmp_p
     with pytest.raises(SystemExit, match=r"config file .*broken.py does not run: SyntaxError: .*line 2") as e:
         configure(monkeypatch, [str(cfg_file)], max_iters=100, lr=1e-3)
     assert '\n' not in str(e.value)
+    cfg_file.write_text("import sys\nsys.exit()\n")                             # not a silent exit 0
+    with pytest.raises(SystemExit, match=r"config file .*broken.py does not run: SystemExit$"):
+        configure(monkeypatch, [str(cfg_file)], max_iters=100, lr=1e-3)
     cfg_file.write_bytes(b"max_iters = 5  # \xe9t\xe9\n")                         # Latin-1, not UTF-8
     with pytest.raises(SystemExit, match=r"cannot read config file .*broken.py: not UTF-8 text"):
         configure(monkeypatch, [str(cfg_file)], max_iters=100, lr=1e-3)
