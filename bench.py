@@ -2,8 +2,7 @@
 Measure what a tvlm user feels, on whatever device this runs, and print it as one table:
   1 ceiling    FLOP/s of a large matmul per precision: the most this device does, so model figures are a share of it
   2 train      train.py's optimizer step (forward + loss + backward + clip + AdamW/Muon) on its own batches, eager,
-               and compiled with --compile=True; fp32, plus bf16 autocast where it is faster (tvlm.pick_dtype: a
-               CUDA GPU that has it, a CPU with AVX512-BF16), or --dtype alone;
+               and compiled with --compile=True; fp32, plus bf16 autocast on CUDA (or --dtype=bfloat16 alone);
                without ema_decay's moving average (0.35 ms of config/small.py's ~180 ms step on a 2-core CPU)
   3 sharing    questions/s with 1..8 questions per image: the ViT runs once per image, not per question
   4 answer     inference throughput at batch 32, single-question latency, 6 questions about one frame
@@ -21,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from multiprocessing import Pool
 
@@ -29,8 +29,7 @@ import torch
 from PIL import Image
 
 from prepare import DATASET_FIELDS, FAMILIES, data_shape, load_meta, model_config, open_split, training_batch
-from tvlm import (TVLM, TVLMConfig, Tokenizer, autocast, configure_optimizers, flops_per_sample, load_image, pick_device,
-                  pick_dtype)
+from tvlm import TVLM, TVLMConfig, Tokenizer, configure_optimizers, flops_per_sample, load_image, pick_device
 
 # -----------------------------------------------------------------------------
 # defaults: train.py's, run from its own source, so any config file for train.py works here unchanged and
@@ -51,14 +50,14 @@ config = {k: globals()[k] for k in config_keys}
 _at_least(1, 'batch_size', 'questions_per_image', 'iters', 'latency_iters', 'matmul_n', 'prep_images', 'workers')
 _at_least(0, 'warmup', 'threads')
 if dtype not in ('auto', 'float32', 'bfloat16'):  # train.py's float16 needs its GradScaler, which bench.py leaves out
-    sys.exit(f"--dtype={dtype!r}: bench.py times auto (float32, and bfloat16 where tvlm.pick_dtype picks it), float32 "
-             f"or bfloat16")
+    sys.exit(f"--dtype={dtype!r}: bench.py times auto (float32, and bfloat16 on a CUDA GPU that has it), float32 or "
+             f"bfloat16")
 device = pick_device(device)
 device_type = 'cuda' if device.startswith('cuda') else device
 if threads:
     torch.set_num_threads(threads)
 torch.manual_seed(seed)
-precisions = ['float32'] + (['bfloat16'] if pick_dtype(dtype, device_type) == 'bfloat16' else [])
+precisions = ['float32'] + (['bfloat16'] if device_type == 'cuda' and torch.cuda.is_bf16_supported() else [])
 precisions = precisions if dtype == 'auto' else [dtype]
 
 
@@ -91,6 +90,10 @@ def si(x, unit=''):
         if abs(x) >= scale:
             return f"{x / scale:.1f} {prefix}{unit}"
     return f"{x:.1f} {unit}"
+
+
+def autocast(precision):
+    return torch.autocast(device_type, dtype=torch.bfloat16) if precision == 'bfloat16' else nullcontext()
 
 # -----------------------------------------------------------------------------
 # the model and the data: train.py's, or random stand-ins in prepare.py's format
@@ -143,7 +146,7 @@ def make_train_step(precision, use_compile):
     fwd = torch.compile(model) if use_compile else model
 
     def step(images, tokens, targets, idx, patches, looks):  # train.py's: forward and loss, backward, clip, update
-        with autocast(device_type, precision):
+        with autocast(precision):
             _, loss = fwd(images, tokens, targets, image_idx=idx, patch_targets=patches, look_targets=looks)
         loss.backward()
         if grad_clip:
@@ -206,7 +209,7 @@ def random_questions(n_images, qpi):
     return images, tokens, torch.arange(n_images, device=device).repeat_interleave(qpi)                  # (B,)
 
 
-with torch.inference_mode(), autocast(device_type, precisions[-1]):
+with torch.inference_mode(), autocast(precisions[-1]):
     images, tokens, idx = random_questions(32, 1)
     t = float(np.median(timed(lambda: model(images, tokens, image_idx=idx))))
     row('answer', 'batch 32: questions/s', f"{32 / t:,.0f}", f"{t * 1e3:.1f} ms per batch")
@@ -224,7 +227,7 @@ del model
 gen_cfg = cfg if cfg.answer == 'generate' else replace(cfg, answer='generate', answer_weights=(), focal_gamma=0.0)
 gen_model = TVLM(gen_cfg).to(device).eval()
 n_new = gen_model.cfg.max_answer_len
-with torch.inference_mode(), autocast(device_type, precisions[-1]):
+with torch.inference_mode(), autocast(precisions[-1]):
     for n in (32, 1):
         images, tokens, _ = random_questions(n, 1)
         t, per_token = {}, {}

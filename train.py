@@ -29,8 +29,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from prepare import (DATASET_FIELDS, check_compatible, data_shape, load_meta, loss_inputs, make_dir, model_config,
                      open_split, split_batches, to_device, training_batch)
-from tvlm import (CANT, TVLM, TVLMConfig, Tokenizer, answer_targets, autocast, configure_optimizers, flops_per_sample,
-                  get_lr, load_checkpoint, mirror_tables, pick_device, pick_dtype)
+from tvlm import (CANT, TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
+                  load_checkpoint, mirror_tables, pick_device)
 
 # -----------------------------------------------------------------------------
 # defaults: plain globals, overridden by config files and --key=value (configurator.py). bench.py runs this
@@ -74,7 +74,7 @@ ema_decay = 0.0               # > 0: evaluate and save a moving average of the w
 # system
 device = 'auto'               # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'                # 'float32', 'bfloat16' (autocast, on a CPU too), 'float16' (GradScaler, CUDA only);
-                              # auto = bf16 where its matmuls are faster (tvlm.pick_dtype), else float32
+                              # auto = bf16 on CUDA if supported, else float32
 compile = False               # torch.compile the model
 backend = 'auto'              # DDP backend: nccl on CUDA, gloo on CPU
 peak_flops = 0.0              # the device's peak FLOP/s for MFU (e.g. 312e12 for A100 bf16); 0 = don't report
@@ -119,14 +119,16 @@ else:
     rank, local_rank, world_size = 0, 0, 1
 master = rank == 0
 device_type = 'cuda' if device.startswith('cuda') else device
-dtype = pick_dtype(dtype, device_type)
+if dtype == 'auto':
+    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
 if dtype == 'float16' and device_type != 'cuda':
     sys.exit(f"--dtype=float16 needs a CUDA GPU (its GradScaler); on {device_type} use bfloat16 or float32")
 torch.manual_seed(seed + rank)
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-ctx = autocast(device_type, dtype)   # the training step's forward; val runs in float32, as eval.py reads the weights
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype)   # bf16 on a CPU too
 
 
 def rng_states():
@@ -304,8 +306,9 @@ def evaluate():
         q, patches, looks = (None if x is None else to_device(x, device)
                              for x in loss_inputs(val_data, cfg, q, rows, q_rows))   # the training batches' inputs
         targets = answer_targets(q) if cfg.answer == 'generate' else to_device(val_data['answers'][q_rows].astype(np.int64), device)
-        logits, loss = ema_model(to_device(images, device), q, targets, image_idx=to_device(idx, device),
-                                 patch_targets=patches, look_targets=looks)
+        with ctx:
+            logits, loss = ema_model(to_device(images, device), q, targets, image_idx=to_device(idx, device),
+                                     patch_targets=patches, look_targets=looks)
         loss_sum += loss.item() * len(q)
         scores = ema_model.answer_logits(logits, q, rules=False).float()   # (B, A): the answers as eval.py reads them
         hit = scores.argmax(-1).cpu().numpy() == val_data['answers'][q_rows]   # (B,) bool

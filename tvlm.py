@@ -20,7 +20,6 @@ import os
 import pickle
 import re
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -410,8 +409,6 @@ class ViT(nn.Module):
             for a, b in zip(chans, chans[1:]):
                 layers += [nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
             self.patch = nn.Sequential(*layers, nn.Conv2d(chans[-1], cfg.vit_width, kernel_size=1))
-            # filters stored channels-last, oneDNN's own layout: config/small.py's step ~3% faster on 2 CPU cores
-            self.patch.to(memory_format=torch.channels_last)
         else:  # one p x p conv with stride p: each patch's pixels, flattened, times a matrix
             self.patch = nn.Conv2d(3, cfg.vit_width, kernel_size=cfg.patch, stride=cfg.patch)
         # learned 2-D position embedding, one vector per cell of the (Hi/p, Wi/p) grid, stored flat
@@ -1021,28 +1018,6 @@ def pick_device(device):
             dev.type == 'mps' and not torch.backends.mps.is_available():
         sys.exit(f"--device={device}, but this torch {torch.__version__} sees no {device} device ---> HINT: --device=auto")
     return device
-
-
-def pick_dtype(dtype, device_type):
-    """'auto' -> the precision a step computes in: bfloat16 where its matmuls outrun float32's (a CUDA GPU that has it;
-    a CPU with AVX512-BF16, on which they ran 2.3-2.8x as fast, 2 cores of an AMD EPYC), else float32. Other names
-    are kept."""
-    if dtype != 'auto':
-        return dtype
-    fast = torch.cuda.is_bf16_supported() if device_type == 'cuda' else \
-        device_type == 'cpu' and torch.cpu._is_avx512_bf16_supported()
-    return 'bfloat16' if fast else 'float32'
-
-
-def autocast(device_type, dtype):
-    """The context a training step's forward runs in: as is for float32, else torch.autocast to dtype. bf16 on a CPU
-    also turns SDPA's flash kernel off for the process (the flag says cuda; the CPU's choice follows it too): in bf16
-    it took twice its float32 time on the ViT's 144 tokens, forward and backward, where the math kernel does not."""
-    if dtype == 'float32':
-        return nullcontext()
-    if device_type == 'cpu':
-        torch.backends.cuda.enable_flash_sdp(False)
-    return torch.autocast(device_type, dtype=getattr(torch, dtype))
 
 
 def get_lr(it, warmup_iters, lr_decay_iters, lr, min_lr):

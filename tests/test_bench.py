@@ -60,7 +60,7 @@ def test_bench_refuses_a_dtype_it_cannot_time():
     res = subprocess.run([sys.executable, 'bench.py', *TINY, '--dtype=float8'], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 1 and res.stderr.strip() == ("--dtype='float8': bench.py times auto (float32, and "
-                                                          "bfloat16 where tvlm.pick_dtype picks it), float32 or bfloat16")
+                                                          "bfloat16 on a CUDA GPU that has it), float32 or bfloat16")
 
 
 def test_bench_in_bfloat16():
