@@ -91,6 +91,7 @@ def test_configurator_help_into_a_closed_pipe_exits_quietly(monkeypatch):
         configure(monkeypatch, ['--help'], lr=1e-3)
     assert e.value.code == 0 and sys.stdout is None                  # nothing left for the exit's flush
 
+
 def test_at_least_names_the_first_key_below_its_least_value(monkeypatch):
     """The scripts' count and size checks: one line, the key and the value given."""
     ns = configure(monkeypatch, ['--iters=0'], iters=5, warmup=1)

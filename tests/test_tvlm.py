@@ -206,6 +206,7 @@ def test_generate_and_answer_refuse_bad_calls_without_asserts():
     with pytest.raises(ValueError, match="not a tvlm tokenizer"):
         Tokenizer.from_dict({'itos': ['a', 'b', 'c', 'd', 'e']})
 
+
 @pytest.mark.parametrize('kw', VARIANTS + [dict(label_smoothing=0.1)], ids=VARIANT_IDS + ['smoothing'])
 def test_initial_loss_is_ln_n_answers(kw):
     """The zero-initialised head gives all answers equal logits, so the first loss is ln(A) exactly."""
