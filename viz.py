@@ -87,6 +87,12 @@ def top_answers(model, probs, k=3):
     p, i = probs.topk(min(k, len(probs)))
     return [(model.answers[j], float(q)) for q, j in zip(p, i)]
 
+
+def overruled(model, question, extra):
+    """Did answer() abstain by its unknown-word rule? Then its 1.0 is the rule's, not a probability, and the answers
+    shown beside it are what the model alone would have said."""
+    return 'abstain' in extra and bool(model.tokenizer.unknown(question))
+
 # -----------------------------------------------------------------------------
 # Drawing
 
@@ -177,7 +183,8 @@ def explain(model, image, question, per_word=False, rollout=False):
         overlay(ax, show, att, title)
     alts = ', '.join(f'{a} {q:.0%}' for a, q in top[1:])
     why = extra.get('reason') or extra.get('abstain')   # a generative model's reason, or why it abstained
-    fig.suptitle(f'Q: {question}\nA: {answer} ({p:.0%}; then {alts})' + (f'\n{why}' if why else ''), fontsize=11)
+    then = 'the model alone' if overruled(model, question, extra) else 'then'
+    fig.suptitle(f'Q: {question}\nA: {answer} ({p:.0%}; {then} {alts})' + (f'\n{why}' if why else ''), fontsize=11)
     return fig, top, extra
 
 
@@ -345,7 +352,9 @@ if __name__ == '__main__':
         except ValueError as e:
             sys.exit(str(e))
         answer, p = top[0]
-        print(f"Q: {question}\nA: {answer} ({p:.1%})    top-3: " + ', '.join(f'{a} {q:.1%}' for a, q in top))
+        ruled = overruled(model, question, extra)
+        print(f"Q: {question}\nA: {answer} ({p:.1%})    {'the model alone' if ruled else 'top-3'}: " +
+              ', '.join(f'{a} {q:.1%}' for a, q in (top[1:] if ruled else top)))
         if model.cfg.answer == 'generate' and 'reason' in extra:
             print(f"said: {answer}: {extra['reason']} ({p:.1%} for the answer words)")
         if 'abstain' in extra:

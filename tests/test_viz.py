@@ -201,6 +201,22 @@ def test_the_headline_is_what_answer_says_even_when_the_threshold_abstains():
     assert top[1][1] >= top[2][1] and CANT not in (top[1][0], top[2][0])
 
 
+def test_an_unknown_word_abstention_names_the_alternatives_as_the_models_own():
+    """The unknown-word rule answers "can't answer" at 1.0, the rule's and no probability: the answers beside it are
+    what the model alone would say, and the headline says so instead of listing them as runners-up."""
+    answers = ANSWERS + [CANT]
+    cfg = dataclasses.replace(tiny_model().cfg, n_answers=len(answers))
+    torch.manual_seed(0)
+    model = TVLM(cfg, TOK, answers).eval()
+    nn.init.normal_(model.head.weight, std=1.0)
+    img = np.zeros((H, W, 3), np.uint8)
+    fig, top, extra = viz.explain(model, img, 'Is the light purple?')                 # "purple": never seen
+    assert top[0] == (CANT, 1.0) and viz.overruled(model, 'Is the light purple?', extra)
+    assert top[1][1] >= top[2][1] and CANT not in (top[1][0], top[2][0])              # the model's own order
+    assert 'the model alone' in fig._suptitle.get_text()
+    fig, top, extra = viz.explain(model, img, 'Is the light red?')
+    assert not viz.overruled(model, 'Is the light red?', extra) and 'the model alone' not in fig._suptitle.get_text()
+
 def test_an_image_too_large_to_decode_is_one_line(tmp_path, monkeypatch):
     path = tmp_path / 'big.png'
     Image.new('RGB', (64, 64)).save(path)
