@@ -183,7 +183,7 @@ def explain(model, image, question, per_word=False, rollout=False):
         overlay(ax, show, att, title)
     alts = ', '.join(f'{a} {q:.0%}' for a, q in top[1:])
     why = extra.get('reason') or extra.get('abstain')   # a generative model's reason, or why it abstained
-    then = 'the model alone' if overruled(model, question, extra) else 'then'
+    then = 'the model alone:' if overruled(model, question, extra) else 'then'
     fig.suptitle(f'Q: {question}\nA: {answer} ({p:.0%}; {then} {alts})' + (f'\n{why}' if why else ''), fontsize=11)
     return fig, top, extra
 
