@@ -20,7 +20,6 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, replace
 from multiprocessing import Pool
 
@@ -29,7 +28,7 @@ import torch
 from PIL import Image
 
 from prepare import DATASET_FIELDS, FAMILIES, data_shape, load_meta, model_config, open_split, training_batch
-from tvlm import TVLM, TVLMConfig, Tokenizer, configure_optimizers, flops_per_sample, load_image, pick_device
+from tvlm import TVLM, TVLMConfig, Tokenizer, autocast, configure_optimizers, flops_per_sample, load_image, pick_device
 
 # -----------------------------------------------------------------------------
 # defaults: train.py's, run from its own source, so any config file for train.py works here unchanged and
@@ -91,10 +90,6 @@ def si(x, unit=''):
             return f"{x / scale:.1f} {prefix}{unit}"
     return f"{x:.1f} {unit}"
 
-
-def autocast(precision):
-    return torch.autocast(device_type, dtype=torch.bfloat16) if precision == 'bfloat16' else nullcontext()
-
 # -----------------------------------------------------------------------------
 # the model and the data: train.py's, or random stand-ins in prepare.py's format
 
@@ -146,7 +141,7 @@ def make_train_step(precision, use_compile):
     fwd = torch.compile(model) if use_compile else model
 
     def step(images, tokens, targets, idx, patches, looks):  # train.py's: forward and loss, backward, clip, update
-        with autocast(precision):
+        with autocast(device_type, precision):
             _, loss = fwd(images, tokens, targets, image_idx=idx, patch_targets=patches, look_targets=looks)
         loss.backward()
         if grad_clip:
@@ -209,7 +204,7 @@ def random_questions(n_images, qpi):
     return images, tokens, torch.arange(n_images, device=device).repeat_interleave(qpi)                  # (B,)
 
 
-with torch.inference_mode(), autocast(precisions[-1]):
+with torch.inference_mode(), autocast(device_type, precisions[-1]):
     images, tokens, idx = random_questions(32, 1)
     t = float(np.median(timed(lambda: model(images, tokens, image_idx=idx))))
     row('answer', 'batch 32: questions/s', f"{32 / t:,.0f}", f"{t * 1e3:.1f} ms per batch")
@@ -227,7 +222,7 @@ del model
 gen_cfg = cfg if cfg.answer == 'generate' else replace(cfg, answer='generate', answer_weights=(), focal_gamma=0.0)
 gen_model = TVLM(gen_cfg).to(device).eval()
 n_new = gen_model.cfg.max_answer_len
-with torch.inference_mode(), autocast(precisions[-1]):
+with torch.inference_mode(), autocast(device_type, precisions[-1]):
     for n in (32, 1):
         images, tokens, _ = random_questions(n, 1)
         t, per_token = {}, {}

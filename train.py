@@ -29,8 +29,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from prepare import (DATASET_FIELDS, check_compatible, data_shape, load_meta, loss_inputs, make_dir, model_config,
                      open_split, split_batches, to_device, training_batch)
-from tvlm import (CANT, TVLM, TVLMConfig, Tokenizer, answer_targets, configure_optimizers, flops_per_sample, get_lr,
-                  load_checkpoint, mirror_tables, pick_device)
+from tvlm import (CANT, TVLM, TVLMConfig, Tokenizer, answer_targets, autocast, configure_optimizers, flops_per_sample,
+                  get_lr, load_checkpoint, mirror_tables, pick_device)
 
 # -----------------------------------------------------------------------------
 # defaults: plain globals, overridden by config files and --key=value (configurator.py). bench.py runs this
@@ -127,8 +127,7 @@ torch.manual_seed(seed + rank)
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype)   # bf16 on a CPU too
+ctx = autocast(device_type, dtype)   # the training step's forward; val runs in float32, as eval.py reads the weights
 
 
 def rng_states():
@@ -306,9 +305,8 @@ def evaluate():
         q, patches, looks = (None if x is None else to_device(x, device)
                              for x in loss_inputs(val_data, cfg, q, rows, q_rows))   # the training batches' inputs
         targets = answer_targets(q) if cfg.answer == 'generate' else to_device(val_data['answers'][q_rows].astype(np.int64), device)
-        with ctx:
-            logits, loss = ema_model(to_device(images, device), q, targets, image_idx=to_device(idx, device),
-                                     patch_targets=patches, look_targets=looks)
+        logits, loss = ema_model(to_device(images, device), q, targets, image_idx=to_device(idx, device),
+                                 patch_targets=patches, look_targets=looks)
         loss_sum += loss.item() * len(q)
         scores = ema_model.answer_logits(logits, q, rules=False).float()   # (B, A): the answers as eval.py reads them
         hit = scores.argmax(-1).cpu().numpy() == val_data['answers'][q_rows]   # (B,) bool

@@ -340,6 +340,8 @@ def test_bfloat16_autocast_trains_on_the_cpu(toy_data, tmp_path):
         assert f'dtype={dtype}' in p.stdout
     a, b = (torch.load(tmp_path / d / 'last.pt', weights_only=True)['model'] for d in ('float32', 'bfloat16'))
     assert all(torch.isfinite(b[k]).all() for k in b) and not all(torch.equal(a[k], b[k]) for k in a)
+    out = str(tmp_path / 'bfloat16')   # val reads the weights in float32, as eval.py does, whatever the step ran in
+    assert_val_acc_is_evals(TVLM.from_checkpoint(os.path.join(out, 'ckpt.pt')), read_log(out, 'eval'), toy_data)
 
 
 def test_bad_input_gives_one_line_errors(toy_data, tmp_path):

@@ -207,6 +207,18 @@ def test_generate_and_answer_refuse_bad_calls_without_asserts():
         Tokenizer.from_dict({'itos': ['a', 'b', 'c', 'd', 'e']})
 
 
+def test_autocast_in_bf16_on_a_cpu_takes_sdpas_math_kernel():
+    """float32 runs as is; bf16 on a CPU autocasts and turns SDPA's flash kernel off (in bf16 the slow one there)."""
+    was = torch.backends.cuda.flash_sdp_enabled()
+    try:
+        with tvlm.autocast('cpu', 'float32'):
+            assert not torch.is_autocast_enabled('cpu') and torch.backends.cuda.flash_sdp_enabled() == was
+        with tvlm.autocast('cpu', 'bfloat16'):
+            assert torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu') == torch.bfloat16
+            assert not torch.backends.cuda.flash_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_flash_sdp(was)
+
 @pytest.mark.parametrize('kw', VARIANTS + [dict(label_smoothing=0.1)], ids=VARIANT_IDS + ['smoothing'])
 def test_initial_loss_is_ln_n_answers(kw):
     """The zero-initialised head gives all answers equal logits, so the first loss is ln(A) exactly."""
