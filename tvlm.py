@@ -1024,8 +1024,8 @@ def pick_device(device):
 def autocast(device_type, dtype):
     """The context a training step's forward runs in: as is for float32, else torch.autocast to dtype. bf16 on a CPU
     also turns SDPA's flash kernel off for the process (the flag says cuda; the CPU's choice follows it too): in bf16
-    it took twice its float32 time on the ViT's 144 tokens, forward and backward, where the math kernel does not,
-    and without it config/small.py's loop in bf16 used 15% less CPU time than in float32 (AVX512-BF16, README)."""
+    it took twice its float32 time on the ViT's 144 tokens, forward and backward, where the math kernel does not;
+    with it off, config/small.py's loop in bf16 used 15% less CPU time than in float32 (AVX512-BF16, README)."""
     if dtype == 'float32':
         return nullcontext()
     if device_type == 'cpu':
