@@ -28,7 +28,8 @@ import torch
 from PIL import Image
 
 from prepare import DATASET_FIELDS, FAMILIES, data_shape, load_meta, model_config, open_split, training_batch
-from tvlm import TVLM, TVLMConfig, Tokenizer, autocast, configure_optimizers, flops_per_sample, load_image, pick_device
+from tvlm import (TVLM, TVLMConfig, Tokenizer, autocast, configure_optimizers, fast_dtype, flops_per_sample, load_image,
+                  pick_device)
 
 # -----------------------------------------------------------------------------
 # defaults: train.py's, run from its own source, so any config file for train.py works here unchanged and
@@ -56,8 +57,8 @@ device_type = 'cuda' if device.startswith('cuda') else device
 if threads:
     torch.set_num_threads(threads)
 torch.manual_seed(seed)
-precisions = ['float32'] + (['bfloat16'] if device_type == 'cuda' and torch.cuda.is_bf16_supported() else [])
-precisions = precisions if dtype == 'auto' else [dtype]
+# auto: float32, and train.py's --dtype=auto where that is another (bf16 on a CUDA GPU that has it)
+precisions = list(dict.fromkeys(['float32', fast_dtype(device_type)])) if dtype == 'auto' else [dtype]
 
 
 def sync():

@@ -29,8 +29,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from prepare import (DATASET_FIELDS, check_compatible, data_shape, load_meta, loss_inputs, make_dir, model_config,
                      open_split, split_batches, to_device, training_batch)
-from tvlm import (CANT, TVLM, TVLMConfig, Tokenizer, answer_targets, autocast, configure_optimizers, flops_per_sample,
-                  get_lr, load_checkpoint, mirror_tables, pick_device)
+from tvlm import (CANT, TVLM, TVLMConfig, Tokenizer, answer_targets, autocast, configure_optimizers, fast_dtype,
+                  flops_per_sample, get_lr, load_checkpoint, mirror_tables, pick_device)
 
 # -----------------------------------------------------------------------------
 # defaults: plain globals, overridden by config files and --key=value (configurator.py). bench.py runs this
@@ -120,7 +120,7 @@ else:
 master = rank == 0
 device_type = 'cuda' if device.startswith('cuda') else device
 if dtype == 'auto':
-    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    dtype = fast_dtype(device_type)
 if dtype == 'float16' and device_type != 'cuda':
     sys.exit(f"--dtype=float16 needs a CUDA GPU (its GradScaler); on {device_type} use bfloat16 or float32")
 torch.manual_seed(seed + rank)

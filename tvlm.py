@@ -1021,6 +1021,12 @@ def pick_device(device):
     return device
 
 
+def fast_dtype(device_type):
+    """What --dtype=auto trains in: bf16 on a CUDA GPU that has it, else float32 (on a CPU bf16 is opt-in: seed 1337
+    trained in it reached 0.897 in scope against float32's 0.9075, README)."""
+    return 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+
+
 def autocast(device_type, dtype):
     """The context a training step's forward runs in: as is for float32, else torch.autocast to dtype. bf16 on a CPU
     also turns SDPA's flash kernel off for the process (the flag says cuda; the CPU's choice follows it too): in bf16

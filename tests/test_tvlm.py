@@ -219,6 +219,15 @@ def test_autocast_in_bf16_on_a_cpu_takes_sdpas_math_kernel():
     finally:
         torch.backends.cuda.enable_flash_sdp(was)
 
+
+def test_auto_precision_is_float32_on_a_cpu_and_bf16_on_a_gpu_that_has_it(monkeypatch):
+    """--dtype=auto, one rule for train.py and bench.py: bf16 is opt-in on a CPU (README's trial), the default on CUDA."""
+    assert tvlm.fast_dtype('cpu') == 'float32' and tvlm.fast_dtype('mps') == 'float32'
+    for has_bf16, want in [(True, 'bfloat16'), (False, 'float32')]:
+        monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: has_bf16)
+        assert tvlm.fast_dtype('cuda') == want
+
+
 @pytest.mark.parametrize('kw', VARIANTS + [dict(label_smoothing=0.1)], ids=VARIANT_IDS + ['smoothing'])
 def test_initial_loss_is_ln_n_answers(kw):
     """The zero-initialised head gives all answers equal logits, so the first loss is ln(A) exactly."""
