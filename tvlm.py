@@ -932,6 +932,9 @@ def configure_optimizers(model, weight_decay, lr, betas, device_type, lr_scale=N
     lr_scale={'vit':..,'proj':..,'dec':..,'head':..}; 1 for any other component, such as patch_head) that train.py
     applies."""
     lr_scale = lr_scale or {}
+    parts = {'vit', 'proj', 'dec', 'head'} | {name.split('.')[0] for name, _ in model.named_parameters()}
+    if set(lr_scale) - parts:  # a misspelt component would train at 1x without a word
+        raise ValueError(f"lr_scale names {sorted(set(lr_scale) - parts)}: the components are {', '.join(sorted(parts))}")
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

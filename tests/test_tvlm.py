@@ -1121,6 +1121,14 @@ def test_configure_optimizers_groups():
     assert convs == {'vit.patch.3.weight', 'vit.patch.6.weight', 'vit.patch.9.weight'}
 
 
+def test_configure_optimizers_refuses_a_misspelt_component():
+    """lr_scale={'vt': 2.0} would train the ViT at 1x without a word; the blind model still takes train.py's four."""
+    with pytest.raises(ValueError, match=r"lr_scale names \['vt'\]: the components are .*vit"):
+        configure_optimizers(make_model(), 0.1, 1e-3, (0.9, 0.95), 'cpu', lr_scale={'vt': 2.0})
+    configure_optimizers(make_model(fusion='none'), 0.1, 1e-3, (0.9, 0.95), 'cpu',
+                         lr_scale={'vit': 2.0, 'proj': 1.0, 'dec': 1.0, 'head': 1.0})
+
+
 @pytest.mark.parametrize('shape', [(3, 16, 48), (2, 40, 8)])
 def test_orthogonalize_flattens_the_spectrum(shape):
     """Polar Express takes matrices whose singular values span 1000x to ones within [0.75, 1.2], wide or tall (one
