@@ -741,6 +741,28 @@ def dataset_dir(cfg, name):
     return os.path.normpath(cfg['out'] or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name))
 
 
+def dataset_meta(cfg, args, source, fmt, tok, stats, written, skipped):
+    """meta.json's content: what the folder holds, the words, answers and phrasings it was asked in, the pixel
+    statistics the model normalises by, the summary prepare.py prints, and the rules and arguments that made it."""
+    mean = stats[0] / np.maximum(stats[2], 1)
+    std = np.sqrt(np.maximum(stats[1] / np.maximum(stats[2], 1) - mean ** 2, 0))
+    counts, dist, blind, box = summarize({s: w[0] for s, w in written.items()}, cfg['img_h'])
+    return {'format_version': FORMAT_VERSION, 'generator_version': VERSION, 'source': source, 'source_format': fmt,
+            'tokenizer': tok.to_dict(), 'max_q_len': cfg['max_q_len'], 'max_answer_len': cfg['max_answer_len'],
+            'answers': ANSWERS, 'families': FAMILIES,
+            'templates': [q for _, q in TEMPLATES], 'template_family': [f for f, _ in TEMPLATES],
+            'phrasings': [p for _, p, _, _ in PHRASES], 'phrasing_template': [t for t, _, _, _ in PHRASES],
+            'held_out': [h for _, _, h, _ in PHRASES], 'new_words': [n for _, _, _, n in PHRASES],
+            'box_classes': BOX_CLASSES, 'img_h': cfg['img_h'], 'img_w': cfg['img_w'],
+            'mean': mean.round(4).tolist(), 'std': std.round(4).tolist(), 'counts': counts, 'answer_dist': dist,
+            'blind_majority_acc': blind, 'box_stats': box, 'attributes': {s: w[1] for s, w in written.items()},
+            'filters': {k: cfg[k] for k in ('weather', 'timeofday', 'max_images')},
+            'skipped': dict(sorted(skipped.items())), 'seed': cfg['seed'], 'args': args,
+            'rules': {'horizon': HORIZON, 'slope': SLOPE, 'visible': VISIBLE, 'tiny': TINY, 'close': CLOSE,
+                      'far': FAR, 'light_visible': LIGHT_VISIBLE, 'light_tiny': LIGHT_TINY, 'lane_margin': LANE_MARGIN,
+                      'edge': EDGE, 'wide': [c for c, w in zip(BOX_CLASSES, WIDE) if w]}}
+
+
 def build(cfg, root, name, source):
     """Ingest the BDD tree at root into dataset_dir(cfg, name); -> the folder."""
     final = dataset_dir(cfg, name)
@@ -772,23 +794,7 @@ def build(cfg, root, name, source):
             raise LabelError(f"no usable frame under {root} (skipped: {dict(sorted(skipped.items())) or 'none'}) ---> HINT: "
                              f"images go in images/100k/<split>/<name>.jpg; --weather keeps one of "
                              f"{', '.join(BDD_MIX['weather'])}, --timeofday one of {', '.join(BDD_MIX['timeofday'])}")
-        mean = stats[0] / np.maximum(stats[2], 1)
-        std = np.sqrt(np.maximum(stats[1] / np.maximum(stats[2], 1) - mean ** 2, 0))
-        counts, dist, blind, box = summarize({s: w[0] for s, w in written.items()}, cfg['img_h'])
-        meta = {'format_version': FORMAT_VERSION, 'generator_version': VERSION, 'source': source, 'source_format': fmt,
-                'tokenizer': tok.to_dict(), 'max_q_len': cfg['max_q_len'], 'max_answer_len': cfg['max_answer_len'],
-                'answers': ANSWERS, 'families': FAMILIES,
-                'templates': [q for _, q in TEMPLATES], 'template_family': [f for f, _ in TEMPLATES],
-                'phrasings': [p for _, p, _, _ in PHRASES], 'phrasing_template': [t for t, _, _, _ in PHRASES],
-                'held_out': [h for _, _, h, _ in PHRASES], 'new_words': [n for _, _, _, n in PHRASES],
-                'box_classes': BOX_CLASSES, 'img_h': cfg['img_h'], 'img_w': cfg['img_w'],
-                'mean': mean.round(4).tolist(), 'std': std.round(4).tolist(), 'counts': counts, 'answer_dist': dist,
-                'blind_majority_acc': blind, 'box_stats': box, 'attributes': {s: w[1] for s, w in written.items()},
-                'filters': {k: cfg[k] for k in ('weather', 'timeofday', 'max_images')},
-                'skipped': dict(sorted(skipped.items())), 'seed': cfg['seed'], 'args': args,
-                'rules': {'horizon': HORIZON, 'slope': SLOPE, 'visible': VISIBLE, 'tiny': TINY, 'close': CLOSE,
-                          'far': FAR, 'light_visible': LIGHT_VISIBLE, 'light_tiny': LIGHT_TINY, 'lane_margin': LANE_MARGIN,
-                          'edge': EDGE, 'wide': [c for c, w in zip(BOX_CLASSES, WIDE) if w]}}
+        meta = dataset_meta(cfg, args, source, fmt, tok, stats, written, skipped)
         with open(os.path.join(tmp, 'meta.json'), 'w') as fh:
             json.dump(meta, fh, indent=1)                 # last: a folder without meta.json is never accepted
         replace_dir(tmp, final)
