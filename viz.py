@@ -20,6 +20,7 @@ import io
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -131,7 +132,9 @@ def draw_boxes(ax, boxes, labels, referent):
 def save(fig, path):
     """Save as a 256-colour PNG: photos under heatmaps compress badly, and a palette makes them ~3x smaller."""
     buf = io.BytesIO()
-    fig.savefig(buf, format='png')
+    with warnings.catch_warnings():  # an emoji in a question is drawn as a box; the printout names it, once is enough
+        warnings.filterwarnings('ignore', message='Glyph .* missing from font')
+        fig.savefig(buf, format='png')
     img = Image.open(buf).convert('RGB').quantize(256)
     try:
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)

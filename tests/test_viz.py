@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import asdict
 
 import numpy as np
@@ -157,6 +158,18 @@ def test_explain_png_size(tmp_path, kw, size):
     fig, top, _ = viz.explain(tiny_model(), np.zeros((H, W, 3), np.uint8), 'Is the light red?', **kw)
     assert png_size(fig, tmp_path / 'h.png') == size
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
+
+
+
+def test_an_emoji_the_font_lacks_is_drawn_without_a_warning(tmp_path):
+    """A question with an emoji abstains on that unknown word, which the printout names; the figure draws it as a box,
+    without matplotlib's missing-glyph warning."""
+    fig = Figure()
+    fig.suptitle('Is there a car? \U0001F697')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        viz.save(fig, str(tmp_path / 'e.png'))
+    assert (tmp_path / 'e.png').stat().st_size > 0
 
 
 def test_per_word_panels_of_a_generative_model_follow_what_it_writes():
