@@ -139,8 +139,9 @@ def save(fig, path):
     try:
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         img.save(path, optimize=True)
-    except OSError as e:  # a folder of that name, no permission
-        sys.exit(f"--out={path} cannot be written ({e.strerror or e}) ---> HINT: a PNG file in a folder you can write")
+    except OSError as e:  # a folder of that name, a file where a folder should be, no permission
+        why = 'a file stands where its folder should be' if isinstance(e, FileExistsError) else e.strerror or e
+        sys.exit(f"--out={path} cannot be written ({why}) ---> HINT: a PNG file in a folder you can write")
     w, h = img.size
     print(f"saved {path} ({w}x{h} px, {os.path.getsize(path) / 1024:.0f} KB)")
 

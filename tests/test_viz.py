@@ -294,6 +294,7 @@ def cli(tmp_path_factory):
     (d / 'data' / 'test_names.json').write_text('[]')
     save_checkpoint(tiny_model(fusion='none'), str(d / 'blind.pt'))
     (d / 'folder.png').mkdir()
+    (d / 'notes.txt').write_text('a file, not a folder')
     write_dataset(d / 'other', tok=Tokenizer.build(QUESTIONS + ['is it raining?']))
     runs = {'ok': (d, ['grey.png', 'Is the light red?', '--out=new/h.png']),
             'empty_question': (d, ['grey.png', '  ']),
@@ -314,7 +315,8 @@ def cli(tmp_path_factory):
             'idx_and_image': (d, ['grey.png', 'Is the light red?', '--idx=7']),
             'too_many': (d, ['--data=data', '--random=65']),
             'blind_data': (d, ['--data=data', '--ckpt=blind.pt']),
-            'out_is_folder': (d, ['grey.png', 'Is the light red?', '--out=folder.png'])}
+            'out_is_folder': (d, ['grey.png', 'Is the light red?', '--out=folder.png']),
+            'out_under_a_file': (d, ['grey.png', 'Is the light red?', '--out=notes.txt/h.png'])}
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}  # a process per case on a small CI machine: no thread oversubscription
     procs = {k: subprocess.Popen([sys.executable, os.path.join(ROOT, 'viz.py'), *args], cwd=cwd, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for k, (cwd, args) in runs.items()}
@@ -352,7 +354,8 @@ def test_no_checkpoint_says_how_to_train_one(tmp_path, monkeypatch):
                                          ('rollout_and_data', "--per_word and --rollout draw one image's maps"),
                                          ('idx_and_image', "--random, --idx and --split pick a dataset's questions"),
                                          ('too_many', '--random <= 64 (one figure) (got [] and --random=65)'),
-                                         ('blind_data', 'blind'), ('out_is_folder', '--out=folder.png cannot be written')])
+                                         ('blind_data', 'blind'), ('out_is_folder', '--out=folder.png cannot be written'),
+                                         ('out_under_a_file', 'a file stands where its folder should be')])
 def test_cli_errors_are_one_line(cli, case, words):
     code, stdout, stderr = cli[1][case]
     assert code == 1, f"exit code {code}: {stderr}"
