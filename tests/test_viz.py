@@ -160,7 +160,6 @@ def test_explain_png_size(tmp_path, kw, size):
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
 
 
-
 def test_an_emoji_the_font_lacks_is_drawn_without_a_warning(tmp_path):
     """A question with an emoji abstains on that unknown word, which the printout names; the figure draws it as a box,
     without matplotlib's missing-glyph warning."""
