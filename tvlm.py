@@ -932,9 +932,6 @@ def configure_optimizers(model, weight_decay, lr, betas, device_type, lr_scale=N
     lr_scale={'vit':..,'proj':..,'dec':..,'head':..}; 1 for any other component, such as patch_head) that train.py
     applies."""
     lr_scale = lr_scale or {}
-    parts = {'vit', 'proj', 'dec', 'head'} | {name.split('.')[0] for name, _ in model.named_parameters()}
-    if set(lr_scale) - parts:  # a misspelt component would train at 1x without a word
-        raise ValueError(f"lr_scale names {sorted(set(lr_scale) - parts)}: the components are {', '.join(sorted(parts))}")
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -947,6 +944,9 @@ def configure_optimizers(model, weight_decay, lr, betas, device_type, lr_scale=N
         g = groups.setdefault((part, kind), {'params': [], 'weight_decay': 0.0 if kind == 'nodecay' else weight_decay,
                                              'lr_scale': lr_scale.get(part, 1.0), 'name': f"{part}_{kind}"})
         g['params'].append(p)
+    parts = {'vit', 'proj', 'dec', 'head'} | {part for part, _ in groups}   # train.py's four, present or not
+    if set(lr_scale) - parts:  # a misspelt component would train at 1x without a word
+        raise ValueError(f"lr_scale names {sorted(set(lr_scale) - parts)}: the components are {', '.join(sorted(parts))}")
     fused = device_type == 'cuda'  # the fused CUDA kernel; elsewhere the default foreach implementation
     adamw = torch.optim.AdamW([g for (_, kind), g in groups.items() if kind != 'muon'], lr=lr, betas=betas, fused=fused)
     muon_groups = [g for (_, kind), g in groups.items() if kind == 'muon']
