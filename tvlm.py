@@ -757,6 +757,9 @@ class TVLM(nn.Module):
         B, T = prompts.shape
         if not (prompts != Tokenizer.pad_id).all():
             raise ValueError("generate() takes unpadded prompts of one length")
+        V = self.dec.embed.num_embeddings
+        if not ((prompts >= 0) & (prompts < V)).all():                       # else the embedding's bare IndexError
+            raise ValueError(f"prompt token ids must be in [0, {V}), this model's vocabulary: encode with its tokenizer")
         if T + max_new_tokens > self.cfg.max_text_len:
             raise ValueError(f"prompt + new tokens exceed {self.cfg.max_text_len} positions")
         if max_new_tokens < 0 or temperature < 0:
