@@ -755,11 +755,9 @@ class TVLM(nn.Module):
         answer='generate' trains the LM head (train with --answer=generate); a classify-mode checkpoint trained its
         embedding only as an input, not as the head that writes, so from it this emits noise."""
         B, T = prompts.shape
-        if not (prompts != Tokenizer.pad_id).all():
-            raise ValueError("generate() takes unpadded prompts of one length")
-        V = self.dec.embed.num_embeddings
-        if not ((prompts >= 0) & (prompts < V)).all():                       # else the embedding's bare IndexError
-            raise ValueError(f"prompt token ids must be in [0, {V}), this model's vocabulary: encode with its tokenizer")
+        if not ((prompts > Tokenizer.pad_id) & (prompts < self.cfg.vocab_size)).all():   # not the embedding's IndexError
+            raise ValueError(f"generate() takes unpadded prompts of one length, whose token ids must be in [1, "
+                             f"{self.cfg.vocab_size}): encode them with this model's tokenizer")
         if T + max_new_tokens > self.cfg.max_text_len:
             raise ValueError(f"prompt + new tokens exceed {self.cfg.max_text_len} positions")
         if max_new_tokens < 0 or temperature < 0:

@@ -201,8 +201,8 @@ def test_generate_and_answer_refuse_bad_calls_without_asserts():
             model.generate(images(2), prompt, **{'temperature': 0, **kw})
     with pytest.raises(ValueError, match="unpadded prompts"):
         model.generate(images(2), encode(["is the light red?", "is there a pedestrian?"], 12), max_new_tokens=1)
-    with pytest.raises(ValueError, match="must be in \\[0, "):
-        model.generate(images(2), prompt + model.dec.embed.num_embeddings, max_new_tokens=1)
+    with pytest.raises(ValueError, match="must be in \\[1, "):
+        model.generate(images(2), prompt + model.cfg.vocab_size, max_new_tokens=1)
     with pytest.raises(RuntimeError, match=r"answer\(\) needs a model from from_checkpoint\(\)"):
         TVLM(tiny_cfg()).eval().answer(images(1)[0].numpy(), "is the light red?")
     with pytest.raises(ValueError, match="not a tvlm tokenizer"):
