@@ -44,6 +44,7 @@ seed = 1337
 N_BINS = 15                                 # equal-width confidence bins for ECE, as in Guo et al.
 HIGH_CONF, LOW_CONF = 0.9, 0.5              # an error is confident above HIGH_CONF, a guess below LOW_CONF
 MIN_TEMPERATURE_QUESTIONS = 300             # fewer val questions fit a temperature to noise: keep T = 1
+BOOTSTRAP_ROUNDS = 1000                     # resamples for the margins' 95% intervals
 ROBUSTNESS = {'noise': (8, 16, 32),         # Gaussian sigma, 0-255 scale
               'brightness': (0.5, 0.75, 1.5),   # pixel gain
               'contrast': (0.5, 0.75, 1.5),     # gain around each image's mean
@@ -369,7 +370,40 @@ def majority_by_template(train_template, train_answers, template, n_templates, n
     return guess[np.asarray(template, np.int64)]
 
 
-def baseline_section(y, fam, pred, arrays, train, meta, blind_logits):
+def margin_intervals(hit, image, template, y, fam, sizes, guess_hit=None, rounds=BOOTSTRAP_ROUNDS, seed=0):
+    """95% intervals of the model's margin over the majority answer per template, per family and overall (last), in
+    points: float[F + 1, 2], nan for a family not asked. A cluster bootstrap: the images are resampled, not the
+    questions, since one image's questions stand or fall together. guess_hit bool[Q]: the majority's hits, fixed
+    when it was counted on train; None: counted on the evaluated split itself, and so again on every resample. Such
+    a majority flatters itself on a small split (each template's commonest answer is commoner in the sample than in
+    the world it comes from) and more so on a resample, so the interval is the basic bootstrap's, margin - (the
+    resampled margins' spread about it), which takes that bias out, not the percentiles' doubled by it.
+    hit bool[Q] the model's; image, template, y, fam int[Q]; sizes (families, templates, answers)."""
+    (F, T, A), N = sizes, int(image.max()) + 1
+    drawn = np.random.default_rng(seed).multinomial(N, np.full(N, 1 / N), size=rounds)   # (R, N) draws of each image
+    drawn = np.concatenate([np.ones((1, N), np.int64), drawn])                          # row 0: the split itself
+
+    def per_image(cell, k, weight=None):   # (R + 1, k): each resample's questions (or their weights) per cell
+        return drawn @ np.bincount(image * k + cell, weight, N * k).reshape(N, k)
+    n, model = per_image(fam, F), per_image(fam, F, hit.astype(np.float64))
+    if guess_hit is None:   # a template's majority answer gets its most frequent answer's count right
+        best = per_image(template * A + y, T * A).reshape(-1, T, A).max(2)         # (R + 1, T)
+        family_of = np.zeros(T, np.int64)
+        family_of[template] = fam
+        major = best @ np.eye(F)[family_of]                                         # (R + 1, F)
+    else:
+        major = per_image(fam, F, guess_hit.astype(np.float64))
+    n, model, major = (np.concatenate([x, x.sum(1, keepdims=True)], 1) for x in (n, model, major))
+    asked = n[0] > 0
+    margin = 100 * (model[:, asked] - major[:, asked]) / np.maximum(n[:, asked], 1)   # (R + 1, asked)
+    spread = np.stack([np.nanpercentile(np.where(n[1:, asked] > 0, margin[1:], np.nan), q, axis=0) for q in
+                       (97.5, 2.5)], 1)                                              # (asked, 2) a family not drawn: nan
+    out = np.full((F + 1, 2), np.nan)
+    out[asked] = np.clip(2 * margin[0][:, None] - spread, -100, 100)   # on a few images it can overshoot
+    return out
+
+
+def baseline_section(y, fam, pred, arrays, train, meta, blind_logits, seed=0):
     """Majority-per-template and (given) blind-model accuracy, and how far the model is above each. The majority
     answers are counted on train; a dataset without train questions (BDD's val images alone) counts them on the
     evaluated split itself: an in-sample question prior, the strongest baseline that never looks at the image."""
@@ -384,6 +418,13 @@ def baseline_section(y, fam, pred, arrays, train, meta, blind_logits):
                                  len(meta['answers']))
     res = {'majority': {**beaten(guess == y), 'counted_on': 'train' if src is train else 'this split',
                         'per_template': by_group(guess == y, arrays['template'], meta['templates'])}}
+    sizes = len(meta['families']), len(meta['templates']), len(meta['answers'])
+    interval = margin_intervals(pred == y, arrays['image_idx'].astype(np.int64), arrays['template'].astype(np.int64),
+                                y, fam, sizes, None if src is arrays else guess == y, seed=seed)
+    res['majority']['gap_interval'] = interval[-1]
+    for i, f in enumerate(meta['families']):
+        if f in res['majority']['per_family']:
+            res['majority']['per_family'][f]['gap_interval'] = interval[i]
     if blind_logits is not None:
         res['blind'] = beaten(blind_logits.argmax(1) == y)
     return res
@@ -609,7 +650,7 @@ def evaluate(ckpt, split='test', out='', data_dir='', blind_ckpt='', robust_max=
     res['detection'] = detection_section(patches, arrays, model.cfg.patch)
     blind_logits = predict(blind, arrays, batch_questions)[0] if blind else None
     res['phrasing'] = phrasing_section(probs.argmax(1), y, fam, arrays, meta, model.abstain_above)
-    res['baselines'] = baseline_section(y, fam, probs.argmax(1), arrays, train, meta, blind_logits)
+    res['baselines'] = baseline_section(y, fam, probs.argmax(1), arrays, train, meta, blind_logits, seed)
     res['robustness'] = robustness_section(model, arrays, logits, robust_max, batch_questions, seed, out)
     with open(os.path.join(data_dir, f'{split}_names.json')) as f:
         names = json.load(f)
@@ -653,14 +694,17 @@ def print_report(r):
         print(f"\nyes/no ({yn['n']:,} questions): sensitivity {fmt(yn['sensitivity'])}, specificity {fmt(yn['specificity'])}, "
               f"AUC {fmt(yn['auc'])}; TP {yn['tp']}, FN {yn['fn']}, FP {yn['fp']}, TN {yn['tn']}")
     b = r['baselines']
-    print(f"\nper family (margin: points above the majority answer per template):\n  {'family':<12} {'n':>6} {'acc':>6} "
-          f"{'bal':>6} {'AUC':>6} {'major':>6} {'margin':>6}" + (f" {'blind':>6}" if 'blind' in b else ''))
-    for f, fc in c['per_family'].items():
+    print(f"\nper family (margin: points above the majority answer per template; its 95% interval from resampling the "
+          f"images):\n  {'family':<12} {'n':>6} {'acc':>6} {'bal':>6} {'AUC':>6} {'major':>6} {'margin':>6} "
+          f"{'95% interval':>15}" + (f" {'blind':>6}" if 'blind' in b else ''))
+    rows = [(f, fc, b['majority']['per_family'][f]) for f, fc in c['per_family'].items()]
+    for f, fc, major in rows + [('overall', c, b['majority'])]:
         auc_ = fc['yes_no']['auc'] if 'yes_no' in fc else None
-        major = b['majority']['per_family'][f]
-        blind = f" {fmt(b['blind']['per_family'][f]['accuracy']):>6}" if 'blind' in b else ''
-        print(f"  {f:<12} {fc['n']:>6} {fmt(fc['accuracy']):>6} {fmt(fc['balanced_accuracy']):>6} {fmt(auc_):>6} "
-              f"{fmt(major['accuracy']):>6} {100 * major['gap']:>+6.1f}{blind}")
+        blind = (b['blind'] if f == 'overall' else b['blind']['per_family'][f]) if 'blind' in b else None
+        lo, hi = major['gap_interval']
+        print(f"  {f:<12} {fc['n']:>6} {fmt(fc['accuracy']):>6} {fmt(fc['balanced_accuracy']):>6} "
+              f"{fmt(auc_):>6} {fmt(major['accuracy']):>6} {100 * major['gap']:>+6.1f} {f'[{lo:+.1f}, {hi:+.1f}]':>15}"
+              + (f" {fmt(blind['accuracy']):>6}" if blind else ''))
     print_sections(r)
 
 
@@ -690,8 +734,9 @@ def print_sections(r):
     per = r['classification']['per_template']
     least = sorted((t for t in per if m['per_template'][t]['accuracy'] < 1),   # out of scope: nothing to gain
                    key=lambda t: per[t]['accuracy'] - m['per_template'][t]['accuracy'])[:5]
-    print("  the templates least above it: " + '; '.join(
-        f"{t!r} {fmt(per[t]['accuracy'])} vs {fmt(m['per_template'][t]['accuracy'])} (n={per[t]['n']})" for t in least))
+    if least:   # none where each template's majority answers all of its questions (a split of a few frames)
+        print("  the templates least above it: " + '; '.join(
+            f"{t!r} {fmt(per[t]['accuracy'])} vs {fmt(m['per_template'][t]['accuracy'])} (n={per[t]['n']})" for t in least))
     print(f"robustness, accuracy on the first {rob['n']} questions (clean {fmt(rob['clean'])}):")
     for kind, accs in rob['accuracy'].items():
         print(f"  {kind:<10} " + '  '.join(f"{s:>4}: {fmt(a)}" for s, a in accs.items()))

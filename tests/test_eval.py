@@ -142,6 +142,42 @@ def test_majority_by_template():
     assert guess.tolist() == [1, 2, 1]                                   # template 2 unseen: overall majority
 
 
+def simulated_split(rng, n_images, yes_share, accuracy, ask=0.3):
+    """Questions of n_images images, each template asked of a share `ask` of them: yes with the world's yes_share
+    of its template, answered right with the model's accuracy. -> hit, image, template, y, fam (one family a
+    template pair: 0, 0, 1, 1, ...)."""
+    image, template = np.nonzero(rng.random((n_images, len(yes_share))) < ask)
+    y = (rng.random(len(template)) < yes_share[template]).astype(np.int64)
+    return rng.random(len(template)) < accuracy[template], image, template, y, template // 2
+
+
+def test_margin_intervals_cover_the_worlds_margin():
+    # the margin a model would show against each template's majority answer in the world the frames come from,
+    # against the in-sample majority's intervals from 39 images: most of them hold it, balanced templates or not
+    rng = np.random.default_rng(0)
+    for yes_share in ([0.5, 0.55, 0.45, 0.5], [0.95, 0.8, 0.6, 0.1]):
+        yes_share, accuracy = np.array(yes_share), np.array([0.75, 0.8, 0.6, 0.7])
+        truth = 100 * (accuracy - np.maximum(yes_share, 1 - yes_share)).reshape(2, 2).mean(1)   # per family
+        held = [ev.margin_intervals(*simulated_split(rng, 39, yes_share, accuracy), (2, 4, 2), rounds=300, seed=k)
+                for k in range(100)]
+        cover = np.mean([(lo <= t <= hi) for iv in held for (lo, hi), t in zip(iv, truth)])
+        assert cover >= 0.8, f"intervals hold the world's margin {cover:.0%} of the time"
+        width = np.mean([iv[:2, 1] - iv[:2, 0] for iv in held])
+        wider = ev.margin_intervals(*simulated_split(rng, 390, yes_share, accuracy), (2, 4, 2), rounds=300)
+        assert 2 < width / np.mean(wider[:2, 1] - wider[:2, 0]) < 4.5   # ten times the images: ~1/sqrt(10) as wide
+
+
+def test_margin_intervals_against_a_fixed_guess_and_families_not_asked():
+    hit, image, template, y, fam = simulated_split(np.random.default_rng(1), 50, np.full(4, 0.5), np.full(4, 0.7))
+    same = ev.margin_intervals(hit, image, template, y, fam, (3, 4, 2), guess_hit=hit)   # the model is the baseline
+    assert np.array_equal(same[[0, 1, 3]], np.zeros((3, 2))) and np.isnan(same[2]).all()   # family 2: never asked
+    # the split's own majority answers, as a model: nothing over the in-sample prior, and the interval says so
+    counts = np.zeros((4, 2), np.int64)
+    np.add.at(counts, (template, y), 1)
+    lo, hi = ev.margin_intervals(counts.argmax(1)[template] == y, image, template, y, fam, (2, 4, 2))[-1]
+    assert lo <= 0 <= hi
+
+
 def test_confidence_errors():
     e = ev.confidence_errors(np.array([0.95, 0.95, 0.3, 0.7]), np.array([0, 1, 0, 1]))
     assert e['n_errors'] == 2 and (e['high_conf_share'], e['low_conf_share']) == (0.5, 0.5)
@@ -353,6 +389,7 @@ def test_end_to_end_writes_every_section_and_plot(run):
     assert saved['baselines']['blind']['gap'] == pytest.approx(c['accuracy'] - saved['baselines']['blind']['accuracy'])
     for f, x in saved['baselines']['majority']['per_family'].items():   # each family's margin over the majority
         assert x['gap'] == pytest.approx(c['per_family'][f]['accuracy'] - x['accuracy'])
+        assert -100 <= x['gap_interval'][0] <= x['gap_interval'][1] <= 100   # in points, from resampled images
     assert set(saved['robustness']['accuracy']) == set(ev.ROBUSTNESS) and saved['robustness']['n'] == 30
     assert 0 <= saved['robustness']['flip']['consistency'] <= 1 and saved['robustness']['flip']['n_left_right'] == 10
     for png in ('reliability.png', 'robustness.png', 'failures.png'):
