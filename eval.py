@@ -381,7 +381,7 @@ def margin_intervals(hit, image, template, y, fam, sizes, guess_hit=None, rounds
     hit bool[Q] the model's; image, template, y, fam int[Q]; sizes (families, templates, answers)."""
     (F, T, A), N = sizes, int(image.max()) + 1
     drawn = np.random.default_rng(seed).multinomial(N, np.full(N, 1 / N), size=rounds)   # (R, N) draws of each image
-    drawn = np.concatenate([np.ones((1, N), np.int64), drawn])                          # row 0: the split itself
+    drawn = np.concatenate([np.ones((1, N)), drawn])       # (R + 1, N) float, for BLAS; row 0: the split itself
 
     def per_image(cell, k, weight=None):   # (R + 1, k): each resample's questions (or their weights) per cell
         return drawn @ np.bincount(image * k + cell, weight, N * k).reshape(N, k)
