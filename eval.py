@@ -376,8 +376,8 @@ def margin_intervals(hit, image, template, y, fam, sizes, guess_hit=None, rounds
     questions, since one image's questions stand or fall together. guess_hit bool[Q]: the majority's hits, fixed
     when it was counted on train; None: counted on the evaluated split itself, and so again on every resample. Such
     a majority flatters itself on a small split (each template's commonest answer is commoner in the sample than in
-    the world it comes from) and more so on a resample, so the interval is the basic bootstrap's, margin - (the
-    resampled margins' spread about it), which takes that bias out, not the percentiles' doubled by it.
+    the world it comes from) and more so on a resample, so the interval is the basic bootstrap's, the margin minus
+    the resampled margins' spread about it, which takes that bias out (the percentiles' interval would add it again).
     hit bool[Q] the model's; image, template, y, fam int[Q]; sizes (families, templates, answers)."""
     (F, T, A), N = sizes, int(image.max()) + 1
     drawn = np.random.default_rng(seed).multinomial(N, np.full(N, 1 / N), size=rounds)   # (R, N) draws of each image
@@ -397,7 +397,7 @@ def margin_intervals(hit, image, template, y, fam, sizes, guess_hit=None, rounds
     asked = n[0] > 0
     margin = 100 * (model[:, asked] - major[:, asked]) / np.maximum(n[:, asked], 1)   # (R + 1, asked)
     spread = np.stack([np.nanpercentile(np.where(n[1:, asked] > 0, margin[1:], np.nan), q, axis=0) for q in
-                       (97.5, 2.5)], 1)                                              # (asked, 2) a family not drawn: nan
+                       (97.5, 2.5)], 1)                     # (asked, 2), over the resamples that drew the family
     out = np.full((F + 1, 2), np.nan)
     out[asked] = np.clip(2 * margin[0][:, None] - spread, -100, 100)   # on a few images it can overshoot
     return out
