@@ -172,9 +172,8 @@ def test_margin_intervals_against_a_fixed_guess_and_families_not_asked():
     same = ev.margin_intervals(hit, image, template, y, fam, (3, 4, 2), guess_hit=hit)   # the model is the baseline
     assert np.array_equal(same[[0, 1, 3]], np.zeros((3, 2))) and np.isnan(same[2]).all()   # family 2: never asked
     # the split's own majority answers, as a model: nothing over the in-sample prior, and the interval says so
-    counts = np.zeros((4, 2), np.int64)
-    np.add.at(counts, (template, y), 1)
-    lo, hi = ev.margin_intervals(counts.argmax(1)[template] == y, image, template, y, fam, (2, 4, 2))[-1]
+    own = ev.majority_by_template(template, y, template, n_templates=4, n_answers=2)
+    lo, hi = ev.margin_intervals(own == y, image, template, y, fam, (2, 4, 2))[-1]
     assert lo <= 0 <= hi
 
 
