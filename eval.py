@@ -697,10 +697,11 @@ def print_report(r):
     print(f"\nper family (margin: points above the majority answer per template; its 95% interval from resampling the "
           f"images):\n  {'family':<12} {'n':>6} {'acc':>6} {'bal':>6} {'AUC':>6} {'major':>6} {'margin':>6} "
           f"{'95% interval':>15}" + (f" {'blind':>6}" if 'blind' in b else ''))
-    rows = [(f, fc, b['majority']['per_family'][f]) for f, fc in c['per_family'].items()]
-    for f, fc, major in rows + [('overall', c, b['majority'])]:
+    blind_all = b.get('blind')   # the question-only model, when --blind_ckpt gave one
+    rows = [(f, fc, b['majority']['per_family'][f], blind_all and blind_all['per_family'][f])
+            for f, fc in c['per_family'].items()]
+    for f, fc, major, blind in rows + [('overall', c, b['majority'], blind_all)]:
         auc_ = fc['yes_no']['auc'] if 'yes_no' in fc else None
-        blind = (b['blind'] if f == 'overall' else b['blind']['per_family'][f]) if 'blind' in b else None
         lo, hi = major['gap_interval']
         print(f"  {f:<12} {fc['n']:>6} {fmt(fc['accuracy']):>6} {fmt(fc['balanced_accuracy']):>6} "
               f"{fmt(auc_):>6} {fmt(major['accuracy']):>6} {100 * major['gap']:>+6.1f} {f'[{lo:+.1f}, {hi:+.1f}]':>15}"

@@ -360,7 +360,7 @@ def run(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
-def test_end_to_end_writes_every_section_and_plot(run):
+def test_end_to_end_writes_every_section_and_plot(run, capsys):
     out = os.path.dirname(run['ckpt'])
     saved = json.load(open(os.path.join(out, 'eval.json')))
     assert saved == run['res']
@@ -389,6 +389,9 @@ def test_end_to_end_writes_every_section_and_plot(run):
     for f, x in saved['baselines']['majority']['per_family'].items():   # each family's margin over the majority
         assert x['gap'] == pytest.approx(c['per_family'][f]['accuracy'] - x['accuracy'])
         assert -100 <= x['gap_interval'][0] <= x['gap_interval'][1] <= 100   # in points, from resampled images
+    ev.print_report(saved)   # the per-family table ends with an overall row, the blind model's accuracy last
+    overall = next(l for l in capsys.readouterr().out.splitlines() if l.strip().startswith('overall '))
+    assert overall.split()[-1] == f"{saved['baselines']['blind']['accuracy']:.3f}"
     assert set(saved['robustness']['accuracy']) == set(ev.ROBUSTNESS) and saved['robustness']['n'] == 30
     assert 0 <= saved['robustness']['flip']['consistency'] <= 1 and saved['robustness']['flip']['n_left_right'] == 10
     for png in ('reliability.png', 'robustness.png', 'failures.png'):
